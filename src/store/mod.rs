@@ -1,0 +1,198 @@
+//! One OSD's local storage: transactions, a write-ahead journal, object files.
+//!
+//! The OSD above builds a [`Transaction`] (the ObjectStore transaction of Ceph's
+//! write path) and queues it; the store journals it, groups many queued
+//! transactions into one `fdatasync` (commit, durable), then applies it to the
+//! object files (applied, readable), in queue order. Reads see applied state only.
+//!
+//! The store knows nothing of snapshots, PGs' meaning or replication: clones are
+//! plain objects with a snap id in their key, PG logs and infos are collection
+//! metadata. It only promises that a transaction is atomic, durable once its
+//! commit callback ran, and that a crash at any moment reopens to exactly the
+//! transactions whose commit callbacks may have run (a prefix of the queue order).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use crate::rados::{PoolId, SnapId};
+
+/// A placement group's collection of objects (Ceph's `coll_t`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CollId {
+    pub pool: PoolId,
+    pub pg: u32,
+}
+
+/// An object in a collection: head (`snap == SNAP_HEAD`) or clone (Ceph's `ghobject_t`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub coll: CollId,
+    pub name: String,
+    pub snap: SnapId,
+}
+
+/// One step of a transaction. Every step is applied in order; a transaction is
+/// all-or-nothing across a crash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxOp {
+    CreateCollection(CollId),
+    /// Removes the collection with all its objects and metadata.
+    RemoveCollection(CollId),
+    /// Create the object empty if it does not exist.
+    Touch(ObjectKey),
+    /// Write at an offset, creating and growing the object as needed.
+    Write {
+        key: ObjectKey,
+        off: u64,
+        data: Bytes,
+    },
+    /// Zero a range inside the object (never grows it).
+    Zero {
+        key: ObjectKey,
+        off: u64,
+        len: u64,
+    },
+    /// Set the size (creating the object if needed).
+    Truncate {
+        key: ObjectKey,
+        size: u64,
+    },
+    /// Remove the object, its attributes and omap (no-op if absent).
+    Remove(ObjectKey),
+    /// Replace `to` with a full copy of `from`: data, attributes and omap.
+    Clone {
+        from: ObjectKey,
+        to: ObjectKey,
+    },
+    SetAttrs {
+        key: ObjectKey,
+        attrs: BTreeMap<String, Bytes>,
+    },
+    RmAttr {
+        key: ObjectKey,
+        name: String,
+    },
+    OmapSet {
+        key: ObjectKey,
+        entries: BTreeMap<String, Bytes>,
+    },
+    OmapRmKeys {
+        key: ObjectKey,
+        keys: Vec<String>,
+    },
+    OmapClear(ObjectKey),
+    /// Collection metadata: PG info, PG log entries (Ceph keeps these in the
+    /// pgmeta object's omap).
+    CollMetaSet {
+        coll: CollId,
+        entries: BTreeMap<String, Bytes>,
+    },
+    CollMetaRm {
+        coll: CollId,
+        keys: Vec<String>,
+    },
+}
+
+/// An ordered, atomic list of steps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Transaction {
+    pub ops: Vec<TxOp>,
+}
+
+impl Transaction {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, op: TxOp) -> &mut Self {
+        self.ops.push(op);
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Errors of the local store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {0} not found")]
+    NotFound(String),
+    #[error("attribute {0} not set")]
+    NoData(String),
+    #[error("collection {0:?} not found")]
+    NoCollection(CollId),
+    #[error("no space left in {path}: {need} bytes needed, {avail} available")]
+    NoSpace { path: String, need: u64, avail: u64 },
+    #[error("store {path} is locked by another process: {hint}")]
+    Locked { path: String, hint: String },
+    #[error("store {path} is not a valid store: {why}")]
+    Corrupt { path: String, why: String },
+    #[error("store has failed and refuses I/O: {0}")]
+    Failed(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::sync::Arc<std::io::Error>,
+    },
+}
+
+impl StoreError {
+    /// Wrap an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            context: context.into(),
+            source: std::sync::Arc::new(source),
+        }
+    }
+}
+
+pub type StoreResult<T> = std::result::Result<T, StoreError>;
+
+/// Called once a queued transaction reaches a stage (commit or applied), with
+/// the outcome.
+pub type Callback = Box<dyn FnOnce(StoreResult<()>) + Send + 'static>;
+
+/// Space as `statfs` reports it for the store's file system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreSpace {
+    pub total: u64,
+    pub available: u64,
+    /// Bytes of object data this store holds (logical, after holes).
+    pub used: u64,
+}
+
+/// What an OSD needs from its local store.
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Queue a transaction. `on_commit` runs once it is durable (journal synced),
+    /// `on_applied` once it is readable; both run exactly once, in queue order
+    /// across transactions, and `on_commit` before `on_applied`. An `Err` return
+    /// (no space, store failed) means nothing was queued and no callback runs.
+    fn queue_transaction(
+        &self,
+        txn: Transaction,
+        on_commit: Callback,
+        on_applied: Callback,
+    ) -> StoreResult<()>;
+
+    /// `[off, off + len)` of an object, short at its end.
+    fn read(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<Bytes>;
+    /// Size of an object.
+    fn stat(&self, key: &ObjectKey) -> StoreResult<u64>;
+    fn exists(&self, key: &ObjectKey) -> bool;
+    fn getattrs(&self, key: &ObjectKey) -> StoreResult<BTreeMap<String, Bytes>>;
+    fn omap_get(&self, key: &ObjectKey) -> StoreResult<BTreeMap<String, Bytes>>;
+    /// Objects (heads and clones) in a collection, sorted by key.
+    fn list_objects(&self, coll: CollId) -> StoreResult<Vec<ObjectKey>>;
+    fn list_collections(&self) -> Vec<CollId>;
+    fn coll_meta_get(&self, coll: CollId) -> StoreResult<BTreeMap<String, Bytes>>;
+
+    /// Returns once every transaction queued before the call is applied.
+    fn wait_applied(&self) -> StoreResult<()>;
+    /// Returns once every transaction queued before the call is committed.
+    fn wait_committed(&self) -> StoreResult<()>;
+    fn space(&self) -> StoreResult<StoreSpace>;
+}
