@@ -36,13 +36,13 @@ use super::osdmap::{OSDMAP_FILE, OsdId, OsdMap, PoolEntry};
 use super::peering::peer_all;
 use super::pg::PgEvent;
 use super::placement::object_pg;
-use super::store_open::{MemStoreOpener, StoreOpener};
+use super::store_open::{CloseFn, MemStoreOpener, StoreOpener};
 use super::tracker::{Admit, FlushTracker, Gate, Leave, Reply};
 use crate::rados::{
     BoxFuture, PoolId, PoolInfo, RadosBackend, RadosError, ReadOp, ReadResult, Result, SNAP_HEAD,
     SnapContext, SnapId, WriteOp,
 };
-use crate::store::{ObjectStore, StoreResult};
+use crate::store::ObjectStore;
 use crate::sync::{Arc, Mutex, RwLock};
 
 /// Tunables of a running cluster.
@@ -144,7 +144,7 @@ struct Inner {
     config: ClusterConfig,
     shared: Arc<Shared>,
     osds: Vec<Arc<Osd>>,
-    closers: Mutex<Vec<Box<dyn FnOnce() -> StoreResult<()> + Send>>>,
+    closers: Mutex<Vec<CloseFn>>,
     gate: Arc<Gate<ClientOp>>,
     /// Serialises map changes.
     map_change: Mutex<()>,
@@ -226,13 +226,10 @@ impl Cluster {
         let mut closers = Vec::new();
         for info in &map.osds {
             let path = dir.join(&info.path);
-            let opened = config
-                .store
-                .open(&path)
-                .map_err(|source| OsdError::Store {
-                    osd: info.id,
-                    source,
-                })?;
+            let opened = config.store.open(&path).map_err(|source| OsdError::Store {
+                osd: info.id,
+                source,
+            })?;
             closers.push(opened.close);
             osds.push(Osd::start(
                 info.id,
@@ -520,7 +517,9 @@ impl Inner {
             }
             let pg_num = pg_num.unwrap_or(self.config.default_pg_num);
             if pg_num == 0 {
-                return Err(OsdError::InvalidArgument("pg_num must be at least 1".into()));
+                return Err(OsdError::InvalidArgument(
+                    "pg_num must be at least 1".into(),
+                ));
             }
             let info = PoolInfo {
                 id: m.next_pool_id,
@@ -582,7 +581,8 @@ impl Inner {
             })
             .collect();
         for rx in waits {
-            rx.blocking_recv().unwrap_or(Err(RadosError::ShuttingDown))?;
+            rx.blocking_recv()
+                .unwrap_or(Err(RadosError::ShuttingDown))?;
         }
         Ok(())
     }

@@ -6,13 +6,13 @@
 use std::collections::HashMap;
 use std::sync::{OnceLock, Weak};
 
+use super::PgId;
 use super::error::{OsdError, OsdResult};
 use super::op_queue::ShardedOpQueue;
 use super::osdmap::{OsdId, OsdMap};
 use super::pg::{Pg, PgEvent};
 use super::pg_log::PgLog;
 use super::tracker::FlushTracker;
-use super::PgId;
 use crate::store::{ObjectStore, StoreError, StoreResult, Transaction, TxOp};
 use crate::sync::{Arc, Mutex, RwLock};
 
@@ -109,7 +109,11 @@ impl Osd {
     }
 
     pub fn pgs(&self) -> Vec<(PgId, Arc<Mutex<Pg>>)> {
-        self.pgs.lock().iter().map(|(k, v)| (*k, v.clone())).collect()
+        self.pgs
+            .lock()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
     }
 
     /// The PG, loaded from the store or created empty there.
@@ -149,7 +153,11 @@ impl Osd {
         let Some(pg) = self.pg(id) else {
             // Client replies inside are dropped, answering ShuttingDown; this
             // only happens for ops racing a shutdown.
-            log::warn!("osd.{}: {} events for unknown pg {id:?}", self.id, events.len());
+            log::warn!(
+                "osd.{}: {} events for unknown pg {id:?}",
+                self.id,
+                events.len()
+            );
             return;
         };
         let mut pg = pg.lock();

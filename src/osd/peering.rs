@@ -110,8 +110,18 @@ fn recover(target: &Arc<Osd>, source: &Arc<Osd>, id: PgId) -> OsdResult<()> {
     let slog = spg.lock().log.clone();
     let mut tpg = tpg.lock();
     let since = tpg.log.info.last_update;
-    let src = by_name(source.store.list_objects(id).map_err(|e| err(e.to_string()))?);
-    let dst = by_name(target.store.list_objects(id).map_err(|e| err(e.to_string()))?);
+    let src = by_name(
+        source
+            .store
+            .list_objects(id)
+            .map_err(|e| err(e.to_string()))?,
+    );
+    let dst = by_name(
+        target
+            .store
+            .list_objects(id)
+            .map_err(|e| err(e.to_string()))?,
+    );
     let names: BTreeSet<String> = match slog.entries_after(since) {
         Some(missed) => {
             let names: BTreeSet<String> = missed.map(|e| e.name.clone()).collect();

@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
 
+use super::PgId;
 use super::daemon::Osd;
 use super::error::store_to_rados;
 use super::object_info::{
@@ -30,7 +31,6 @@ use super::object_info::{
 use super::osdmap::{OsdId, PoolEntry};
 use super::pg_log::{Eversion, LogOp, PgLog, PgLogEntry};
 use super::tracker::Reply;
-use super::PgId;
 use crate::rados::mem::MAX_OBJECT_SIZE;
 use crate::rados::{
     CloneInfo, ObjectStat, RadosError, ReadOp, ReadResult, Result, SNAP_HEAD, SnapContext, SnapId,
@@ -523,11 +523,19 @@ impl Pg {
         }
     }
 
-    fn do_read(&self, osd: &Osd, name: &str, snap: SnapId, ops: &[ReadOp]) -> Result<Vec<ReadResult>> {
+    fn do_read(
+        &self,
+        osd: &Osd,
+        name: &str,
+        snap: SnapId,
+        ops: &[ReadOp],
+    ) -> Result<Vec<ReadResult>> {
         let pool = self.pool(osd)?;
         let store = osd.store.as_ref();
         let head = load_state(store, self.id, name)?;
-        let target = head.as_ref().and_then(|h| self.resolve(&pool, name, h, snap));
+        let target = head
+            .as_ref()
+            .and_then(|h| self.resolve(&pool, name, h, snap));
         let mut target = target;
         let mut out = Vec::with_capacity(ops.len());
         for op in ops {
@@ -670,7 +678,15 @@ impl Pg {
         }
         let plan = self.pool(osd).and_then(|pool| {
             let old = self.state(osd, &name)?;
-            plan_write(self.id, &name, &old, &snapc, &ops, &pool, self.next_version(1))
+            plan_write(
+                self.id,
+                &name,
+                &old,
+                &snapc,
+                &ops,
+                &pool,
+                self.next_version(1),
+            )
         });
         match plan {
             Err(e) => reply.send(Err(e)),
@@ -825,10 +841,7 @@ impl Pg {
         txn: Transaction,
         entries: Vec<PgLogEntry>,
     ) {
-        let undo = self
-            .log
-            .append(entries, osd.shared.pg_log_max_entries)
-            .undo;
+        let undo = self.log.append(entries, osd.shared.pg_log_max_entries).undo;
         let Some(primary) = osd.peer(from) else {
             log::error!("osd.{}: primary osd.{from} is gone", osd.id);
             return;
@@ -921,7 +934,9 @@ impl Pg {
 
     /// True when nothing is in flight (peering requires it).
     pub fn is_idle(&self) -> bool {
-        self.inflight.is_empty() && self.projected.is_empty() && self.waiting_for_readable.is_empty()
+        self.inflight.is_empty()
+            && self.projected.is_empty()
+            && self.waiting_for_readable.is_empty()
     }
 }
 

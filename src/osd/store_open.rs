@@ -10,11 +10,13 @@ use crate::store::memstore::MemStore;
 use crate::store::{ObjectStore, StoreError, StoreResult};
 use crate::sync::{Arc, Mutex};
 
+/// Syncs and releases a store (called once, by `Cluster::shutdown`).
+pub type CloseFn = Box<dyn FnOnce() -> StoreResult<()> + Send>;
+
 /// An open store and how to close it cleanly.
 pub struct OpenedStore {
     pub store: Arc<dyn ObjectStore>,
-    /// Sync and release the store (called once, by `Cluster::shutdown`).
-    pub close: Box<dyn FnOnce() -> StoreResult<()> + Send>,
+    pub close: CloseFn,
 }
 
 /// Makes and opens OSD stores.
@@ -30,11 +32,20 @@ pub trait StoreOpener: Send + Sync {
 #[derive(Default)]
 pub struct MemStoreOpener {
     stores: Mutex<HashMap<PathBuf, Arc<MemStore>>>,
+    deferred: bool,
 }
 
 impl MemStoreOpener {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Stores that apply on a background thread ([`MemStore::deferred`]).
+    pub fn deferred() -> Self {
+        MemStoreOpener {
+            deferred: true,
+            ..Self::default()
+        }
     }
 
     /// One opener shared by the whole process.
@@ -48,9 +59,14 @@ impl StoreOpener for MemStoreOpener {
     fn mkfs(&self, path: &Path) -> StoreResult<()> {
         std::fs::create_dir_all(path)
             .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
-        self.stores
-            .lock()
-            .insert(path.to_path_buf(), Arc::new(MemStore::new()));
+        self.stores.lock().insert(
+            path.to_path_buf(),
+            Arc::new(if self.deferred {
+                MemStore::deferred()
+            } else {
+                MemStore::new()
+            }),
+        );
         Ok(())
     }
 

@@ -137,10 +137,7 @@ pub(crate) struct Reply<T> {
 impl<T> Reply<T> {
     /// Wrap a sender for an op the gate admitted.
     pub fn new(tx: oneshot::Sender<Result<T>>, gate: Arc<dyn Leave>) -> Self {
-        Reply {
-            tx: Some(tx),
-            gate,
-        }
+        Reply { tx: Some(tx), gate }
     }
 
     pub fn send(mut self, r: Result<T>) {
@@ -249,6 +246,9 @@ mod tests {
         drop(Reply::new(tx, gate.clone()));
 
         assert_eq!(rx.try_recv(), Ok(Err(RadosError::ShuttingDown)));
-        assert!(gate.close().is_empty(), "close returns once nothing is in flight");
+        assert!(
+            gate.close().is_empty(),
+            "close returns once nothing is in flight"
+        );
     }
 }

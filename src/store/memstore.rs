@@ -1,5 +1,8 @@
-//! An in-memory [`ObjectStore`]: every transaction is applied at once, under one
-//! lock, and both callbacks run inline before `queue_transaction` returns.
+//! An in-memory [`ObjectStore`]. By default every transaction is applied at
+//! once, under one lock, and both callbacks run inline before
+//! `queue_transaction` returns. [`MemStore::deferred`] instead applies queued
+//! transactions in order on a background thread, so that the window between
+//! queueing and "applied" that a real store has can be tested.
 //!
 //! It exists so that the OSD layer can be tested quickly and so that a cluster
 //! can be "restarted" over the same in-memory stores. It keeps nothing on disk,
@@ -14,7 +17,7 @@ use super::{
     TxOp,
 };
 use crate::rados::SnapId;
-use crate::sync::Mutex;
+use crate::sync::{Arc, Condvar, Mutex};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct MemObject {
@@ -29,15 +32,66 @@ struct MemColl {
     meta: BTreeMap<String, Bytes>,
 }
 
+type Queued = (Transaction, Callback, Callback);
+
+/// Transactions queued but not yet applied (deferred mode).
+#[derive(Default)]
+struct Backlog {
+    queue: std::collections::VecDeque<Queued>,
+    queued: u64,
+    applied: u64,
+}
+
 /// The in-memory store.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct MemStore {
-    colls: Mutex<BTreeMap<CollId, MemColl>>,
+    colls: Arc<Mutex<BTreeMap<CollId, MemColl>>>,
+    deferred: Option<Arc<(Mutex<Backlog>, Condvar)>>,
+}
+
+impl std::fmt::Debug for MemStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemStore")
+            .field("deferred", &self.deferred.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl MemStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store that applies transactions on a background thread, in order.
+    pub fn deferred() -> Self {
+        let colls: Arc<Mutex<BTreeMap<CollId, MemColl>>> = Arc::default();
+        let backlog: Arc<(Mutex<Backlog>, Condvar)> = Arc::default();
+        let (c, b) = (colls.clone(), Arc::downgrade(&backlog));
+        std::thread::spawn(move || {
+            loop {
+                let Some(b) = b.upgrade() else { return };
+                let next = {
+                    let mut st = b.0.lock();
+                    if st.queue.is_empty() {
+                        // Wake up now and then to notice the store was dropped.
+                        b.1.wait_for(&mut st, std::time::Duration::from_millis(50));
+                    }
+                    st.queue.pop_front()
+                };
+                let Some((txn, on_commit, on_applied)) = next else {
+                    continue;
+                };
+                on_commit(Ok(()));
+                Self::apply(&mut c.lock(), txn);
+                on_applied(Ok(()));
+                b.0.lock().applied += 1;
+                b.1.notify_all();
+            }
+        });
+        MemStore {
+            colls,
+            deferred: Some(backlog),
+        }
     }
 
     fn check_colls(colls: &BTreeMap<CollId, MemColl>, txn: &Transaction) -> StoreResult<()> {
@@ -68,8 +122,8 @@ impl MemStore {
                 TxOp::Clone { to, .. } => to.coll,
                 TxOp::CollMetaSet { coll, .. } | TxOp::CollMetaRm { coll, .. } => *coll,
             };
-            let exists = created.contains(&coll)
-                || (colls.contains_key(&coll) && !removed.contains(&coll));
+            let exists =
+                created.contains(&coll) || (colls.contains_key(&coll) && !removed.contains(&coll));
             if !exists {
                 return Err(StoreError::NoCollection(coll));
             }
@@ -177,6 +231,13 @@ impl ObjectStore for MemStore {
         on_commit: Callback,
         on_applied: Callback,
     ) -> StoreResult<()> {
+        if let Some(b) = &self.deferred {
+            let mut st = b.0.lock();
+            st.queued += 1;
+            st.queue.push_back((txn, on_commit, on_applied));
+            b.1.notify_all();
+            return Ok(());
+        }
         {
             let mut colls = self.colls.lock();
             Self::check_colls(&colls, &txn)?;
@@ -235,11 +296,18 @@ impl ObjectStore for MemStore {
     }
 
     fn wait_applied(&self) -> StoreResult<()> {
+        if let Some(b) = &self.deferred {
+            let mut st = b.0.lock();
+            let target = st.queued;
+            while st.applied < target {
+                b.1.wait(&mut st);
+            }
+        }
         Ok(())
     }
 
     fn wait_committed(&self) -> StoreResult<()> {
-        Ok(())
+        self.wait_applied()
     }
 
     fn space(&self) -> StoreResult<StoreSpace> {
@@ -289,6 +357,28 @@ mod tests {
 
         assert!(matches!(r, Err(StoreError::NoCollection(_))));
         assert!(s.list_collections().is_empty());
+    }
+
+    #[test]
+    fn test_memstore_deferred_applies_in_order_and_wait_applied_waits() {
+        let s = MemStore::deferred();
+        let coll = key("a").coll;
+        queue(&s, vec![TxOp::CreateCollection(coll)]).unwrap();
+        for i in 0..50u8 {
+            queue(
+                &s,
+                vec![TxOp::Write {
+                    key: key("a"),
+                    off: 0,
+                    data: Bytes::copy_from_slice(&[i]),
+                }],
+            )
+            .unwrap();
+        }
+
+        s.wait_applied().unwrap();
+
+        assert_eq!(s.read(&key("a"), 0, 1).unwrap(), &[49u8][..]);
     }
 
     #[test]
