@@ -73,6 +73,10 @@ enum Step {
     List(usize),
     Flush,
     Restart,
+    /// Power loss of every store (nothing synced), then reopen: every
+    /// acknowledged write must survive, since writes are acknowledged only
+    /// once committed on every replica.
+    Crash,
 }
 
 fn small_data() -> impl Strategy<Value = Vec<u8>> {
@@ -147,6 +151,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0usize..2).prop_map(Step::List),
         1 => Just(Step::Flush),
         1 => Just(Step::Restart),
+        1 => Just(Step::Crash),
     ]
 }
 
@@ -374,6 +379,12 @@ impl Harness {
             Step::Restart => {
                 let c = self.cluster.take().unwrap();
                 c.shutdown().unwrap();
+                drop(c);
+                self.cluster = Some(Cluster::open(&self.path, self.config.clone()).unwrap());
+            }
+            Step::Crash => {
+                let c = self.cluster.take().unwrap();
+                c.simulate_crash();
                 drop(c);
                 self.cluster = Some(Cluster::open(&self.path, self.config.clone()).unwrap());
             }

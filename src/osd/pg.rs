@@ -334,18 +334,22 @@ fn apply_step(head: &ObjectKey, st: &mut ObjState, t: &mut Vec<TxOp>, op: &Write
         WriteOp::WriteFull { data } => {
             check_extent(0, data.len() as u64)?;
             ensure_exists(head, st, t);
-            t.push(TxOp::Truncate {
-                key: head.clone(),
-                size: 0,
-            });
-            if !data.is_empty() {
+            let len = data.len() as u64;
+            if len > 0 {
                 t.push(TxOp::Write {
                     key: head.clone(),
                     off: 0,
                     data: data.clone(),
                 });
             }
-            st.size = data.len() as u64;
+            // Only a shrink needs a truncate: the write covers the rest.
+            if len < st.size {
+                t.push(TxOp::Truncate {
+                    key: head.clone(),
+                    size: len,
+                });
+            }
+            st.size = len;
         }
         WriteOp::Zero { off, len } => {
             let end = check_extent(*off, *len)?;

@@ -17,6 +17,8 @@ use bytes::Bytes;
 
 use crate::rados::{PoolId, SnapId};
 
+pub mod memstore;
+
 /// A placement group's collection of objects (Ceph's `coll_t`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CollId {
@@ -196,5 +198,3 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn wait_committed(&self) -> StoreResult<()>;
     fn space(&self) -> StoreResult<StoreSpace>;
 }
-
-pub mod memstore;
