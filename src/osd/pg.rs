@@ -120,6 +120,9 @@ pub(crate) struct Pg {
     pub acting: Vec<OsdId>,
     /// Map epoch of the last peering: the epoch of new log entries.
     pub epoch: u64,
+    /// Set by peering when the newest copy is on this down OSD: client ops
+    /// are refused until it returns.
+    pub incomplete: Option<OsdId>,
     next_tid: u64,
     projected: HashMap<String, Projected>,
     inflight: BTreeMap<u64, InFlight>,
@@ -440,6 +443,7 @@ impl Pg {
             log,
             acting: Vec::new(),
             epoch: 0,
+            incomplete: None,
             next_tid: 1,
             projected: HashMap::new(),
             inflight: BTreeMap::new(),
@@ -494,11 +498,19 @@ impl Pg {
         }
     }
 
+    /// Primary of the PG and able to serve it.
     fn is_primary(&self, osd: &Osd) -> bool {
-        self.acting.first() == Some(&osd.id)
+        self.acting.first() == Some(&osd.id) && self.incomplete.is_none()
     }
 
     fn not_primary(&self, osd: &Osd) -> RadosError {
+        if let Some(holder) = self.incomplete {
+            return RadosError::Busy(format!(
+                "pg {}.{:x} is incomplete: its newest copy is on osd.{holder}, which is down; \
+                 bring osd.{holder} back up",
+                self.id.pool, self.id.pg
+            ));
+        }
         RadosError::Io(format!(
             "osd.{} is not the primary of pg {}.{:x} (acting {:?})",
             osd.id, self.id.pool, self.id.pg, self.acting
