@@ -1,11 +1,12 @@
 //! `FileStore`: the on-disk `ObjectStore`, write-ahead journaled.
 //!
 //! ```text
-//! queue_transaction ──> journal thread ──────────────> apply thread
-//!   validate, space       group commit: one writev +     steps applied in seq
-//!   check, seq, encode    one fdatasync per batch,       order to object files
-//!                         then on_commit (durable)       and the metadata table,
-//!                                                        then on_applied (readable)
+//! queue_transaction ──> journal writer ──> journal syncer ──> apply thread
+//!   validate, space       one writev for     one fdatasync for   steps applied in
+//!   check, seq, encode    every queued       every written       seq order to the
+//!                         record             batch, on_commit    object files and
+//!                                            (durable)           the metadata table,
+//!                                                                on_applied (readable)
 //!                         checkpoint thread: rotate journal, snapshot metadata,
 //!                         syncfs, write snapshot, delete covered segments
 //! ```
@@ -137,6 +138,7 @@ struct Inner {
 #[derive(Default)]
 struct Threads {
     journal: Option<JoinHandle<()>>,
+    syncer: Option<JoinHandle<()>>,
     apply: Option<JoinHandle<()>>,
     ckpt: Option<JoinHandle<()>>,
 }
@@ -247,6 +249,7 @@ impl FileStore {
             closed: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
         });
+        let (stx, srx) = mpsc::channel();
         let (atx, arx) = mpsc::channel();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -255,7 +258,9 @@ impl FileStore {
                 .map_err(io_err("starting a store thread"))
         };
         let i = inner.clone();
-        let journal = spawn("store-journal", Box::new(move || journal_loop(i, rx, atx)))?;
+        let journal = spawn("store-journal", Box::new(move || journal_loop(i, rx, stx)))?;
+        let i = inner.clone();
+        let syncer = spawn("store-jsync", Box::new(move || sync_loop(i, srx, atx)))?;
         let i = inner.clone();
         let apply = spawn("store-apply", Box::new(move || apply_loop(i, arx)))?;
         let i = inner.clone();
@@ -264,6 +269,7 @@ impl FileStore {
             inner,
             threads: Mutex::new(Threads {
                 journal: Some(journal),
+                syncer: Some(syncer),
                 apply: Some(apply),
                 ckpt: Some(ckpt),
             }),
@@ -348,9 +354,14 @@ impl FileStore {
         self.inner.progress_cv.notify_all();
         let mut t = self.threads.lock();
         let me = std::thread::current().id();
-        for h in [t.journal.take(), t.apply.take(), t.ckpt.take()]
-            .into_iter()
-            .flatten()
+        for h in [
+            t.journal.take(),
+            t.syncer.take(),
+            t.apply.take(),
+            t.ckpt.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             // A callback may drop the last handle on its own thread; that
             // thread cannot join itself and exits on its own.
@@ -703,6 +714,33 @@ impl Inner {
     }
 }
 
+/// Largest object size: file offsets are signed 64-bit.
+const MAX_OBJECT_SIZE: u64 = i64::MAX as u64;
+
+/// Refuse ranges a data file cannot hold, before anything is queued.
+fn check_ranges(txn: &Transaction) -> StoreResult<()> {
+    for op in &txn.ops {
+        let (key, end) = match op {
+            TxOp::Write { key, off, data } => (key, off.checked_add(data.len() as u64)),
+            TxOp::Truncate { key, size } => (key, Some(*size)),
+            _ => continue,
+        };
+        if end.is_none_or(|e| e > MAX_OBJECT_SIZE) {
+            return Err(StoreError::io(
+                "queueing a transaction",
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "a write or truncate of {} reaches past the largest object size {MAX_OBJECT_SIZE}",
+                        key_str(key)
+                    ),
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Check that every step names an existing collection, following the
 /// collection creates and removes of earlier steps and queued transactions.
 fn check_collections(colls: &BTreeSet<CollId>, txn: &Transaction) -> StoreResult<BTreeSet<CollId>> {
@@ -744,56 +782,105 @@ fn fail_callbacks(err: &StoreError, on_commit: Option<Callback>, on_applied: Cal
     on_applied(Err(err.clone()));
 }
 
-fn journal_loop(inner: Arc<Inner>, rx: mpsc::Receiver<Pending>, atx: mpsc::Sender<Committed>) {
+/// A batch on its way from the journal writer to the syncer: the file it was
+/// written to and the journal's size, or why it was not written.
+struct Written {
+    batch: Vec<Pending>,
+    res: Result<(Arc<File>, u64), StoreError>,
+}
+
+/// Journal writer: takes every transaction queued so far and appends their
+/// records with one `writev` loop. It never runs callbacks, so they stay in
+/// seq order in the syncer.
+fn journal_loop(inner: Arc<Inner>, rx: mpsc::Receiver<Pending>, stx: mpsc::Sender<Written>) {
+    let mut broken: Option<StoreError> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(p) = rx.try_recv() {
             batch.push(p);
         }
-        if inner.crashed.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
-            let err = inner.failed_err();
-            for p in batch {
-                fail_callbacks(&err, Some(p.on_commit), p.on_applied);
-            }
-            continue;
-        }
-        let first_seq = batch[0].seq;
-        let last_seq = batch[batch.len() - 1].seq;
-        let bufs: Vec<Bytes> = batch
-            .iter()
-            .flat_map(|p| p.rec.bufs.iter().cloned())
-            .collect();
-        let res = {
-            let mut j = inner.journal.lock();
-            j.append(first_seq, batch.len() as u64, &bufs)
-                .map(|_| j.total_bytes())
+        let res = if let Some(e) = &broken {
+            Err(e.clone())
+        } else if inner.crashed.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
+            Err(inner.failed_err())
+        } else {
+            let bufs: Vec<Bytes> = batch
+                .iter()
+                .flat_map(|p| p.rec.bufs.iter().cloned())
+                .collect();
+            let r = inner
+                .journal
+                .lock()
+                .write(batch[0].seq, batch.len() as u64, &bufs);
+            r.map_err(|e| {
+                let e = StoreError::Failed(format!("journal write failed: {e}"));
+                broken = Some(e.clone());
+                e
+            })
         };
-        drop(bufs);
-        let total = match res {
-            Ok(t) => t,
-            Err(e) => {
-                inner.fail(format!("journal write failed: {e}"));
+        if stx.send(Written { batch, res }).is_err() {
+            return;
+        }
+    }
+}
+
+/// Journal syncer: one `fdatasync` for every batch written so far (it
+/// overlaps the writer's next `writev`), then `on_commit` in seq order and
+/// hand-off to the apply thread. The first failure fails the store: that
+/// batch's and every later callback gets `Err`.
+fn sync_loop(inner: Arc<Inner>, srx: mpsc::Receiver<Written>, atx: mpsc::Sender<Committed>) {
+    while let Ok(first) = srx.recv() {
+        let mut group = vec![first];
+        while let Ok(w) = srx.try_recv() {
+            group.push(w);
+        }
+        let mut synced: Vec<*const File> = Vec::new();
+        let mut total = 0;
+        for w in &mut group {
+            let Ok((file, t)) = &w.res else { break };
+            total = *t;
+            if synced.contains(&Arc::as_ptr(file)) {
+                continue;
+            }
+            if let Err(e) = file.sync_data() {
+                w.res = Err(StoreError::Failed(format!("journal sync failed: {e}")));
+                break;
+            }
+            synced.push(Arc::as_ptr(file));
+        }
+        for w in group {
+            let ok = match &w.res {
+                Ok(_) => {
+                    !inner.failed.load(Ordering::Acquire) && !inner.crashed.load(Ordering::Acquire)
+                }
+                Err(StoreError::Failed(why)) if !inner.crashed.load(Ordering::Acquire) => {
+                    inner.fail(why.clone());
+                    false
+                }
+                Err(_) => false,
+            };
+            if !ok {
                 let err = inner.failed_err();
-                for p in batch {
+                for p in w.batch {
                     fail_callbacks(&err, Some(p.on_commit), p.on_applied);
                 }
                 continue;
             }
-        };
-        {
-            let mut p = inner.progress.lock();
-            p.committed = last_seq;
-            inner.progress_cv.notify_all();
-        }
-        for p in batch {
-            (p.on_commit)(Ok(()));
-            let c = Committed {
-                seq: p.seq,
-                txn: p.txn,
-                on_applied: p.on_applied,
-            };
-            if let Err(mpsc::SendError(c)) = atx.send(c) {
-                (c.on_applied)(Err(inner.failed_err()));
+            {
+                let mut pr = inner.progress.lock();
+                pr.committed = w.batch[w.batch.len() - 1].seq;
+                inner.progress_cv.notify_all();
+            }
+            for p in w.batch {
+                (p.on_commit)(Ok(()));
+                let c = Committed {
+                    seq: p.seq,
+                    txn: p.txn,
+                    on_applied: p.on_applied,
+                };
+                if let Err(mpsc::SendError(c)) = atx.send(c) {
+                    (c.on_applied)(Err(inner.failed_err()));
+                }
             }
         }
         if total > inner.cfg.journal_max_bytes {
@@ -1093,6 +1180,7 @@ impl ObjectStore for FileStore {
     ) -> StoreResult<()> {
         let inner = &self.inner;
         inner.usable()?;
+        check_ranges(&txn)?;
         let payload = codec::encode_payload(&txn);
         if payload.len > u64::from(MAX_PAYLOAD_LEN) {
             return Err(StoreError::io(

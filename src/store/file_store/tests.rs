@@ -689,3 +689,20 @@ fn test_crash_leaves_no_orphan_object_files() {
     }
     assert_eq!(files, 0);
 }
+
+#[test]
+fn test_write_past_max_object_size_is_refused_up_front() {
+    let (_d, s) = new_store();
+
+    let r = s.queue_transaction(
+        Transaction {
+            ops: vec![write("o", u64::MAX - 1, b"xy")],
+        },
+        nop(),
+        nop(),
+    );
+
+    assert!(matches!(r, Err(StoreError::Io { .. })), "{r:?}");
+    s.wait_applied().unwrap();
+    assert!(!s.exists(&key("o")));
+}
