@@ -121,6 +121,11 @@ struct Inner {
     root_dir: File,
     lock: Mutex<Option<File>>,
     meta: RwLock<MetaTable>,
+    /// See [`SHARDS`].
+    shards: Vec<RwLock<()>>,
+    /// Held by the apply thread for each transaction, by checkpoints to copy
+    /// the table between transactions.
+    apply_gate: Mutex<()>,
     submit: Mutex<Submit>,
     progress: Mutex<Progress>,
     progress_cv: Condvar,
@@ -230,6 +235,8 @@ impl FileStore {
             root_dir,
             lock: Mutex::new(Some(lock)),
             meta: RwLock::new(meta),
+            shards: (0..SHARDS).map(|_| RwLock::new(())).collect(),
+            apply_gate: Mutex::new(()),
             submit: Mutex::new(Submit {
                 next_seq,
                 colls,
@@ -315,17 +322,15 @@ impl FileStore {
     /// crc32c of the object's whole data (holes read as zeros).
     pub fn data_digest(&self, key: &ObjectKey) -> StoreResult<u32> {
         self.inner.usable()?;
-        let meta = self.inner.meta.read();
-        let o = meta
-            .get(key)
-            .ok_or_else(|| StoreError::NotFound(key_str(key)))?;
-        let path = obj_path(&self.inner.root, o.id);
+        let _shard = self.inner.shards[shard_of(key)].read();
+        let (id, size) = self.inner.id_size(key)?;
+        let path = obj_path(&self.inner.root, id);
         let f = data::open_ro(&path).map_err(io_err(format!("opening {}", path.display())))?;
         let mut crc = 0;
-        let mut buf = vec![0u8; (1 << 20).min(o.size as usize)];
+        let mut buf = vec![0u8; (1 << 20).min(size as usize)];
         let mut pos = 0;
-        while pos < o.size {
-            let n = (o.size - pos).min(buf.len() as u64) as usize;
+        while pos < size {
+            let n = (size - pos).min(buf.len() as u64) as usize;
             match &f {
                 Some(f) => data::read_at_zero_fill(f, &mut buf[..n], pos)
                     .map_err(io_err(format!("reading {}", path.display())))?,
@@ -460,16 +465,17 @@ fn recover(path: &Path, meta: &mut MetaTable) -> StoreResult<()> {
     let base = meta.seq;
     let mut touched = HashSet::new();
     let mut replayed = 0u64;
+    let table = RwLock::new(std::mem::take(meta));
     let end = journal::replay(path, |seq, txn| {
-        if seq <= meta.seq {
+        let cur = table.read().seq;
+        if seq <= cur {
             return Ok(());
         }
-        if seq != meta.seq + 1 {
+        if seq != cur + 1 {
             return Err(corrupt(
                 path,
                 format!(
-                    "journal resumes at seq {seq} but the snapshot ends at {}; records are missing",
-                    meta.seq
+                    "journal resumes at seq {seq} but the snapshot ends at {cur}; records are missing"
                 ),
             ));
         }
@@ -478,11 +484,12 @@ fn recover(path: &Path, meta: &mut MetaTable) -> StoreResult<()> {
             replay: Some(&mut touched),
             crashed: None,
         };
-        apply_txn(&mut ctx, meta, seq, &txn)
+        apply_txn(&mut ctx, &table, seq, &txn)
             .map_err(|e| StoreError::io(format!("replaying journal seq {seq}"), e))?;
         replayed += 1;
         Ok(())
     });
+    *meta = table.into_inner();
     match end {
         Ok(ReplayEnd::Clean) => {}
         Ok(ReplayEnd::Torn {
@@ -566,6 +573,28 @@ fn checkpoint_at_open(
 impl Inner {
     fn failed_reason(&self) -> Option<String> {
         self.progress.lock().failed.clone()
+    }
+
+    /// Run `f` on an object's metadata, holding its shard so that no
+    /// transaction is half applied to it.
+    fn with_obj<T>(
+        &self,
+        key: &ObjectKey,
+        f: impl FnOnce(&super::meta::ObjMeta) -> T,
+    ) -> StoreResult<T> {
+        let _shard = self.shards[shard_of(key)].read();
+        let meta = self.meta.read();
+        meta.get(key)
+            .map(f)
+            .ok_or_else(|| StoreError::NotFound(key_str(key)))
+    }
+
+    /// `(id, size)` of an object; the caller holds its shard.
+    fn id_size(&self, key: &ObjectKey) -> StoreResult<(u64, u64)> {
+        let meta = self.meta.read();
+        meta.get(key)
+            .map(|o| (o.id, o.size))
+            .ok_or_else(|| StoreError::NotFound(key_str(key)))
     }
 
     fn usable(&self) -> StoreResult<()> {
@@ -689,6 +718,8 @@ impl Inner {
         let boundary = self.journal.lock().rotate().map_err(io_err(&ctx))?;
         self.wait_applied_seq(boundary - 1)?;
         let (snap, seq) = {
+            // The gate keeps a transaction from being half applied in the copy.
+            let _gate = self.apply_gate.lock();
             let m = self.meta.read();
             (m.encode(), m.seq)
         };
@@ -896,13 +927,17 @@ fn apply_loop(inner: Arc<Inner>, rx: mpsc::Receiver<Committed>) {
             continue;
         }
         let res = {
-            let mut meta = inner.meta.write();
+            let _gate = inner.apply_gate.lock();
+            let _shards: Vec<_> = txn_shards(&c.txn)
+                .into_iter()
+                .map(|i| inner.shards[i].write())
+                .collect();
             let mut ctx = ApplyCtx {
                 root: &inner.root,
                 replay: None,
                 crashed: Some(&inner.crashed),
             };
-            apply_txn(&mut ctx, &mut meta, c.seq, &c.txn)
+            apply_txn(&mut ctx, &inner.meta, c.seq, &c.txn)
         };
         match res {
             Ok(true) => {
@@ -1012,13 +1047,18 @@ impl ApplyCtx<'_> {
 /// Apply one transaction's steps in order to `meta` and the object files.
 /// Returns `Ok(false)` if a simulated crash stopped it part way.
 ///
+/// The caller holds the write locks of every object shard the transaction
+/// touches (readers of those objects wait) and the apply gate (checkpoints
+/// wait); each step takes the table's write lock only for its metadata
+/// change, so readers of other objects are not held up by file I/O.
+///
 /// Steps never fail on logical grounds (the transaction is already durable):
 /// steps on an object create it, except `Remove`; a clone from a missing
 /// object removes the target; steps on a missing collection are skipped (the
 /// queue refuses them up front).
 fn apply_txn(
     ctx: &mut ApplyCtx,
-    meta: &mut MetaTable,
+    meta: &RwLock<MetaTable>,
     seq: u64,
     txn: &Transaction,
 ) -> io::Result<bool> {
@@ -1028,7 +1068,7 @@ fn apply_txn(
         }
         apply_op(ctx, meta, op)?;
     }
-    meta.seq = seq;
+    meta.write().seq = seq;
     Ok(true)
 }
 
@@ -1036,31 +1076,62 @@ fn missing_coll(c: CollId) {
     log::warn!("transaction step on missing collection {c:?} skipped");
 }
 
-fn apply_op(ctx: &mut ApplyCtx, meta: &mut MetaTable, op: &TxOp) -> io::Result<()> {
+/// `(id, size)` of the object, created if absent; `None` if its collection
+/// is missing.
+fn id_size(meta: &mut MetaTable, k: &ObjectKey) -> Option<(u64, u64)> {
+    match meta.get_or_create(k) {
+        Some((o, _)) => Some((o.id, o.size)),
+        None => {
+            missing_coll(k.coll);
+            None
+        }
+    }
+}
+
+/// Run `f` on the object (created if absent) under the table's write lock.
+fn with_obj(meta: &RwLock<MetaTable>, k: &ObjectKey, f: impl FnOnce(&mut super::meta::ObjMeta)) {
+    match meta.write().get_or_create(k) {
+        Some((o, _)) => f(o),
+        None => missing_coll(k.coll),
+    }
+}
+
+fn apply_op(ctx: &mut ApplyCtx, meta: &RwLock<MetaTable>, op: &TxOp) -> io::Result<()> {
     match op {
         TxOp::CreateCollection(c) => {
-            meta.colls.entry(*c).or_default();
+            meta.write().colls.entry(*c).or_default();
         }
         TxOp::RemoveCollection(c) => {
-            if let Some(cm) = meta.colls.remove(c) {
-                for o in cm.objects.values().flat_map(|s| s.values()) {
-                    meta.used -= o.size;
-                    data::remove_file(&obj_path(ctx.root, o.id))?;
+            let ids: Vec<u64> = {
+                let mut m = meta.write();
+                match m.colls.remove(c) {
+                    Some(cm) => {
+                        let objs: Vec<_> = cm.objects.values().flat_map(|s| s.values()).collect();
+                        m.used -= objs.iter().map(|o| o.size).sum::<u64>();
+                        objs.iter().map(|o| o.id).collect()
+                    }
+                    None => Vec::new(),
                 }
+            };
+            for id in ids {
+                data::remove_file(&obj_path(ctx.root, id))?;
             }
         }
         TxOp::Touch(k) => {
-            if meta.get_or_create(k).is_none() {
-                missing_coll(k.coll);
-            }
+            id_size(&mut meta.write(), k);
         }
         TxOp::Write { key, off, data } => {
-            let Some((o, _)) = meta.get_or_create(key) else {
-                missing_coll(key.coll);
+            let end = off + data.len() as u64;
+            let Some((id, size)) = ({
+                let mut m = meta.write();
+                let r = id_size(&mut m, key);
+                if r.is_some_and(|(_, size)| end > size) {
+                    m.set_size(key, end);
+                }
+                r
+            }) else {
                 return Ok(());
             };
-            let (id, size) = (o.id, o.size);
-            let end = off + data.len() as u64;
             let f = ctx.file(id, size)?;
             if data.is_empty() {
                 if end > size {
@@ -1069,16 +1140,11 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &mut MetaTable, op: &TxOp) -> io::Result<(
             } else {
                 f.write_all_at(data, *off)?;
             }
-            if end > size {
-                meta.set_size(key, end);
-            }
         }
         TxOp::Zero { key, off, len } => {
-            let Some((o, _)) = meta.get_or_create(key) else {
-                missing_coll(key.coll);
+            let Some((id, size)) = id_size(&mut meta.write(), key) else {
                 return Ok(());
             };
-            let (id, size) = (o.id, o.size);
             let end = off.saturating_add(*len).min(size);
             if *off < end {
                 let f = ctx.file(id, size)?;
@@ -1086,17 +1152,21 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &mut MetaTable, op: &TxOp) -> io::Result<(
             }
         }
         TxOp::Truncate { key, size: new } => {
-            let Some((o, _)) = meta.get_or_create(key) else {
-                missing_coll(key.coll);
+            let Some((id, size)) = ({
+                let mut m = meta.write();
+                let r = id_size(&mut m, key);
+                if r.is_some() {
+                    m.set_size(key, *new);
+                }
+                r
+            }) else {
                 return Ok(());
             };
-            let (id, size) = (o.id, o.size);
-            let f = ctx.file(id, size)?;
-            f.set_len(*new)?;
-            meta.set_size(key, *new);
+            ctx.file(id, size)?.set_len(*new)?;
         }
         TxOp::Remove(k) => {
-            if let Some(o) = meta.remove(k) {
+            let old = meta.write().remove(k);
+            if let Some(o) = old {
                 data::remove_file(&obj_path(ctx.root, o.id))?;
             }
         }
@@ -1104,62 +1174,56 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &mut MetaTable, op: &TxOp) -> io::Result<(
             if from == to {
                 return Ok(());
             }
-            let src = meta
-                .get(from)
-                .map(|o| (o.id, o.size, o.attrs.clone(), o.omap.clone()));
-            if let Some(old) = meta.remove(to) {
-                data::remove_file(&obj_path(ctx.root, old.id))?;
-            }
-            let Some((sid, ssize, attrs, omap)) = src else {
-                return Ok(());
-            };
-            let Some((o, _)) = meta.get_or_create(to) else {
-                missing_coll(to.coll);
-                return Ok(());
-            };
-            o.attrs = attrs;
-            o.omap = omap;
-            let tid = o.id;
-            meta.set_size(to, ssize);
-            ctx.clone_data(sid, ssize, tid)?;
-        }
-        TxOp::SetAttrs { key, attrs } => match meta.get_or_create(key) {
-            Some((o, _)) => o
-                .attrs
-                .extend(attrs.iter().map(|(k, v)| (k.clone(), v.clone()))),
-            None => missing_coll(key.coll),
-        },
-        TxOp::RmAttr { key, name } => match meta.get_or_create(key) {
-            Some((o, _)) => {
-                o.attrs.remove(name);
-            }
-            None => missing_coll(key.coll),
-        },
-        TxOp::OmapSet { key, entries } => match meta.get_or_create(key) {
-            Some((o, _)) => o
-                .omap
-                .extend(entries.iter().map(|(k, v)| (k.clone(), v.clone()))),
-            None => missing_coll(key.coll),
-        },
-        TxOp::OmapRmKeys { key, keys } => match meta.get_or_create(key) {
-            Some((o, _)) => {
-                for k in keys {
-                    o.omap.remove(k);
+            let (old, copy) = {
+                let mut m = meta.write();
+                let src = m
+                    .get(from)
+                    .map(|o| (o.id, o.size, o.attrs.clone(), o.omap.clone()));
+                let old = m.remove(to);
+                let mut copy = None;
+                if let Some((sid, ssize, attrs, omap)) = src {
+                    if let Some((o, _)) = m.get_or_create(to) {
+                        o.attrs = attrs;
+                        o.omap = omap;
+                        copy = Some((sid, ssize, o.id));
+                        m.set_size(to, ssize);
+                    } else {
+                        missing_coll(to.coll);
+                    }
                 }
+                (old, copy)
+            };
+            if let Some(o) = old {
+                data::remove_file(&obj_path(ctx.root, o.id))?;
             }
-            None => missing_coll(key.coll),
-        },
-        TxOp::OmapClear(key) => match meta.get_or_create(key) {
-            Some((o, _)) => o.omap.clear(),
-            None => missing_coll(key.coll),
-        },
-        TxOp::CollMetaSet { coll, entries } => match meta.colls.get_mut(coll) {
+            if let Some((sid, ssize, tid)) = copy {
+                ctx.clone_data(sid, ssize, tid)?;
+            }
+        }
+        TxOp::SetAttrs { key, attrs } => with_obj(meta, key, |o| {
+            o.attrs
+                .extend(attrs.iter().map(|(k, v)| (k.clone(), v.clone())))
+        }),
+        TxOp::RmAttr { key, name } => with_obj(meta, key, |o| {
+            o.attrs.remove(name);
+        }),
+        TxOp::OmapSet { key, entries } => with_obj(meta, key, |o| {
+            o.omap
+                .extend(entries.iter().map(|(k, v)| (k.clone(), v.clone())))
+        }),
+        TxOp::OmapRmKeys { key, keys } => with_obj(meta, key, |o| {
+            for k in keys {
+                o.omap.remove(k);
+            }
+        }),
+        TxOp::OmapClear(key) => with_obj(meta, key, |o| o.omap.clear()),
+        TxOp::CollMetaSet { coll, entries } => match meta.write().colls.get_mut(coll) {
             Some(c) => c
                 .meta
                 .extend(entries.iter().map(|(k, v)| (k.clone(), v.clone()))),
             None => missing_coll(*coll),
         },
-        TxOp::CollMetaRm { coll, keys } => match meta.colls.get_mut(coll) {
+        TxOp::CollMetaRm { coll, keys } => match meta.write().colls.get_mut(coll) {
             Some(c) => {
                 for k in keys {
                     c.meta.remove(k);
@@ -1169,6 +1233,48 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &mut MetaTable, op: &TxOp) -> io::Result<(
         },
     }
     Ok(())
+}
+
+/// Object shards: a reader of an object holds its shard's read lock for the
+/// whole read, the apply thread holds the write locks of every shard a
+/// transaction touches for the whole transaction, so no read sees part of a
+/// transaction's effect on an object, and reads of other objects go on.
+const SHARDS: usize = 64;
+
+fn shard_of(k: &ObjectKey) -> usize {
+    let mut h = crc32c::crc32c(k.name.as_bytes());
+    h = crc32c::crc32c_append(h, &k.coll.pool.to_le_bytes());
+    h = crc32c::crc32c_append(h, &k.coll.pg.to_le_bytes());
+    h = crc32c::crc32c_append(h, &k.snap.to_le_bytes());
+    h as usize % SHARDS
+}
+
+/// The shards a transaction touches, sorted (the lock order).
+fn txn_shards(txn: &Transaction) -> Vec<usize> {
+    let mut v = Vec::new();
+    for op in &txn.ops {
+        match op {
+            TxOp::RemoveCollection(_) => return (0..SHARDS).collect(),
+            TxOp::CreateCollection(_) | TxOp::CollMetaSet { .. } | TxOp::CollMetaRm { .. } => {}
+            TxOp::Clone { from, to } => {
+                v.push(shard_of(from));
+                v.push(shard_of(to));
+            }
+            TxOp::Touch(k)
+            | TxOp::Remove(k)
+            | TxOp::OmapClear(k)
+            | TxOp::Write { key: k, .. }
+            | TxOp::Zero { key: k, .. }
+            | TxOp::Truncate { key: k, .. }
+            | TxOp::SetAttrs { key: k, .. }
+            | TxOp::RmAttr { key: k, .. }
+            | TxOp::OmapSet { key: k, .. }
+            | TxOp::OmapRmKeys { key: k, .. } => v.push(shard_of(k)),
+        }
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 impl ObjectStore for FileStore {
@@ -1219,18 +1325,16 @@ impl ObjectStore for FileStore {
 
     fn read(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<Bytes> {
         self.inner.usable()?;
-        // Holding the table's read lock across the pread keeps a transaction
-        // being applied (under the write lock) from showing half its effects.
-        let meta = self.inner.meta.read();
-        let o = meta
-            .get(key)
-            .ok_or_else(|| StoreError::NotFound(key_str(key)))?;
-        let end = off.saturating_add(len).min(o.size);
+        // Holding the shard across the pread keeps a transaction being
+        // applied to this object from showing half its effects.
+        let _shard = self.inner.shards[shard_of(key)].read();
+        let (id, size) = self.inner.id_size(key)?;
+        let end = off.saturating_add(len).min(size);
         if off >= end {
             return Ok(Bytes::new());
         }
         let mut buf = vec![0u8; (end - off) as usize];
-        let path = obj_path(&self.inner.root, o.id);
+        let path = obj_path(&self.inner.root, id);
         if let Some(f) =
             data::open_ro(&path).map_err(io_err(format!("opening {}", path.display())))?
         {
@@ -1242,30 +1346,21 @@ impl ObjectStore for FileStore {
 
     fn stat(&self, key: &ObjectKey) -> StoreResult<u64> {
         self.inner.usable()?;
-        let meta = self.inner.meta.read();
-        meta.get(key)
-            .map(|o| o.size)
-            .ok_or_else(|| StoreError::NotFound(key_str(key)))
+        self.inner.with_obj(key, |o| o.size)
     }
 
     fn exists(&self, key: &ObjectKey) -> bool {
-        self.inner.usable().is_ok() && self.inner.meta.read().get(key).is_some()
+        self.inner.usable().is_ok() && self.inner.with_obj(key, |_| ()).is_ok()
     }
 
     fn getattrs(&self, key: &ObjectKey) -> StoreResult<BTreeMap<String, Bytes>> {
         self.inner.usable()?;
-        let meta = self.inner.meta.read();
-        meta.get(key)
-            .map(|o| o.attrs.clone())
-            .ok_or_else(|| StoreError::NotFound(key_str(key)))
+        self.inner.with_obj(key, |o| o.attrs.clone())
     }
 
     fn omap_get(&self, key: &ObjectKey) -> StoreResult<BTreeMap<String, Bytes>> {
         self.inner.usable()?;
-        let meta = self.inner.meta.read();
-        meta.get(key)
-            .map(|o| o.omap.clone())
-            .ok_or_else(|| StoreError::NotFound(key_str(key)))
+        self.inner.with_obj(key, |o| o.omap.clone())
     }
 
     fn list_objects(&self, coll: CollId) -> StoreResult<Vec<ObjectKey>> {
