@@ -301,7 +301,12 @@ impl FileStore {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Err(StoreError::Failed("store is closed".into()));
         }
-        self.stop_threads();
+        if !self.stop_threads() {
+            return Err(StoreError::Failed(
+                "close called from a store callback; the store shuts down without a checkpoint"
+                    .into(),
+            ));
+        }
         let res = match self.inner.failed_reason() {
             Some(why) => Err(StoreError::Failed(why)),
             None => self.inner.checkpoint(),
@@ -319,8 +324,9 @@ impl FileStore {
     pub fn crash(&self) {
         self.inner.crashed.store(true, Ordering::SeqCst);
         self.inner.closed.store(true, Ordering::SeqCst);
-        self.stop_threads();
-        self.inner.lock.lock().take();
+        if self.stop_threads() {
+            self.inner.lock.lock().take();
+        }
     }
 
     /// crc32c of the object's whole data (holes read as zeros).
@@ -353,7 +359,12 @@ impl FileStore {
 
     /// Stop accepting transactions and let the threads finish (or, after
     /// `crash`, abandon) what is queued.
-    fn stop_threads(&self) {
+    ///
+    /// Returns false if called on one of the store's own threads (from a
+    /// callback): joining would wait for that very thread, directly or through
+    /// the channel it feeds, so the threads finish on their own and the lock
+    /// is released when the last of them drops the shared state.
+    fn stop_threads(&self) -> bool {
         self.inner.submit.lock().tx.take();
         {
             let mut r = self.inner.ckpt_req.lock();
@@ -363,7 +374,7 @@ impl FileStore {
         self.inner.progress_cv.notify_all();
         let mut t = self.threads.lock();
         let me = std::thread::current().id();
-        for h in [
+        let handles: Vec<JoinHandle<()>> = [
             t.journal.take(),
             t.syncer.take(),
             t.apply.take(),
@@ -371,20 +382,22 @@ impl FileStore {
         ]
         .into_iter()
         .flatten()
-        {
-            // A callback may drop the last handle on its own thread; that
-            // thread cannot join itself and exits on its own.
-            if h.thread().id() != me && h.join().is_err() {
+        .collect();
+        if handles.iter().any(|h| h.thread().id() == me) {
+            return false;
+        }
+        for h in handles {
+            if h.join().is_err() {
                 log::error!("a store thread of {} panicked", self.inner.root.display());
             }
         }
+        true
     }
 }
 
 impl Drop for FileStore {
     fn drop(&mut self) {
-        if !self.inner.closed.swap(true, Ordering::SeqCst) {
-            self.stop_threads();
+        if !self.inner.closed.swap(true, Ordering::SeqCst) && self.stop_threads() {
             self.inner.lock.lock().take();
         }
     }

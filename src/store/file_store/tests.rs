@@ -862,3 +862,44 @@ fn test_crash_before_snapshot_rename_replays_over_newer_files() {
 
     check_replay_sensitive(&s);
 }
+
+#[test]
+fn test_dropping_last_handle_in_a_callback_does_not_hang() {
+    let (d, s) = new_store();
+    let (go_tx, go_rx) = channel::<()>();
+    let (done_tx, done_rx) = channel();
+    let held = s.clone();
+
+    s.queue_transaction(
+        Transaction {
+            ops: vec![write("o", 0, b"x")],
+        },
+        Box::new(move |_| {
+            // Wait until the test's handle is gone, so this drop is the last.
+            go_rx.recv_timeout(WAIT).unwrap();
+            drop(held);
+            done_tx.send(()).unwrap();
+        }),
+        nop(),
+    )
+    .unwrap();
+    drop(s);
+    go_tx.send(()).unwrap();
+
+    done_rx.recv_timeout(WAIT).unwrap();
+    // The threads finish on their own (applying the write) and then release
+    // the lock; until then a second open must be refused.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match FileStore::open(d.path(), StoreConfig::default()) {
+            Ok(s) => {
+                assert_eq!(read_all(&s, "o"), b"x");
+                break;
+            }
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::yield_now()
+            }
+            Err(e) => panic!("reopen failed: {e}"),
+        }
+    }
+}
