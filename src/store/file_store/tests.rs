@@ -903,3 +903,51 @@ fn test_dropping_last_handle_in_a_callback_does_not_hang() {
         }
     }
 }
+
+#[test]
+fn test_space_used_follows_object_sizes() {
+    let (d, s) = new_store();
+    let snap = ObjectKey {
+        snap: 1,
+        ..key("a")
+    };
+    run(
+        &s,
+        vec![
+            write("a", 0, &[1; 100]),
+            write("b", 0, &[1; 50]),
+            TxOp::Clone {
+                from: key("a"),
+                to: snap,
+            },
+            TxOp::Truncate {
+                key: key("b"),
+                size: 10,
+            },
+        ],
+    )
+    .unwrap();
+    run(&s, vec![TxOp::Remove(key("a"))]).unwrap();
+
+    assert_eq!(s.space().unwrap().used, 110);
+    s.close().unwrap();
+    let s = FileStore::open(d.path(), StoreConfig::default()).unwrap();
+    assert_eq!(s.space().unwrap().used, 110);
+}
+
+#[test]
+fn test_clone_from_missing_source_removes_target() {
+    let (_d, s) = new_store();
+    run(&s, vec![write("to", 0, b"stale")]).unwrap();
+
+    run(
+        &s,
+        vec![TxOp::Clone {
+            from: key("absent"),
+            to: key("to"),
+        }],
+    )
+    .unwrap();
+
+    assert!(!s.exists(&key("to")));
+}
