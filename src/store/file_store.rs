@@ -44,7 +44,7 @@ use super::{
     Callback, CollId, ObjectKey, ObjectStore, StoreError, StoreResult, StoreSpace, Transaction,
     TxOp,
 };
-use crate::sync::{Arc, AtomicBool, Condvar, Mutex, Ordering, RwLock};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Condvar, Mutex, Ordering, RwLock};
 
 const SUPERBLOCK: &str = "superblock";
 const LOCK: &str = "lock";
@@ -84,6 +84,8 @@ struct Pending {
     seq: u64,
     rec: EncodedRecord,
     txn: Transaction,
+    /// Bytes held against the free-space check until applied.
+    reserved: u64,
     on_commit: Callback,
     on_applied: Callback,
 }
@@ -92,6 +94,7 @@ struct Pending {
 struct Committed {
     seq: u64,
     txn: Transaction,
+    reserved: u64,
     on_applied: Callback,
 }
 
@@ -134,6 +137,8 @@ struct Inner {
     ckpt_lock: Mutex<()>,
     ckpt_req: Mutex<CkptReq>,
     ckpt_cv: Condvar,
+    /// Space reserved by queued transactions not yet applied.
+    reserved: AtomicU64,
     failed: AtomicBool,
     closed: AtomicBool,
     /// Simulated power loss: threads stop where they are, nothing is synced.
@@ -256,6 +261,7 @@ impl FileStore {
             ckpt_lock: Mutex::new(()),
             ckpt_req: Mutex::new(CkptReq::default()),
             ckpt_cv: Condvar::new(),
+            reserved: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
@@ -682,10 +688,10 @@ impl Inner {
         }
     }
 
-    /// Refuse a transaction that would leave less than `min_free_bytes` free.
-    /// Transactions that only remove or shrink always pass, so a full store
-    /// can still be cleaned up.
-    fn check_space(&self, txn: &Transaction, rec_len: u64) -> StoreResult<()> {
+    /// Bytes a transaction may add to the file system (journal record, data,
+    /// clone copies); `None` for transactions that only remove or shrink,
+    /// which always pass so that a full store can still be cleaned up.
+    fn space_need(&self, txn: &Transaction, rec_len: u64) -> Option<u64> {
         let mut need = rec_len;
         let mut grows = false;
         for op in &txn.ops {
@@ -706,18 +712,31 @@ impl Inner {
                 _ => {}
             }
         }
-        if !grows {
-            return Ok(());
-        }
-        let avail = self.available()?;
-        if avail < need.saturating_add(self.cfg.min_free_bytes) {
+        grows.then_some(need)
+    }
+
+    /// Refuse `need` more bytes if, with everything queued but not yet
+    /// applied, less than `min_free_bytes` would stay free. Called under the
+    /// submit lock, so concurrent queuers cannot both take the last space.
+    fn check_space(&self, need: u64, avail: u64) -> StoreResult<()> {
+        let pending = self.reserved.load(Ordering::Acquire);
+        let want = need
+            .saturating_add(pending)
+            .saturating_add(self.cfg.min_free_bytes);
+        if avail < want {
             return Err(StoreError::NoSpace {
                 path: self.root.display().to_string(),
-                need: need.saturating_add(self.cfg.min_free_bytes),
+                need: want,
                 avail,
             });
         }
         Ok(())
+    }
+
+    /// A queued transaction's space reservation ends (applied or failed):
+    /// from now on `statfs` accounts for what it wrote.
+    fn release(&self, reserved: u64) {
+        self.reserved.fetch_sub(reserved, Ordering::AcqRel);
     }
 
     /// Checkpoint. Crash safety, step by step:
@@ -918,6 +937,7 @@ fn sync_loop(inner: Arc<Inner>, srx: mpsc::Receiver<Written>, atx: mpsc::Sender<
             if !ok {
                 let err = inner.failed_err();
                 for p in w.batch {
+                    inner.release(p.reserved);
                     fail_callbacks(&err, Some(p.on_commit), p.on_applied);
                 }
                 continue;
@@ -932,9 +952,11 @@ fn sync_loop(inner: Arc<Inner>, srx: mpsc::Receiver<Written>, atx: mpsc::Sender<
                 let c = Committed {
                     seq: p.seq,
                     txn: p.txn,
+                    reserved: p.reserved,
                     on_applied: p.on_applied,
                 };
                 if let Err(mpsc::SendError(c)) = atx.send(c) {
+                    inner.release(c.reserved);
                     (c.on_applied)(Err(inner.failed_err()));
                 }
             }
@@ -948,6 +970,7 @@ fn sync_loop(inner: Arc<Inner>, srx: mpsc::Receiver<Written>, atx: mpsc::Sender<
 fn apply_loop(inner: Arc<Inner>, rx: mpsc::Receiver<Committed>) {
     while let Ok(c) = rx.recv() {
         if inner.crashed.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
+            inner.release(c.reserved);
             (c.on_applied)(Err(inner.failed_err()));
             continue;
         }
@@ -964,6 +987,7 @@ fn apply_loop(inner: Arc<Inner>, rx: mpsc::Receiver<Committed>) {
             };
             apply_txn(&mut ctx, &inner.meta, c.seq, &c.txn)
         };
+        inner.release(c.reserved);
         match res {
             Ok(true) => {
                 {
@@ -1325,9 +1349,17 @@ impl ObjectStore for FileStore {
                 ),
             ));
         }
-        inner.check_space(&txn, payload.len)?;
+        let need = inner.space_need(&txn, payload.len);
+        let avail = match need {
+            Some(_) => Some(inner.available()?),
+            None => None,
+        };
         let mut s = inner.submit.lock();
         let after = check_collections(&s.colls, &txn)?;
+        if let (Some(need), Some(avail)) = (need, avail) {
+            inner.check_space(need, avail)?;
+        }
+        let reserved = need.unwrap_or(0);
         let Some(tx) = s.tx.clone() else {
             return Err(inner.failed_err());
         };
@@ -1337,10 +1369,13 @@ impl ObjectStore for FileStore {
             seq,
             rec,
             txn,
+            reserved,
             on_commit,
             on_applied,
         };
+        inner.reserved.fetch_add(reserved, Ordering::AcqRel);
         if tx.send(p).is_err() {
+            inner.release(reserved);
             return Err(inner.failed_err());
         }
         s.next_seq += 1;

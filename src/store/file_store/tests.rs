@@ -951,3 +951,43 @@ fn test_clone_from_missing_source_removes_target() {
 
     assert!(!s.exists(&key("to")));
 }
+
+#[test]
+fn test_no_space_counts_queued_but_unapplied_transactions() {
+    const KIB100: usize = 100 << 10;
+    // Each 100 KiB write needs about 200 KiB (journal record and data
+    // file): room for two above the reserve, not three.
+    let (_d, s) = new_store_with(StoreConfig {
+        fake_available_bytes: Some((64 << 20) + 5 * KIB100 as u64),
+        ..StoreConfig::default()
+    });
+    let (go_tx, go_rx) = channel::<()>();
+    let q = |name: &str, on_commit: Callback| {
+        s.queue_transaction(
+            Transaction {
+                ops: vec![write(name, 0, &[1; KIB100])],
+            },
+            on_commit,
+            nop(),
+        )
+    };
+    // The first commit callback holds the journal, so nothing gets applied.
+    q(
+        "a",
+        Box::new(move |_| {
+            let _ = go_rx.recv_timeout(WAIT);
+        }),
+    )
+    .unwrap();
+    q("b", nop()).unwrap();
+
+    let third = q("c", nop());
+
+    assert!(
+        matches!(third, Err(StoreError::NoSpace { .. })),
+        "{third:?}"
+    );
+    go_tx.send(()).unwrap();
+    s.wait_applied().unwrap();
+    q("d", nop()).unwrap();
+}
