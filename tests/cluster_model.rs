@@ -10,7 +10,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::executor::block_on;
 use proptest::prelude::*;
-use rbdfs::osd::{Cluster, ClusterConfig, CreateOptions, MemStoreOpener, StoreOpener};
+use rbdfs::osd::{
+    Cluster, ClusterConfig, CreateOptions, FileStoreOpener, MemStoreOpener, StoreOpener,
+};
 use rbdfs::rados::mem::{MAX_OBJECT_SIZE, MemRados};
 use rbdfs::rados::{
     PoolId, RadosBackend, RadosError, ReadOp, ReadResult, SNAP_HEAD, SnapContext, SnapId, WriteOp,
@@ -480,6 +482,18 @@ proptest! {
         steps in proptest::collection::vec(step(), 1..60)
     ) {
         check_model(Arc::new(MemStoreOpener::deferred()), &steps)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(16), ..ProptestConfig::default() })]
+
+    /// The real file stores: crash steps lose whatever was not journaled.
+    #[test]
+    fn test_cluster_on_file_store_matches_reference_model(
+        steps in proptest::collection::vec(step(), 1..40)
+    ) {
+        check_model(Arc::new(FileStoreOpener::default()), &steps)?;
     }
 }
 

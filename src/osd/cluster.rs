@@ -36,7 +36,7 @@ use super::osdmap::{OSDMAP_FILE, OsdId, OsdMap, PendingTrim, PoolEntry};
 use super::peering::peer_all;
 use super::pg::PgEvent;
 use super::placement::object_pg;
-use super::store_open::{CloseFn, CrashFn, MemStoreOpener, StoreOpener};
+use super::store_open::{CloseFn, CrashFn, FileStoreOpener, StoreOpener};
 use super::tracker::{Admit, FlushTracker, Gate, Leave, Reply};
 use crate::rados::{
     BoxFuture, PoolId, PoolInfo, RadosBackend, RadosError, ReadOp, ReadResult, Result, SNAP_HEAD,
@@ -70,7 +70,7 @@ impl Default for ClusterConfig {
             pg_log_max_entries: 3000,
             default_pool_size: 3,
             default_pg_num: 32,
-            store: MemStoreOpener::global(),
+            store: Arc::new(FileStoreOpener::default()),
         }
     }
 }

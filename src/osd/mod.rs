@@ -21,7 +21,7 @@ mod tracker;
 pub use cluster::{Cluster, ClusterConfig, CreateOptions};
 pub use error::{OsdError, OsdResult};
 pub use osdmap::{OsdId, OsdMap};
-pub use store_open::{MemStoreOpener, OpenedStore, StoreOpener};
+pub use store_open::{FileStoreOpener, MemStoreOpener, OpenedStore, StoreOpener};
 
 /// A placement group: the same pair as its store collection.
 pub type PgId = crate::store::CollId;
