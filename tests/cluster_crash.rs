@@ -1,8 +1,8 @@
 //! Real crash test: a child process opens the cluster (file stores), writes
 //! and flushes in a loop and reports each flushed write over its stdout pipe;
-//! the parent SIGKILLs it after a random number of reports, reopens the
-//! cluster and checks every reported write byte-exact on EVERY replica's
-//! store, read directly.
+//! the parent SIGKILLs it after a random number of reports, opens every
+//! OSD's store on its own and checks every reported write byte-exact on
+//! EVERY replica, then opens the cluster and checks it serves them all.
 
 mod common;
 
@@ -12,9 +12,10 @@ use std::process::{Command, Stdio};
 
 use bytes::Bytes;
 use futures::executor::block_on;
-use rbdfs::osd::{Cluster, ClusterConfig, CreateOptions};
-use rbdfs::rados::{RadosBackend, SNAP_HEAD, SnapContext, WriteOp};
-use rbdfs::store::ObjectKey;
+use rbdfs::osd::placement::object_pg;
+use rbdfs::osd::{Cluster, ClusterConfig, CreateOptions, OsdError, OsdMap, PgId};
+use rbdfs::rados::{RadosBackend, ReadOp, SNAP_HEAD, SnapContext, WriteOp};
+use rbdfs::store::{FileStore, ObjectKey, ObjectStore, StoreConfig};
 
 const CHILD_ENV: &str = "RBDFS_CLUSTER_CRASH_CHILD";
 const TEST_NAME: &str = "test_cluster_crash_flushed_writes_survive_sigkill_on_every_replica";
@@ -108,6 +109,15 @@ fn test_cluster_crash_flushed_writes_survive_sigkill_on_every_replica() {
         let line = line.unwrap();
         if let Some(i) = line.strip_prefix("FLUSHED ") {
             flushed.push(i.parse::<u64>().unwrap());
+            if flushed.len() == 1 {
+                // The child holds the cluster: another process must not get in.
+                let other = Cluster::open(&dir, ClusterConfig::default());
+                assert!(
+                    matches!(other, Err(OsdError::Locked { .. })),
+                    "second open while the child runs: {:?}",
+                    other.err()
+                );
+            }
             if flushed.len() as u64 >= kill_after {
                 break;
             }
@@ -121,25 +131,55 @@ fn test_cluster_crash_flushed_writes_survive_sigkill_on_every_replica() {
         "the child died before {kill_after} reports ({status}): see its stderr above"
     );
 
-    let c = Cluster::open(&dir, ClusterConfig::default()).unwrap();
-
+    // Each replica's store on its own, before any peering could repair it:
+    // a flushed write must already be durable on every one of them.
+    let map = OsdMap::load(&dir).unwrap();
+    let info = map.pools[0].info.clone();
+    let stores: Vec<_> = map
+        .osds
+        .iter()
+        .map(|o| FileStore::open(&dir.join(&o.path), StoreConfig::default()).unwrap())
+        .collect();
     for &i in &flushed {
-        let (pg, acting) = c.object_acting(pool, &name(i)).unwrap();
-        assert_eq!(acting.len(), 3);
+        let pg = object_pg(&name(i), info.pg_num);
+        let up = map.pg_up_set(&info, pg);
+        assert_eq!(up.len(), 3);
         let key = ObjectKey {
-            coll: pg,
+            coll: PgId { pool, pg },
             name: name(i),
             snap: SNAP_HEAD,
         };
-        for osd in acting {
-            let store = c.osd_store(osd).unwrap();
-            let got = store.read(&key, 0, 1 << 20);
+        for osd in up {
+            let got = stores[osd as usize].read(&key, 0, 1 << 20);
             assert_eq!(
                 got.as_ref().ok(),
                 Some(&payload(i)),
                 "write {i} on osd.{osd} after a kill at {kill_after} reports"
             );
         }
+    }
+    for s in stores {
+        s.close().unwrap();
+    }
+
+    // Then the cluster: it opens, peers, serves every flushed write, and all
+    // replicas agree (writes in flight at the kill included).
+    let c = Cluster::open(&dir, ClusterConfig::default()).unwrap();
+    for &i in &flushed {
+        let got = block_on(c.read(
+            pool,
+            &name(i),
+            SNAP_HEAD,
+            vec![ReadOp::Read {
+                off: 0,
+                len: 1 << 20,
+            }],
+        ));
+        assert_eq!(
+            got.unwrap().pop().unwrap().into_data(),
+            payload(i),
+            "write {i}"
+        );
     }
     common::assert_replicas_identical(&c);
     c.shutdown().unwrap();
