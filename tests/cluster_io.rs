@@ -153,3 +153,54 @@ fn test_cluster_map_changes_under_load_lose_no_write() {
     common::assert_replicas_identical(&c);
     c.shutdown().unwrap();
 }
+
+#[test]
+fn test_cluster_with_osds_in_other_directories_reopens_with_its_data() {
+    // OSD directories may live anywhere (other disks): the map records them.
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let paths: Vec<_> = (0..3)
+        .map(|i| elsewhere.path().join(format!("disk{i}/osd")))
+        .collect();
+    let config = ClusterConfig::default();
+    Cluster::create(
+        &dir.path().join("c"),
+        CreateOptions {
+            osd_paths: paths.clone(),
+            config: config.clone(),
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    let c = Cluster::open(&dir.path().join("c"), config.clone()).unwrap();
+    let pool = block_on(c.pool_create("rbd", Some(3), None, Some(4)))
+        .unwrap()
+        .id;
+    block_on(c.write(
+        pool,
+        "o",
+        SnapContext::empty(),
+        vec![WriteOp::WriteFull {
+            data: Bytes::from_static(b"far away"),
+        }],
+    ))
+    .unwrap();
+    c.shutdown().unwrap();
+    drop(c);
+
+    let c = Cluster::open(&dir.path().join("c"), config).unwrap();
+
+    let map = c.osdmap();
+    assert_eq!(
+        map.osds.iter().map(|o| o.path.clone()).collect::<Vec<_>>(),
+        paths
+    );
+    assert!(
+        paths
+            .iter()
+            .all(|p| std::fs::read_dir(p).unwrap().next().is_some())
+    );
+    let r = block_on(c.read(pool, "o", SNAP_HEAD, vec![ReadOp::Read { off: 0, len: 64 }]));
+    assert_eq!(r.unwrap().pop().unwrap().into_data(), &b"far away"[..]);
+    c.shutdown().unwrap();
+}
