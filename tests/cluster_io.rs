@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::executor::block_on;
-use rbdfs::osd::{Cluster, ClusterConfig, CreateOptions, MemStoreOpener};
+use rbdfs::osd::{Cluster, ClusterConfig, CreateOptions, FileStoreOpener, MemStoreOpener};
 use rbdfs::rados::{RadosBackend, ReadOp, SNAP_HEAD, SnapContext, WriteOp};
+use rbdfs::store::StoreConfig;
 
 fn open(dir: &std::path::Path) -> Arc<Cluster> {
     let config = ClusterConfig {
@@ -202,5 +203,54 @@ fn test_cluster_with_osds_in_other_directories_reopens_with_its_data() {
     );
     let r = block_on(c.read(pool, "o", SNAP_HEAD, vec![ReadOp::Read { off: 0, len: 64 }]));
     assert_eq!(r.unwrap().pop().unwrap().into_data(), &b"far away"[..]);
+    c.shutdown().unwrap();
+}
+
+#[test]
+fn test_cluster_write_refused_for_space_is_no_space_and_changes_nothing() {
+    // Every store claims 80 MiB free and keeps 64 MiB in reserve: a 32 MiB
+    // write (journal record + data) cannot fit, a small one can.
+    let dir = tempfile::tempdir().unwrap();
+    let config = ClusterConfig {
+        store: Arc::new(FileStoreOpener {
+            config: StoreConfig {
+                fake_available_bytes: Some(80 << 20),
+                ..StoreConfig::default()
+            },
+        }),
+        ..ClusterConfig::default()
+    };
+    Cluster::create(
+        dir.path(),
+        CreateOptions {
+            config: config.clone(),
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    let c = Cluster::open(dir.path(), config).unwrap();
+    let pool = block_on(c.pool_create("rbd", Some(3), None, Some(4)))
+        .unwrap()
+        .id;
+    let write = |data: Bytes| {
+        block_on(c.write(
+            pool,
+            "o",
+            SnapContext::empty(),
+            vec![WriteOp::WriteFull { data }],
+        ))
+    };
+    write(Bytes::from_static(b"small")).unwrap();
+
+    let r = write(Bytes::from(vec![1u8; 32 << 20]));
+
+    assert!(
+        matches!(r, Err(rbdfs::rados::RadosError::NoSpace(_))),
+        "{r:?}"
+    );
+    let got = block_on(c.read(pool, "o", SNAP_HEAD, vec![ReadOp::Read { off: 0, len: 64 }]));
+    assert_eq!(got.unwrap().pop().unwrap().into_data(), &b"small"[..]);
+    write(Bytes::from_static(b"still works")).unwrap();
+    common::assert_replicas_identical(&c);
     c.shutdown().unwrap();
 }
