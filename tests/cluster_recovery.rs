@@ -225,7 +225,7 @@ fn test_cluster_pool_size_above_osd_count_is_rejected() {
 }
 
 #[test]
-fn test_cluster_pg_below_min_size_refuses_io_until_osd_returns() {
+fn test_cluster_pg_below_min_size_blocks_io_until_osd_returns() {
     let dir = tempfile::tempdir().unwrap();
     let (c, _) = cluster(dir.path(), 2, 3000);
     let rados = Rados::new(c.clone());
@@ -239,16 +239,25 @@ fn test_cluster_pg_below_min_size_refuses_io_until_osd_returns() {
     });
     c.set_replica_paused(1, true).unwrap();
 
-    let r = block_on(io.write("o", &SnapContext::empty(), 0, Bytes::from_static(b"x")));
+    let io2 = io.clone();
+    let pending = common::spawn_op(async move {
+        io2.write("o", &SnapContext::empty(), 0, Bytes::from_static(b"x"))
+            .await
+    });
 
-    assert!(matches!(r, Err(rbdfs::rados::RadosError::Busy(_))), "{r:?}");
+    common::wait_until(30, "the write is blocked", || c.blocked_ops() == 1);
+    assert!(pending.try_recv().is_err(), "the write must wait, not fail");
     c.set_replica_paused(1, false).unwrap();
-    block_on(io.write("o", &SnapContext::empty(), 0, Bytes::from_static(b"x"))).unwrap();
+    pending.recv().unwrap().unwrap();
+    assert_eq!(
+        block_on(io.read("o", SNAP_HEAD, 0, 1)),
+        Ok(Bytes::from_static(b"x"))
+    );
     c.shutdown().unwrap();
 }
 
 #[test]
-fn test_recovery_pg_whose_newest_copy_is_down_refuses_io_until_it_returns() {
+fn test_recovery_pg_whose_newest_copy_is_down_blocks_io_until_it_returns() {
     // size 2, min_size 1, an object on osd.1 and osd.2: written while osd.2
     // is down, then osd.2 up and osd.1 down. osd.2 alone must not serve its
     // stale copy; once osd.1 is back, the write is there on both.
@@ -278,17 +287,22 @@ fn test_recovery_pg_whose_newest_copy_is_down_refuses_io_until_it_returns() {
     c.set_osd_up(1, false).unwrap();
     c.set_osd_up(2, true).unwrap();
 
-    let stale = block_on(io.read(&name, SNAP_HEAD, 0, 3));
+    let io2 = io.clone();
+    let name2 = name.clone();
+    let pending = common::spawn_op(async move { io2.read(&name2, SNAP_HEAD, 0, 3).await });
 
+    common::wait_until(30, "the read is blocked", || c.blocked_ops() == 1);
     assert!(
-        matches!(stale, Err(rbdfs::rados::RadosError::Busy(ref m)) if m.contains("incomplete")),
-        "{stale:?}"
+        c.pg_list().iter().any(|p| p.state == "incomplete"),
+        "{:?}",
+        c.pg_list()
+    );
+    assert!(
+        pending.try_recv().is_err(),
+        "the stale copy must not be served"
     );
     c.set_osd_up(1, true).unwrap();
-    assert_eq!(
-        block_on(io.read(&name, SNAP_HEAD, 0, 3)),
-        Ok(Bytes::from_static(b"new"))
-    );
+    assert_eq!(pending.recv().unwrap(), Ok(Bytes::from_static(b"new")));
     common::assert_replicas_identical(&c);
     c.shutdown().unwrap();
 }

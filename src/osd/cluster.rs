@@ -13,6 +13,15 @@
 //! the map) -> the primary's op queue, with a one-shot reply. The futures only
 //! wait on that reply; the work happens on the OSDs' own threads.
 //!
+//! Failure handling: an OSD whose store fails (I/O errors, its directory
+//! vanished, a full journal) is reported by whoever sees it (the OSD itself,
+//! or a primary whose replica failed a write) or found by the monitor
+//! thread's health poll, and marked down in a new epoch. A client op that
+//! cannot be served now (its PG below `min_size` or incomplete, its primary
+//! failing) is answered `Busy` inside the cluster and resubmitted by the
+//! client side at each new epoch, until `op_timeout`: below `min_size` I/O
+//! waits instead of failing.
+//!
 //! Map changes (pool creation, OSDs going down/up/in/out) hold new client ops
 //! back, let those in flight finish, save the new map, peer every PG, then
 //! release the held ops:
@@ -23,27 +32,29 @@
 //!     └──────────────── parked ops resubmitted <─────────────────────┘
 //! ```
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use super::PgId;
 use super::daemon::{Osd, Shared};
 use super::error::{OsdError, OsdResult};
-use super::osdmap::{OSDMAP_FILE, OsdId, OsdMap, PendingTrim, PoolEntry};
+use super::osdmap::{OSDMAP_FILE, OsdId, OsdInfo, OsdMap, PendingTrim, PoolEntry};
 use super::peering::peer_all;
 use super::pg::PgEvent;
 use super::placement::object_pg;
-use super::store_open::{CloseFn, CrashFn, FileStoreOpener, StoreOpener};
-use super::tracker::{Admit, FlushTracker, Gate, Leave, Reply};
+use super::store_open::{CloseFn, CrashFn, FailedStore, FileStoreOpener, StoreOpener};
+use super::tracker::{Admit, Gate, Leave, Reply};
 use crate::rados::{
     BoxFuture, PoolId, PoolInfo, RadosBackend, RadosError, ReadOp, ReadResult, Result, SNAP_HEAD,
     SnapContext, SnapId, WriteOp,
 };
 use crate::store::ObjectStore;
-use crate::sync::{Arc, Mutex, RwLock};
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering, RwLock};
 
 /// Tunables of a running cluster.
 #[derive(Clone)]
@@ -59,6 +70,11 @@ pub struct ClusterConfig {
     pub default_pg_num: u32,
     /// Makes and opens the OSDs' stores.
     pub store: Arc<dyn StoreOpener>,
+    /// How long a client op waits for its PG to become servable (enough
+    /// replicas up) before it fails with `TimedOut`.
+    pub op_timeout: Duration,
+    /// How often the monitor polls the stores' health.
+    pub monitor_interval: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -71,6 +87,8 @@ impl Default for ClusterConfig {
             default_pool_size: 3,
             default_pg_num: 32,
             store: Arc::new(FileStoreOpener::default()),
+            op_timeout: Duration::from_secs(300),
+            monitor_interval: Duration::from_millis(500),
         }
     }
 }
@@ -86,6 +104,8 @@ impl std::fmt::Debug for ClusterConfig {
             .field("pg_log_max_entries", &self.pg_log_max_entries)
             .field("default_pool_size", &self.default_pool_size)
             .field("default_pg_num", &self.default_pg_num)
+            .field("op_timeout", &self.op_timeout)
+            .field("monitor_interval", &self.monitor_interval)
             .finish_non_exhaustive()
     }
 }
@@ -139,16 +159,24 @@ enum ClientKind {
     },
 }
 
-struct Inner {
-    dir: PathBuf,
-    config: ClusterConfig,
-    shared: Arc<Shared>,
-    osds: Vec<Arc<Osd>>,
-    closers: Mutex<Vec<(CloseFn, CrashFn)>>,
+pub(super) struct Inner {
+    pub(super) dir: PathBuf,
+    pub(super) config: ClusterConfig,
+    pub(super) shared: Arc<Shared>,
+    /// Every OSD ever known, indexed by id (removed ones stay, stopped).
+    osds: RwLock<Vec<Arc<Osd>>>,
+    /// How to close (or crash) each OSD's store, by id; `None` once closed.
+    closers: Mutex<Vec<Option<(CloseFn, CrashFn)>>>,
     gate: Arc<Gate<ClientOp>>,
     /// Serialises map changes.
     map_change: Mutex<()>,
     lock: Mutex<Option<File>>,
+    /// Bumped at every map change and monitor tick; blocked client ops
+    /// wake on it to retry or time out.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// Client ops waiting for a map change before they can be served.
+    pub(super) blocked: AtomicUsize,
+    stopping: AtomicBool,
 }
 
 /// A running cluster of in-process OSDs.
@@ -209,31 +237,45 @@ impl Cluster {
 
     /// Open the cluster in `dir`: lock it, open every OSD's store, mark all
     /// OSDs up (a new epoch), peer every PG.
+    /// An OSD whose store cannot be opened starts down (the cluster runs
+    /// degraded) instead of failing the open.
     pub fn open(dir: &Path, config: ClusterConfig) -> OsdResult<Arc<Cluster>> {
         let lock = lock_dir(dir)?;
         let mut map = OsdMap::load(dir)?;
+        let max_id = map.osds.iter().map(|o| o.id).max().unwrap_or(0);
+        let mut opened = Vec::new();
+        for id in 0..=max_id {
+            let Some(info) = map.osd(id) else {
+                opened.push((Arc::new(FailedStore::new("removed")) as _, None));
+                continue;
+            };
+            let path = dir.join(&info.path);
+            match config.store.open(&path) {
+                Ok(o) => opened.push((o.store, Some((o.close, o.crash)))),
+                Err(e) => {
+                    log::error!(
+                        "osd.{id}: cannot open its store {}: {e}; it starts down",
+                        path.display()
+                    );
+                    opened.push((Arc::new(FailedStore::new(&e.to_string())) as _, None));
+                }
+            }
+        }
         for o in &mut map.osds {
-            o.up = true;
+            o.up = opened[o.id as usize].1.is_some();
         }
         map.epoch += 1;
         map.save(dir)?;
-        let shared = Arc::new(Shared {
-            map: RwLock::new(Arc::new(map.clone())),
-            flush: FlushTracker::default(),
-            pg_log_max_entries: config.pg_log_max_entries.max(1),
-        });
+        let shared = Arc::new(Shared::new(map.clone(), config.pg_log_max_entries.max(1)));
+        let (fail_tx, fail_rx) = std::sync::mpsc::channel();
+        *shared.failures.lock() = Some(fail_tx);
         let mut osds = Vec::new();
         let mut closers = Vec::new();
-        for info in &map.osds {
-            let path = dir.join(&info.path);
-            let opened = config.store.open(&path).map_err(|source| OsdError::Store {
-                osd: info.id,
-                source,
-            })?;
-            closers.push((opened.close, opened.crash));
+        for (id, (store, closer)) in opened.into_iter().enumerate() {
+            closers.push(closer);
             osds.push(Osd::start(
-                info.id,
-                opened.store,
+                id as OsdId,
+                store,
                 shared.clone(),
                 config.osd_op_num_shards,
                 config.osd_op_num_threads_per_shard,
@@ -249,15 +291,23 @@ impl Cluster {
                 dir: dir.to_path_buf(),
                 config,
                 shared,
-                osds,
+                osds: RwLock::new(osds),
                 closers: Mutex::new(closers),
                 gate: Arc::new(Gate::new()),
                 map_change: Mutex::new(()),
                 lock: Mutex::new(Some(lock)),
+                changes: tokio::sync::watch::Sender::new(0),
+                blocked: AtomicUsize::new(0),
+                stopping: AtomicBool::new(false),
             }),
         });
+        spawn_monitor(&cluster.inner, fail_rx)?;
         cluster.inner.retry_pending_trims()?;
         Ok(cluster)
+    }
+
+    pub(super) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
     }
 
     /// The cluster directory.
@@ -272,7 +322,119 @@ impl Cluster {
 
     /// The store of an OSD, for inspection (tests, scrub).
     pub fn osd_store(&self, osd: OsdId) -> Option<Arc<dyn ObjectStore>> {
-        self.inner.osds.get(osd as usize).map(|o| o.store.clone())
+        self.inner.osd(osd).map(|o| o.store.clone())
+    }
+
+    /// Client ops waiting for a map change (their PG below `min_size`,
+    /// incomplete, or its primary failing).
+    pub fn blocked_ops(&self) -> usize {
+        self.inner.blocked.load(Ordering::SeqCst)
+    }
+
+    /// Create a store in `path` (relative to the cluster directory unless
+    /// absolute), and add it as a new OSD, up and in: the PGs that now map
+    /// to it are backfilled. Returns its id.
+    pub fn add_osd(&self, path: &Path) -> OsdResult<OsdId> {
+        let inner = &self.inner;
+        let full = inner.dir.join(path);
+        inner.config.store.mkfs(&full).map_err(|e| {
+            OsdError::InvalidArgument(format!("making a store in {}: {e}", full.display()))
+        })?;
+        let id = {
+            let _serial = inner.map_change.lock();
+            let opened = inner
+                .config
+                .store
+                .open(&full)
+                .map_err(|source| OsdError::Store {
+                    osd: inner.osds.read().len() as OsdId,
+                    source,
+                })?;
+            let mut osds = inner.osds.write();
+            let id = osds.len() as OsdId;
+            let osd = Osd::start(
+                id,
+                opened.store,
+                inner.shared.clone(),
+                inner.config.osd_op_num_shards,
+                inner.config.osd_op_num_threads_per_shard,
+            )?;
+            osds.push(osd);
+            let weak: Vec<_> = osds.iter().map(Arc::downgrade).collect();
+            for o in osds.iter() {
+                o.set_peers(weak.clone());
+            }
+            inner
+                .closers
+                .lock()
+                .push(Some((opened.close, opened.crash)));
+            id
+        };
+        inner.change_map(true, |m| {
+            m.osds.push(OsdInfo {
+                id,
+                path: path.to_path_buf(),
+                up: true,
+                in_: true,
+            });
+            Ok(())
+        })?;
+        inner.retry_pending_trims()?;
+        Ok(id)
+    }
+
+    /// Remove an OSD from the cluster: only once it is down and out and
+    /// every PG is active+clean on the others (so it holds no needed copy).
+    /// Its store is closed; its directory is left for the operator.
+    pub fn remove_osd(&self, osd: OsdId) -> OsdResult<()> {
+        let map = self.osdmap();
+        let info = map.osd(osd).ok_or(OsdError::NoSuchOsd(osd))?;
+        if info.up || info.in_ {
+            return Err(OsdError::CannotRemove {
+                osd,
+                why: format!(
+                    "it is {} and {}; mark it down and out first",
+                    if info.up { "up" } else { "down" },
+                    if info.in_ { "in" } else { "out" }
+                ),
+            });
+        }
+        let unclean: Vec<_> = self
+            .pg_list()
+            .into_iter()
+            .filter(|p| p.state != "active+clean")
+            .collect();
+        if let Some(p) = unclean.first() {
+            return Err(OsdError::CannotRemove {
+                osd,
+                why: format!(
+                    "{} PGs are not active+clean (pg {} is {}); it may hold their only \
+                     copy: wait for recovery or bring OSDs back",
+                    unclean.len(),
+                    p.pgid,
+                    p.state
+                ),
+            });
+        }
+        self.inner.change_map(false, |m| {
+            m.osds.retain(|o| o.id != osd);
+            Ok(())
+        })?;
+        if let Some(o) = self.inner.osd(osd) {
+            o.stop();
+        }
+        let closer = self
+            .inner
+            .closers
+            .lock()
+            .get_mut(osd as usize)
+            .and_then(Option::take);
+        if let Some((close, _)) = closer {
+            if let Err(e) = close() {
+                log::warn!("osd.{osd}: closing its store: {e}");
+            }
+        }
+        Ok(())
     }
 
     /// The PG of an object and its acting set (primary first).
@@ -289,6 +451,11 @@ impl Cluster {
     /// others (while at least `min_size` remain). Up again: peering brings
     /// its PGs up to date from the primaries' logs before I/O resumes.
     pub fn set_osd_up(&self, osd: OsdId, up: bool) -> OsdResult<()> {
+        if up {
+            if let Some(Err(e)) = self.inner.osd(osd).map(|o| o.store.check_health()) {
+                return Err(OsdError::Store { osd, source: e });
+            }
+        }
         self.inner.change_map(true, |m| {
             let o = m
                 .osds
@@ -324,17 +491,23 @@ impl Cluster {
     /// Finish every op in flight, stop the OSDs, close their stores cleanly
     /// and release the directory lock. Later ops fail with `ShuttingDown`.
     pub fn shutdown(&self) -> OsdResult<()> {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        // Serialised with a monitor-driven map change in progress.
+        let _serial = self.inner.map_change.lock();
         let parked = self.inner.gate.close();
         drop(parked);
-        for o in &self.inner.osds {
+        self.inner.changes.send_modify(|v| *v += 1);
+        let osds = self.inner.osds();
+        for o in &osds {
             o.wait_idle();
         }
-        for o in &self.inner.osds {
+        for o in &osds {
             o.stop();
         }
         let closers = std::mem::take(&mut *self.inner.closers.lock());
         let mut first_err = None;
-        for (i, (close, _)) in closers.into_iter().enumerate() {
+        for (i, closer) in closers.into_iter().enumerate() {
+            let Some((close, _)) = closer else { continue };
             if let Err(source) = close() {
                 first_err.get_or_insert(OsdError::Store {
                     osd: i as OsdId,
@@ -353,11 +526,12 @@ impl Cluster {
     /// the directory lock is released so the cluster can be opened again.
     /// Every write acknowledged before the call must survive the reopen.
     pub fn simulate_crash(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
         let closers = std::mem::take(&mut *self.inner.closers.lock());
-        for (_, crash) in closers {
+        for (_, crash) in closers.into_iter().flatten() {
             crash();
         }
-        for o in &self.inner.osds {
+        for o in &self.inner.osds() {
             o.stop();
         }
         self.inner.lock.lock().take();
@@ -368,13 +542,49 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         // Without shutdown() this is a crash as far as the stores know; the
         // workers still exit once their queues drain.
-        for o in &self.inner.osds {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        for o in &self.inner.osds() {
             o.stop();
         }
     }
 }
 
 impl Inner {
+    pub(super) fn osds(&self) -> Vec<Arc<Osd>> {
+        self.osds.read().clone()
+    }
+
+    pub(super) fn osd(&self, id: OsdId) -> Option<Arc<Osd>> {
+        self.osds.read().get(id as usize).cloned()
+    }
+
+    /// Mark failed OSDs down (one new epoch for all of them).
+    fn mark_down(&self, failed: &BTreeSet<OsdId>) -> OsdResult<()> {
+        log::warn!("marking failed OSDs down: {failed:?}");
+        self.change_map(true, |m| {
+            for o in m.osds.iter_mut().filter(|o| failed.contains(&o.id)) {
+                o.up = false;
+            }
+            Ok(())
+        })?;
+        self.retry_pending_trims()
+    }
+
+    /// Quiesce client I/O (ops in flight finish, new ones are parked), run
+    /// `f`, then resubmit what was parked. Serialised with map changes.
+    pub(super) fn quiesced<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _serial = self.map_change.lock();
+        self.gate.begin_peering();
+        for o in self.osds() {
+            o.wait_idle();
+        }
+        let r = f();
+        for op in self.gate.end_peering() {
+            self.submit(op);
+        }
+        r
+    }
+
     /// Change the map; with `peer`, quiesce I/O and peer every PG (module doc).
     fn change_map(
         &self,
@@ -392,7 +602,7 @@ impl Inner {
         let _serial = self.map_change.lock();
         if peer {
             self.gate.begin_peering();
-            for o in &self.osds {
+            for o in self.osds() {
                 o.wait_idle();
             }
         }
@@ -402,6 +612,7 @@ impl Inner {
                 self.submit(op);
             }
         }
+        self.changes.send_modify(|v| *v += 1);
         r
     }
 
@@ -417,7 +628,7 @@ impl Inner {
         let map = Arc::new(map);
         *self.shared.map.write() = map.clone();
         if peer {
-            peer_all(&self.osds, &map)?;
+            peer_all(&self.osds(), &map)?;
         }
         Ok(map)
     }
@@ -463,7 +674,7 @@ impl Inner {
         };
         let send = |pgid: PgId, primary: OsdId, ev: PgEvent| {
             // An OSD that is gone drops the event; its reply answers ShuttingDown.
-            if let Some(o) = self.osds.get(primary as usize) {
+            if let Some(o) = self.osd(primary) {
                 o.enqueue(pgid, ev);
             }
         };
@@ -665,7 +876,7 @@ impl Inner {
                 let Some(&primary) = map.pg_acting(&p.info, pg).first() else {
                     continue;
                 };
-                let Some(o) = self.osds.get(primary as usize) else {
+                let Some(o) = self.osd(primary) else {
                     continue;
                 };
                 let keys = o
@@ -706,8 +917,103 @@ fn blocking<T: Send + 'static>(
     })
 }
 
-fn wait<T: Send + 'static>(rx: oneshot::Receiver<Result<T>>) -> BoxFuture<'static, Result<T>> {
-    Box::pin(async move { rx.await.unwrap_or(Err(RadosError::ShuttingDown)) })
+/// Submit a client op and wait for its reply; an op answered `Busy` (its PG
+/// cannot be served under this map) is resubmitted once the map changes,
+/// until `op_timeout` runs out.
+fn submit_retrying<T: Send + 'static>(
+    inner: Arc<Inner>,
+    make: impl Fn(oneshot::Sender<Result<T>>) -> ClientOp + Send + 'static,
+) -> BoxFuture<'static, Result<T>> {
+    // The first attempt is queued before the future is returned: ops issued
+    // one after another reach their primary in that order.
+    let deadline = Instant::now() + inner.config.op_timeout;
+    let mut changes = inner.changes.subscribe();
+    let mut epoch = inner.shared.map().epoch;
+    let (tx, first) = oneshot::channel();
+    inner.submit(make(tx));
+    Box::pin(async move {
+        let mut rx = first;
+        loop {
+            let why = match rx.await.unwrap_or(Err(RadosError::ShuttingDown)) {
+                Err(RadosError::Busy(why)) => why,
+                r => return r,
+            };
+            log::debug!("client op waits for a new map: {why}");
+            inner.blocked.fetch_add(1, Ordering::SeqCst);
+            let waited = loop {
+                if inner.shared.map().epoch > epoch {
+                    break Ok(());
+                }
+                if inner.stopping.load(Ordering::SeqCst) {
+                    break Err(RadosError::ShuttingDown);
+                }
+                if Instant::now() >= deadline {
+                    break Err(RadosError::TimedOut(format!(
+                        "waited {:?} for the cluster to serve the op: {why}",
+                        inner.config.op_timeout
+                    )));
+                }
+                if changes.changed().await.is_err() {
+                    break Err(RadosError::ShuttingDown);
+                }
+            };
+            inner.blocked.fetch_sub(1, Ordering::SeqCst);
+            waited?;
+            changes.borrow_and_update();
+            epoch = inner.shared.map().epoch;
+            let (tx, next) = oneshot::channel();
+            inner.submit(make(tx));
+            rx = next;
+        }
+    })
+}
+
+/// The monitor: marks OSDs down when their stores are reported failing or
+/// fail the health poll, and ticks the change signal so that blocked ops
+/// notice their timeout.
+fn spawn_monitor(inner: &Arc<Inner>, failures: std::sync::mpsc::Receiver<OsdId>) -> OsdResult<()> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let weak = Arc::downgrade(inner);
+    let interval = inner.config.monitor_interval;
+    std::thread::Builder::new()
+        .name("rbdfs-osdmon".into())
+        .spawn(move || {
+            loop {
+                let msg = failures.recv_timeout(interval);
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let mut failed = BTreeSet::new();
+                match msg {
+                    Ok(id) => {
+                        failed.insert(id);
+                        failed.extend(failures.try_iter());
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+                let map = inner.shared.map();
+                let is_up = |id: OsdId| map.osd(id).is_some_and(|i| i.up);
+                for o in inner.osds() {
+                    if is_up(o.id) {
+                        if let Err(e) = o.store.check_health() {
+                            log::error!("osd.{}: store unhealthy: {e}", o.id);
+                            failed.insert(o.id);
+                        }
+                    }
+                }
+                failed.retain(|id| is_up(*id));
+                if !failed.is_empty() {
+                    if let Err(e) = inner.mark_down(&failed) {
+                        log::error!("marking {failed:?} down: {e}");
+                    }
+                }
+                inner.changes.send_modify(|v| *v += 1);
+            }
+        })
+        .map(drop)
+        .map_err(|e| OsdError::io("starting the monitor thread", e))
 }
 
 impl RadosBackend for Cluster {
@@ -718,7 +1024,6 @@ impl RadosBackend for Cluster {
         snap: SnapId,
         ops: Vec<ReadOp>,
     ) -> BoxFuture<'static, Result<Vec<ReadResult>>> {
-        let (tx, rx) = oneshot::channel();
         if self.inner.shared.map().pool(pool).is_none() {
             return Box::pin(std::future::ready(Err(RadosError::PoolNotFound(
                 pool.to_string(),
@@ -729,12 +1034,16 @@ impl RadosBackend for Cluster {
                 "list_snaps is only valid at the head".into(),
             ))));
         }
-        self.inner.submit(ClientOp {
+        let oid = oid.to_string();
+        submit_retrying(self.inner.clone(), move |tx| ClientOp {
             pool,
-            target: Target::Object(oid.to_string()),
-            kind: ClientKind::Read { snap, ops, tx },
-        });
-        wait(rx)
+            target: Target::Object(oid.clone()),
+            kind: ClientKind::Read {
+                snap,
+                ops: ops.clone(),
+                tx,
+            },
+        })
     }
 
     fn write(
@@ -749,13 +1058,16 @@ impl RadosBackend for Cluster {
                 format!("bad snap context {snapc:?}"),
             ))));
         }
-        let (tx, rx) = oneshot::channel();
-        self.inner.submit(ClientOp {
+        let oid = oid.to_string();
+        submit_retrying(self.inner.clone(), move |tx| ClientOp {
             pool,
-            target: Target::Object(oid.to_string()),
-            kind: ClientKind::Write { snapc, ops, tx },
-        });
-        wait(rx)
+            target: Target::Object(oid.clone()),
+            kind: ClientKind::Write {
+                snapc: snapc.clone(),
+                ops: ops.clone(),
+                tx,
+            },
+        })
     }
 
     fn flush(&self) -> BoxFuture<'static, Result<()>> {

@@ -3,7 +3,7 @@
 //! replica replies on the primary) all go through the PG's queue, so a PG's
 //! state is only ever touched by one worker at a time, in event order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{OnceLock, Weak};
 
 use super::PgId;
@@ -13,19 +13,86 @@ use super::osdmap::{OsdId, OsdMap};
 use super::pg::{Pg, PgEvent};
 use super::pg_log::PgLog;
 use super::tracker::FlushTracker;
-use crate::store::{ObjectStore, StoreError, StoreResult, Transaction, TxOp};
-use crate::sync::{Arc, Mutex, RwLock};
+use crate::rados::SnapId;
+use crate::store::{ObjectKey, ObjectStore, StoreError, StoreResult, Transaction, TxOp};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock};
+
+/// Totals of what recovery copied since the cluster was opened.
+#[derive(Default)]
+pub(crate) struct RecoveryCounters {
+    /// Objects copied by log-based recovery (only those a replica missed).
+    pub log_objects: AtomicU64,
+    /// Objects copied by backfill (every object of a PG).
+    pub backfill_objects: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+/// Bad copies in one PG: (object, snap) -> the OSDs holding them.
+pub(crate) type DamagedCopies = BTreeMap<(String, SnapId), BTreeSet<OsdId>>;
 
 /// What every OSD of a cluster shares.
 pub(crate) struct Shared {
     pub map: RwLock<Arc<OsdMap>>,
     pub flush: FlushTracker,
     pub pg_log_max_entries: usize,
+    /// Where OSDs report a failing store (an OSD's own or a replica's);
+    /// the cluster's monitor thread marks the OSD down.
+    pub failures: Mutex<Option<std::sync::mpsc::Sender<OsdId>>>,
+    /// Copies found bad by a verified read (pg -> (object, snap) -> OSDs),
+    /// until a scrub repairs or clears them.
+    pub damaged: Mutex<BTreeMap<PgId, DamagedCopies>>,
+    pub recovery: RecoveryCounters,
+    /// PGs being recovered right now and how ("recovering", "backfilling").
+    pub activity: Mutex<HashMap<PgId, &'static str>>,
+    /// The last recovery-rate sample: (when, objects recovered by then).
+    pub rate_sample: Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 impl Shared {
+    pub fn new(map: OsdMap, pg_log_max_entries: usize) -> Self {
+        Shared {
+            map: RwLock::new(Arc::new(map)),
+            flush: FlushTracker::default(),
+            pg_log_max_entries,
+            failures: Mutex::new(None),
+            damaged: Mutex::new(BTreeMap::new()),
+            recovery: RecoveryCounters::default(),
+            activity: Mutex::new(HashMap::new()),
+            rate_sample: Mutex::new(None),
+        }
+    }
+
     pub fn map(&self) -> Arc<OsdMap> {
         self.map.read().clone()
+    }
+
+    /// An OSD's store is failing: have it marked down (asynchronously; the
+    /// reporter may be one of that OSD's own workers).
+    pub fn report_failure(&self, osd: OsdId, why: &str) {
+        log::error!("osd.{osd} reported failed: {why}");
+        if let Some(tx) = self.failures.lock().as_ref() {
+            let _ = tx.send(osd);
+        }
+    }
+
+    pub fn note_damaged(&self, pg: PgId, key: &ObjectKey, osd: OsdId) {
+        self.damaged
+            .lock()
+            .entry(pg)
+            .or_default()
+            .entry((key.name.clone(), key.snap))
+            .or_default()
+            .insert(osd);
+    }
+
+    pub fn count_recovered(&self, backfill: bool, objects: u64, bytes: u64) {
+        let c = &self.recovery;
+        if backfill {
+            c.backfill_objects.fetch_add(objects, Ordering::Relaxed);
+        } else {
+            c.log_objects.fetch_add(objects, Ordering::Relaxed);
+        }
+        c.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 }
 
@@ -37,8 +104,8 @@ pub(crate) struct Osd {
     queue: OnceLock<ShardedOpQueue<PgId, PgEvent>>,
     pgs: Mutex<HashMap<PgId, Arc<Mutex<Pg>>>>,
     /// Every OSD of the cluster by id (this one included); weak so that the
-    /// OSDs do not keep each other alive.
-    peers: OnceLock<Vec<Weak<Osd>>>,
+    /// OSDs do not keep each other alive. Grows when OSDs are added.
+    peers: RwLock<Vec<Weak<Osd>>>,
 }
 
 impl Osd {
@@ -56,7 +123,7 @@ impl Osd {
             shared,
             queue: OnceLock::new(),
             pgs: Mutex::new(HashMap::new()),
-            peers: OnceLock::new(),
+            peers: RwLock::new(Vec::new()),
         });
         let weak = Arc::downgrade(&osd);
         let queue = ShardedOpQueue::new(
@@ -75,11 +142,11 @@ impl Osd {
     }
 
     pub fn set_peers(&self, peers: Vec<Weak<Osd>>) {
-        let _ = self.peers.set(peers);
+        *self.peers.write() = peers;
     }
 
     pub fn peer(&self, id: OsdId) -> Option<Arc<Osd>> {
-        self.peers.get()?.get(id as usize)?.upgrade()
+        self.peers.read().get(id as usize)?.upgrade()
     }
 
     /// Queue an event for a PG of this OSD. A stopped OSD drops it (dropping

@@ -46,6 +46,8 @@ pub enum OsdError {
         up: usize,
         min_size: u32,
     },
+    #[error("osd.{osd} cannot be removed: {why}")]
+    CannotRemove { osd: u32, why: String },
     #[error("osd.{0} does not exist")]
     NoSuchOsd(u32),
     #[error("recovering osd.{osd} from osd.{from}: {why}")]

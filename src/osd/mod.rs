@@ -34,12 +34,16 @@ mod peering;
 mod pg;
 pub mod pg_log;
 pub mod placement;
+pub mod scrub;
+pub mod status;
 pub mod store_open;
 mod tracker;
 
 pub use cluster::{Cluster, ClusterConfig, CreateOptions};
 pub use error::{OsdError, OsdResult};
 pub use osdmap::{OsdId, OsdMap};
+pub use scrub::{Inconsistency, ScrubReport};
+pub use status::{ClusterStatus, Health, PgStatus, RecoveryStatus};
 pub use store_open::{FileStoreOpener, MemStoreOpener, OpenedStore, StoreOpener};
 
 /// A placement group: the same pair as its store collection.

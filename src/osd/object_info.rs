@@ -1,7 +1,9 @@
 //! What the OSD keeps about each object beside its data, as store attributes of
 //! the head object (Ceph's `_` and `snapset` xattrs):
 //! - `_`: [`ObjectInfo`], whether the head is a whiteout (removed, but kept
-//!   because clones remain and need the snapset) and the last version written;
+//!   because clones remain and need the snapset), the last version written
+//!   and, when known, the crc32c of the whole data (clones keep the `_` of
+//!   the head they were cloned from, so its digest is theirs too);
 //! - `snapset`: [`SnapSet`], the object's snapshot sequence and its clones with
 //!   the snapshots each stands for;
 //! - user extended attributes, under the prefix [`USER_ATTR_PREFIX`].
@@ -20,7 +22,9 @@ pub const OI_ATTR: &str = "_";
 pub const SNAPSET_ATTR: &str = "snapset";
 pub const USER_ATTR_PREFIX: &str = "u.";
 
-const OI_VERSION: u8 = 1;
+/// Version 2 added the data digest; version 1 records still decode.
+const OI_VERSION: u8 = 2;
+const OI_VERSION_NO_DIGEST: u8 = 1;
 const SNAPSET_VERSION: u8 = 1;
 
 /// The head's own record.
@@ -29,19 +33,28 @@ pub struct ObjectInfo {
     /// The head was removed; the store object only carries the snapset.
     pub whiteout: bool,
     pub version: Eversion,
+    /// crc32c of the whole object data, when the writes since it was last
+    /// set were full-object writes or appends (Ceph's `data_digest`);
+    /// `None` once a partial write made it unknown.
+    pub data_digest: Option<u32>,
 }
 
 impl ObjectInfo {
     pub fn encode(&self) -> Bytes {
-        Encoder::new(OI_VERSION)
-            .u8(self.whiteout as u8)
+        let mut e = Encoder::new(OI_VERSION);
+        e.u8(self.whiteout as u8)
             .u64(self.version.epoch)
-            .u64(self.version.version)
-            .finish()
+            .u64(self.version.version);
+        match self.data_digest {
+            Some(d) => e.u8(1).u32(d),
+            None => e.u8(0),
+        };
+        e.finish()
     }
 
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
-        let mut d = Decoder::new(buf, OI_VERSION)?;
+        let v1 = buf.first() == Some(&OI_VERSION_NO_DIGEST);
+        let mut d = Decoder::new(buf, if v1 { OI_VERSION_NO_DIGEST } else { OI_VERSION })?;
         let whiteout = match d.u8()? {
             0 => false,
             1 => true,
@@ -51,8 +64,21 @@ impl ObjectInfo {
             epoch: d.u64()?,
             version: d.u64()?,
         };
+        let data_digest = if v1 {
+            None
+        } else {
+            match d.u8()? {
+                0 => None,
+                1 => Some(d.u32()?),
+                _ => return Err(DecodeError::Malformed("bad digest flag")),
+            }
+        };
         d.end()?;
-        Ok(ObjectInfo { whiteout, version })
+        Ok(ObjectInfo {
+            whiteout,
+            version,
+            data_digest,
+        })
     }
 }
 
@@ -160,6 +186,7 @@ mod tests {
                 epoch: 3,
                 version: 9,
             },
+            data_digest: Some(0xdead_beef),
         };
         let b = oi.encode();
 
@@ -167,5 +194,31 @@ mod tests {
         for n in 0..b.len() {
             assert!(ObjectInfo::decode(&b[..n]).is_err());
         }
+    }
+
+    #[test]
+    fn test_object_info_golden_bytes_v2_and_v1_still_decodes() {
+        let oi = ObjectInfo {
+            whiteout: false,
+            version: Eversion {
+                epoch: 1,
+                version: 2,
+            },
+            data_digest: Some(0x0403_0201),
+        };
+        let golden: &[u8] = &[
+            2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4,
+        ];
+        let v1: &[u8] = &[1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0];
+
+        assert_eq!(&oi.encode()[..], golden);
+        assert_eq!(ObjectInfo::decode(golden).unwrap(), oi);
+        assert_eq!(
+            ObjectInfo::decode(v1).unwrap(),
+            ObjectInfo {
+                data_digest: None,
+                ..oi
+            }
+        );
     }
 }

@@ -44,7 +44,23 @@ pub(crate) fn peer_all(osds: &[Arc<Osd>], map: &OsdMap) -> OsdResult<()> {
                 pg,
             };
             let acting = map.pg_acting(&pool.info, pg);
-            peer_pg(osds, map, id, &acting)?;
+            if let Err(e) = peer_pg(osds, map, id, &acting) {
+                // One PG's failure must not stop the others: an acting OSD
+                // whose store fails is reported and goes down in the next
+                // epoch, which peers this PG again without it.
+                log::error!("peering pg {}.{:x}: {e}", id.pool, id.pg);
+                let mut blamed = false;
+                for &o in &acting {
+                    if let Some(Err(h)) = osds.get(o as usize).map(|x| x.store.check_health()) {
+                        x_report(osds, o, &h.to_string());
+                        blamed = true;
+                    }
+                }
+                if !blamed {
+                    return Err(e);
+                }
+                continue;
+            }
             for o in acting {
                 serving.entry(o).or_default().insert(id);
             }
@@ -59,6 +75,12 @@ pub(crate) fn peer_all(osds: &[Arc<Osd>], map: &OsdMap) -> OsdResult<()> {
         }
     }
     Ok(())
+}
+
+fn x_report(osds: &[Arc<Osd>], id: OsdId, why: &str) {
+    if let Some(o) = osds.first() {
+        o.shared.report_failure(id, why);
+    }
 }
 
 fn osd(osds: &[Arc<Osd>], id: OsdId) -> OsdResult<&Arc<Osd>> {
@@ -76,9 +98,20 @@ fn peer_pg(osds: &[Arc<Osd>], map: &OsdMap, id: PgId, acting: &[OsdId]) -> OsdRe
     // down ones from past intervals; here their PG info is at hand).
     let mut copies: BTreeMap<OsdId, (Eversion, bool)> = BTreeMap::new();
     for o in osds {
-        if let Some(pg) = o.find_pg(id)? {
-            let up = map.osd(o.id).is_some_and(|i| i.up);
-            copies.insert(o.id, (pg.lock().log.info.last_update, up));
+        let Some(info) = map.osd(o.id) else {
+            continue; // removed from the cluster
+        };
+        let found = match o.find_pg(id) {
+            Ok(f) => f,
+            // A down OSD's store may be gone; then it holds no usable copy.
+            Err(e) if !info.up => {
+                log::debug!("osd.{} (down): {e}", o.id);
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(pg) = found {
+            copies.insert(o.id, (pg.lock().log.info.last_update, info.up));
         }
     }
     let newest = copies.values().map(|c| c.0).max().unwrap_or_default();
@@ -134,6 +167,33 @@ fn recover(target: &Arc<Osd>, source: &Arc<Osd>, id: PgId) -> OsdResult<()> {
     let slog = spg.lock().log.clone();
     let mut tpg = tpg.lock();
     let since = tpg.log.info.last_update;
+    let backfill = slog.entries_after(since).is_none();
+    target.shared.activity.lock().insert(
+        id,
+        if backfill {
+            "backfilling"
+        } else {
+            "recovering"
+        },
+    );
+    let r = recover_objects(target, source, id, &slog, &mut tpg, err);
+    target.shared.activity.lock().remove(&id);
+    let (objects, bytes) = r?;
+    target.shared.count_recovered(backfill, objects, bytes);
+    Ok(())
+}
+
+/// Copy the objects `target` lacks, then its log (see [`recover`]); returns
+/// how many objects and bytes were copied.
+fn recover_objects(
+    target: &Arc<Osd>,
+    source: &Arc<Osd>,
+    id: PgId,
+    slog: &super::pg_log::PgLog,
+    tpg: &mut super::pg::Pg,
+    err: impl Fn(String) -> OsdError,
+) -> OsdResult<(u64, u64)> {
+    let since = tpg.log.info.last_update;
     let src = by_name(
         source
             .store
@@ -172,15 +232,18 @@ fn recover(target: &Arc<Osd>, source: &Arc<Osd>, id: PgId) -> OsdResult<()> {
             src.keys().chain(dst.keys()).cloned().collect()
         }
     };
+    let (mut objects, mut bytes) = (0, 0);
     for name in names {
         let mut t = Transaction::new();
         for k in dst.get(&name).into_iter().flatten() {
             t.push(TxOp::Remove(k.clone()));
         }
         for k in src.get(&name).into_iter().flatten() {
-            copy_object(source.store.as_ref(), k, &mut t).map_err(|e| err(e.to_string()))?;
+            bytes +=
+                copy_object(source.store.as_ref(), k, &mut t).map_err(|e| err(e.to_string()))?;
         }
         queue_and_wait(target.store.as_ref(), t).map_err(|e| err(e.to_string()))?;
+        objects += 1;
     }
     let old_meta = target
         .store
@@ -196,8 +259,8 @@ fn recover(target: &Arc<Osd>, source: &Arc<Osd>, id: PgId) -> OsdResult<()> {
         entries: slog.to_meta(),
     });
     queue_and_wait(target.store.as_ref(), t).map_err(|e| err(e.to_string()))?;
-    tpg.log = slog;
-    Ok(())
+    tpg.log = slog.clone();
+    Ok((objects, bytes))
 }
 
 fn by_name(keys: Vec<ObjectKey>) -> BTreeMap<String, Vec<ObjectKey>> {
@@ -208,8 +271,13 @@ fn by_name(keys: Vec<ObjectKey>) -> BTreeMap<String, Vec<ObjectKey>> {
     m
 }
 
-/// Steps that recreate `key` exactly as `store` holds it: data, attributes, omap.
-fn copy_object(store: &dyn ObjectStore, key: &ObjectKey, t: &mut Transaction) -> StoreResult<()> {
+/// Steps that recreate `key` exactly as `store` holds it: data, attributes,
+/// omap. Returns the data size.
+pub(crate) fn copy_object(
+    store: &dyn ObjectStore,
+    key: &ObjectKey,
+    t: &mut Transaction,
+) -> StoreResult<u64> {
     let size = store.stat(key)?;
     t.push(TxOp::Touch(key.clone()));
     if size > 0 {
@@ -238,5 +306,5 @@ fn copy_object(store: &dyn ObjectStore, key: &ObjectKey, t: &mut Transaction) ->
             entries: omap,
         });
     }
-    Ok(())
+    Ok(size)
 }

@@ -90,6 +90,8 @@ pub(crate) struct ObjState {
     /// User extended attributes of the head.
     pub xattrs: BTreeMap<String, Bytes>,
     pub snapset: SnapSet,
+    /// crc32c of the head's whole data when known (see object_info.rs).
+    pub digest: Option<u32>,
 }
 
 impl ObjState {
@@ -110,6 +112,8 @@ struct InFlight {
     waiting_for_applied: BTreeSet<OsdId>,
     reply: Option<Reply<()>>,
     error: Option<RadosError>,
+    /// Replicas whose store failed this write; they are being marked down.
+    failed: BTreeSet<OsdId>,
     flush_id: Option<u64>,
 }
 
@@ -191,6 +195,7 @@ pub(crate) fn load_state(
             user_attrs(&attrs)
         },
         snapset,
+        digest: if oi.whiteout { None } else { oi.data_digest },
     }))
 }
 
@@ -254,14 +259,14 @@ fn plan_write(
     if st.exists {
         t.push(TxOp::SetAttrs {
             key: head,
-            attrs: head_attrs(false, version, &st.snapset),
+            attrs: head_attrs(false, version, &st.snapset, st.digest),
         });
     } else if !st.snapset.clones.is_empty() {
         // Clones remain: keep a whiteout head to carry the snapset.
         t.push(TxOp::Touch(head.clone()));
         t.push(TxOp::SetAttrs {
             key: head,
-            attrs: head_attrs(true, version, &st.snapset),
+            attrs: head_attrs(true, version, &st.snapset, None),
         });
     } else {
         t.push(TxOp::Remove(head));
@@ -274,11 +279,21 @@ fn plan_write(
     }))
 }
 
-fn head_attrs(whiteout: bool, version: Eversion, ss: &SnapSet) -> BTreeMap<String, Bytes> {
+fn head_attrs(
+    whiteout: bool,
+    version: Eversion,
+    ss: &SnapSet,
+    data_digest: Option<u32>,
+) -> BTreeMap<String, Bytes> {
     [
         (
             OI_ATTR.to_string(),
-            ObjectInfo { whiteout, version }.encode(),
+            ObjectInfo {
+                whiteout,
+                version,
+                data_digest,
+            }
+            .encode(),
         ),
         (SNAPSET_ATTR.to_string(), ss.encode()),
     ]
@@ -291,6 +306,7 @@ fn ensure_exists(head: &ObjectKey, st: &mut ObjState, t: &mut Vec<TxOp>) {
     if !st.exists {
         st.exists = true;
         st.size = 0;
+        st.digest = Some(0); // crc32c of no data
         st.xattrs.clear();
         t.push(TxOp::Touch(head.clone()));
     }
@@ -326,8 +342,18 @@ fn apply_step(head: &ObjectKey, st: &mut ObjState, t: &mut Vec<TxOp>, op: &Write
                         size: *off,
                     });
                     st.size = *off;
+                    st.digest = None;
                 }
             } else {
+                // Keep the digest only where it costs no read: a write that
+                // covers the whole object, or an append to a known digest.
+                st.digest = if *off == 0 && data.len() as u64 >= st.size {
+                    Some(crc32c::crc32c(data))
+                } else if *off == st.size {
+                    st.digest.map(|d| crc32c::crc32c_append(d, data))
+                } else {
+                    None
+                };
                 t.push(TxOp::Write {
                     key: head.clone(),
                     off: *off,
@@ -355,6 +381,7 @@ fn apply_step(head: &ObjectKey, st: &mut ObjState, t: &mut Vec<TxOp>, op: &Write
                 });
             }
             st.size = len;
+            st.digest = Some(crc32c::crc32c(data));
         }
         WriteOp::Zero { off, len } => {
             let end = check_extent(*off, *len)?;
@@ -366,6 +393,7 @@ fn apply_step(head: &ObjectKey, st: &mut ObjState, t: &mut Vec<TxOp>, op: &Write
                         off: a,
                         len: b - a,
                     });
+                    st.digest = None;
                 }
             }
         }
@@ -376,6 +404,11 @@ fn apply_step(head: &ObjectKey, st: &mut ObjState, t: &mut Vec<TxOp>, op: &Write
                 key: head.clone(),
                 size: *size,
             });
+            if *size == 0 {
+                st.digest = Some(0);
+            } else if *size != st.size {
+                st.digest = None;
+            }
             st.size = *size;
         }
         WriteOp::Remove => {
@@ -385,6 +418,7 @@ fn apply_step(head: &ObjectKey, st: &mut ObjState, t: &mut Vec<TxOp>, op: &Write
             t.push(TxOp::Remove(head.clone()));
             st.exists = false;
             st.size = 0;
+            st.digest = None;
             st.xattrs.clear();
         }
         WriteOp::SetXattr { name, value } => {
@@ -436,6 +470,8 @@ struct Target {
     size: u64,
     /// Known user attributes (the head's); loaded on demand for clones.
     xattrs: Option<BTreeMap<String, Bytes>>,
+    /// The head's stored data digest; clones read theirs from their `_`.
+    digest: Option<u32>,
 }
 
 impl Pg {
@@ -478,7 +514,8 @@ impl Pg {
                 if !self.is_primary(osd) {
                     return reply.send(Err(self.not_primary(osd)));
                 }
-                reply.send(self.do_read(osd, &name, snap, &ops));
+                let r = self.do_read(osd, &name, snap, &ops);
+                reply.send(self.check_failed(osd, r));
             }
             PgEvent::Write {
                 name,
@@ -528,10 +565,31 @@ impl Pg {
                 self.id.pool, self.id.pg
             ));
         }
-        RadosError::Io(format!(
+        // A map change is on its way (this OSD failed, or the op raced a
+        // peering): the client retries under the next epoch.
+        RadosError::Busy(format!(
             "osd.{} is not the primary of pg {}.{:x} (acting {:?})",
             osd.id, self.id.pool, self.id.pg, self.acting
         ))
+    }
+
+    /// An I/O error from a store that turns out to be failing is not the
+    /// client's: the OSD is reported (to be marked down, a new epoch) and
+    /// the op answered `Busy`, which the client retries under the new map.
+    fn check_failed<T>(&self, osd: &Osd, r: Result<T>) -> Result<T> {
+        match r {
+            Err(RadosError::Io(why)) => match osd.store.check_health() {
+                Err(e) => {
+                    osd.shared.report_failure(osd.id, &e.to_string());
+                    Err(RadosError::Busy(format!(
+                        "osd.{} failed ({why}); retried once it is marked down",
+                        osd.id
+                    )))
+                }
+                Ok(()) => Err(RadosError::Io(why)),
+            },
+            other => other,
+        }
     }
 
     fn pool(&self, osd: &Osd) -> Result<PoolEntry> {
@@ -614,7 +672,14 @@ impl Pg {
                         ReadResult::Data(Bytes::new())
                     } else {
                         let n = (*len).min(t.size - off);
-                        ReadResult::Data(store.read(&t.key, *off, n).map_err(io)?)
+                        let data = store.read(&t.key, *off, n).map_err(io)?;
+                        if *off == 0 && n == t.size {
+                            ReadResult::Data(self.verified(osd, t, data)?)
+                        } else {
+                            // Partial reads are not verified: checking them
+                            // would mean reading the whole object each time.
+                            ReadResult::Data(data)
+                        }
                     }
                 }
                 ReadOp::Stat => ReadResult::Stat(ObjectStat {
@@ -662,6 +727,50 @@ impl Pg {
         Ok(out)
     }
 
+    /// `data` (a whole-object read from this OSD) if it matches the stored
+    /// digest; otherwise the first replica's copy that does, and the bad
+    /// local copy is recorded for repair. A flipped bit is never returned.
+    fn verified(&self, osd: &Osd, t: &Target, data: Bytes) -> Result<Bytes> {
+        let want = if t.key.snap == SNAP_HEAD {
+            t.digest
+        } else {
+            osd.store
+                .getattrs(&t.key)
+                .ok()
+                .and_then(|a| a.get(OI_ATTR).and_then(|b| ObjectInfo::decode(b).ok()))
+                .and_then(|oi| oi.data_digest)
+        };
+        let Some(want) = want else {
+            return Ok(data);
+        };
+        if crc32c::crc32c(&data) == want {
+            return Ok(data);
+        }
+        log::error!(
+            "osd.{}: object {} (snap {:x}) of pg {}.{:x} fails its data digest; \
+             reading another copy",
+            osd.id,
+            t.key.name,
+            t.key.snap,
+            self.id.pool,
+            self.id.pg
+        );
+        osd.shared.note_damaged(self.id, &t.key, osd.id);
+        for &r in &self.acting[1..] {
+            let Some(peer) = osd.peer(r) else { continue };
+            match peer.store.read(&t.key, 0, t.size) {
+                Ok(d) if crc32c::crc32c(&d) == want => return Ok(d),
+                Ok(_) => osd.shared.note_damaged(self.id, &t.key, r),
+                Err(e) => log::warn!("osd.{r}: reading {}: {e}", t.key.name),
+            }
+        }
+        Err(RadosError::Io(format!(
+            "object {} of pg {}.{:x}: no copy matches its data digest; \
+             run a deep scrub to see the damage",
+            t.key.name, self.id.pool, self.id.pg
+        )))
+    }
+
     fn xattrs<'a>(
         store: &dyn crate::store::ObjectStore,
         t: &'a mut Target,
@@ -679,6 +788,7 @@ impl Pg {
                 key: key(self.id, name, SNAP_HEAD),
                 size: h.size,
                 xattrs: Some(h.xattrs.clone()),
+                digest: h.digest,
             })
         };
         if snap == SNAP_HEAD {
@@ -695,6 +805,7 @@ impl Pg {
             key: key(self.id, name, c.id),
             size: c.size,
             xattrs: None,
+            digest: None,
         })
     }
 
@@ -722,7 +833,7 @@ impl Pg {
             )
         });
         match plan {
-            Err(e) => reply.send(Err(e)),
+            Err(e) => reply.send(self.check_failed(osd, Err(e))),
             Ok(None) => reply.send(Ok(())),
             Ok(Some(plan)) => {
                 let entry = PgLogEntry {
@@ -774,7 +885,7 @@ impl Pg {
             } else {
                 ops.push(TxOp::SetAttrs {
                     key: head,
-                    attrs: head_attrs(!st.exists, version, &st.snapset),
+                    attrs: head_attrs(!st.exists, version, &st.snapset, st.digest),
                 });
             }
             entries.push(PgLogEntry {
@@ -826,7 +937,7 @@ impl Pg {
         if let Err(e) = queued {
             // Nothing was queued: the log must not claim the entries.
             self.log.undo(undo);
-            return reply.send(Err(io(e)));
+            return reply.send(self.check_failed(osd, Err(io(e))));
         }
         for r in &replicas {
             match osd.peer(*r) {
@@ -861,6 +972,7 @@ impl Pg {
                 waiting_for_applied: all,
                 reply: Some(reply),
                 error: None,
+                failed: BTreeSet::new(),
                 flush_id: None,
             },
         );
@@ -921,7 +1033,22 @@ impl Pg {
                 self.id.pool,
                 self.id.pg
             );
-            op.error.get_or_insert(io(e));
+            if from == osd.id {
+                if op.error.is_none() {
+                    op.error = Some(match osd.store.check_health() {
+                        Err(h) => {
+                            osd.shared.report_failure(osd.id, &h.to_string());
+                            RadosError::Busy(format!("osd.{} failed: {e}", osd.id))
+                        }
+                        Ok(()) => io(e),
+                    });
+                }
+            } else if op.failed.insert(from) {
+                // A replica that cannot store what the others stored would
+                // diverge: it goes down, and recovery rewrites its copy
+                // when (if) it comes back.
+                osd.shared.report_failure(from, &e.to_string());
+            }
         }
         let mut release = Vec::new();
         if op.waiting_for_applied.is_empty() {
@@ -929,8 +1056,17 @@ impl Pg {
                 if !op.waiting_for_commit.is_empty() {
                     op.flush_id = Some(osd.shared.flush.add_pending());
                 }
+                let min_size = osd
+                    .shared
+                    .map()
+                    .pool(self.id.pool)
+                    .map_or(1, |p| p.info.min_size.max(1) as usize);
+                let stored = self.acting.len() - op.failed.len();
                 reply.send(match op.error.take() {
                     Some(e) => Err(e),
+                    None if stored < min_size => Err(RadosError::Busy(format!(
+                        "write stored on {stored} of min_size {min_size} OSDs; retried"
+                    ))),
                     None => Ok(()),
                 });
                 release = std::mem::take(&mut op.names);

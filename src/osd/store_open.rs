@@ -7,7 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use crate::store::memstore::MemStore;
-use crate::store::{FileStore, ObjectStore, StoreConfig, StoreError, StoreResult};
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use crate::store::{
+    Callback, CollId, FileStore, ObjectKey, ObjectStore, StoreConfig, StoreError, StoreResult,
+    StoreSpace, Transaction,
+};
 use crate::sync::{Arc, Mutex};
 
 /// Syncs and releases a store (called once, by `Cluster::shutdown`).
@@ -112,5 +119,65 @@ impl StoreOpener for FileStoreOpener {
             close: Box::new(move || c1.close()),
             crash: Box::new(move || c2.crash()),
         })
+    }
+}
+
+/// Stands in for the store of an OSD that could not be opened (or was
+/// removed): every call fails, so the OSD stays down.
+pub(crate) struct FailedStore {
+    why: String,
+}
+
+impl FailedStore {
+    pub fn new(why: &str) -> Self {
+        FailedStore {
+            why: why.to_string(),
+        }
+    }
+
+    fn err(&self) -> StoreError {
+        StoreError::Failed(self.why.clone())
+    }
+}
+
+impl ObjectStore for FailedStore {
+    fn queue_transaction(&self, _: Transaction, _: Callback, _: Callback) -> StoreResult<()> {
+        Err(self.err())
+    }
+    fn read(&self, _: &ObjectKey, _: u64, _: u64) -> StoreResult<Bytes> {
+        Err(self.err())
+    }
+    fn stat(&self, _: &ObjectKey) -> StoreResult<u64> {
+        Err(self.err())
+    }
+    fn exists(&self, _: &ObjectKey) -> bool {
+        false
+    }
+    fn getattrs(&self, _: &ObjectKey) -> StoreResult<BTreeMap<String, Bytes>> {
+        Err(self.err())
+    }
+    fn omap_get(&self, _: &ObjectKey) -> StoreResult<BTreeMap<String, Bytes>> {
+        Err(self.err())
+    }
+    fn list_objects(&self, _: CollId) -> StoreResult<Vec<ObjectKey>> {
+        Err(self.err())
+    }
+    fn list_collections(&self) -> Vec<CollId> {
+        Vec::new()
+    }
+    fn coll_meta_get(&self, _: CollId) -> StoreResult<BTreeMap<String, Bytes>> {
+        Err(self.err())
+    }
+    fn wait_applied(&self) -> StoreResult<()> {
+        Err(self.err())
+    }
+    fn wait_committed(&self) -> StoreResult<()> {
+        Err(self.err())
+    }
+    fn space(&self) -> StoreResult<StoreSpace> {
+        Err(self.err())
+    }
+    fn check_health(&self) -> StoreResult<()> {
+        Err(self.err())
     }
 }

@@ -350,12 +350,24 @@ impl FileStore {
             match &f {
                 Some(f) => data::read_at_zero_fill(f, &mut buf[..n], pos)
                     .map_err(io_err(format!("reading {}", path.display())))?,
-                None => buf[..n].fill(0),
+                None => {
+                    self.inner.check_root()?;
+                    buf[..n].fill(0)
+                }
             }
             crc = crc32c::crc32c_append(crc, &buf[..n]);
             pos += n as u64;
         }
         Ok(crc)
+    }
+
+    /// The file holding an object's data (absent while the object is all
+    /// holes), for tools and tests that inspect the disk.
+    pub fn object_file(&self, key: &ObjectKey) -> StoreResult<PathBuf> {
+        self.inner.usable()?;
+        let _shard = self.inner.shards[shard_of(key)].read();
+        let (id, _) = self.inner.id_size(key)?;
+        Ok(obj_path(&self.inner.root, id))
     }
 
     /// Sequence number of the last applied transaction (survives reopen).
@@ -628,6 +640,19 @@ impl Inner {
             return Err(StoreError::Failed(self.failed_reason().unwrap_or_default()));
         }
         Ok(())
+    }
+
+    /// The store directory is still there (its superblock is); if not, the
+    /// store fails: nothing it reads or writes from now on can be trusted.
+    fn check_root(&self) -> StoreResult<()> {
+        let sb = self.root.join(SUPERBLOCK);
+        match std::fs::metadata(&sb) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.fail(format!("{} is gone: {e}", sb.display()));
+                Err(self.failed_err())
+            }
+        }
     }
 
     fn fail(&self, why: String) {
@@ -1397,11 +1422,12 @@ impl ObjectStore for FileStore {
         }
         let mut buf = vec![0u8; (end - off) as usize];
         let path = obj_path(&self.inner.root, id);
-        if let Some(f) =
-            data::open_ro(&path).map_err(io_err(format!("opening {}", path.display())))?
-        {
-            data::read_at_zero_fill(&f, &mut buf, off)
-                .map_err(io_err(format!("reading {}", path.display())))?;
+        match data::open_ro(&path).map_err(io_err(format!("opening {}", path.display())))? {
+            Some(f) => data::read_at_zero_fill(&f, &mut buf, off)
+                .map_err(io_err(format!("reading {}", path.display())))?,
+            // A missing file is an object of holes, unless the whole store
+            // vanished underneath us: then zeros would be a lie.
+            None => self.inner.check_root()?,
         }
         Ok(Bytes::from(buf))
     }
@@ -1470,6 +1496,15 @@ impl ObjectStore for FileStore {
         self.inner.usable()?;
         let target = self.inner.submit.lock().next_seq - 1;
         self.inner.wait_committed_seq(target)
+    }
+
+    fn data_digest(&self, key: &ObjectKey) -> StoreResult<u32> {
+        FileStore::data_digest(self, key)
+    }
+
+    fn check_health(&self) -> StoreResult<()> {
+        self.inner.usable()?;
+        self.inner.check_root()
     }
 
     fn space(&self) -> StoreResult<StoreSpace> {

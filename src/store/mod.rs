@@ -197,6 +197,18 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Returns once every transaction queued before the call is committed.
     fn wait_committed(&self) -> StoreResult<()>;
     fn space(&self) -> StoreResult<StoreSpace>;
+
+    /// crc32c of the object's whole data (deep scrub).
+    fn data_digest(&self, key: &ObjectKey) -> StoreResult<u32> {
+        let size = self.stat(key)?;
+        Ok(crc32c::crc32c(&self.read(key, 0, size)?))
+    }
+
+    /// Fails when the store can no longer be trusted (failed, or its
+    /// directory vanished); polled by the cluster to mark its OSD down.
+    fn check_health(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }
 
 mod codec;

@@ -86,3 +86,28 @@ pub fn pgs_differing(cluster: &Cluster, osd: OsdId) -> usize {
     }
     n
 }
+
+/// Poll `cond` until it holds; panics after `secs` seconds (a generous bound
+/// for a condition that must come true, not a timing assertion).
+pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Drive a client op's future on its own thread; its result arrives on the
+/// returned channel (empty while the op is pending).
+pub fn spawn_op<T: Send + 'static>(
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> std::sync::mpsc::Receiver<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(futures::executor::block_on(fut));
+    });
+    rx
+}
