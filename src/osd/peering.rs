@@ -167,7 +167,9 @@ fn recover(target: &Arc<Osd>, source: &Arc<Osd>, id: PgId) -> OsdResult<()> {
     let slog = spg.lock().log.clone();
     let mut tpg = tpg.lock();
     let since = tpg.log.info.last_update;
-    let backfill = slog.entries_after(since).is_none();
+    // An empty copy (a new OSD) is backfilled, as in Ceph: walking the whole
+    // log would name every object anyway, many of them more than once.
+    let backfill = slog.entries_after(since).is_none() || since == Eversion::default();
     target.shared.activity.lock().insert(
         id,
         if backfill {
@@ -206,7 +208,10 @@ fn recover_objects(
             .list_objects(id)
             .map_err(|e| err(e.to_string()))?,
     );
-    let names: BTreeSet<String> = match slog.entries_after(since) {
+    let log_covers = slog
+        .entries_after(since)
+        .filter(|_| since != Eversion::default());
+    let names: BTreeSet<String> = match log_covers {
         Some(missed) => {
             let names: BTreeSet<String> = missed.map(|e| e.name.clone()).collect();
             log::info!(
@@ -222,7 +227,7 @@ fn recover_objects(
         }
         None => {
             log::info!(
-                "osd.{}: pg {}.{:x}: backfill from osd.{} ({since} is older than the log tail {})",
+                "osd.{}: pg {}.{:x}: backfill from osd.{} (at {since}; log tail {})",
                 target.id,
                 id.pool,
                 id.pg,

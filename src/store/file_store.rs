@@ -1507,6 +1507,10 @@ impl ObjectStore for FileStore {
         self.inner.check_root()
     }
 
+    fn object_path(&self, key: &ObjectKey) -> Option<PathBuf> {
+        self.object_file(key).ok()
+    }
+
     fn space(&self) -> StoreResult<StoreSpace> {
         self.inner.usable()?;
         let (total, available) = data::statvfs(&self.inner.root)

@@ -209,6 +209,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn check_health(&self) -> StoreResult<()> {
         Ok(())
     }
+
+    /// The file holding an object's data, for stores that have one (tools
+    /// and tests that inspect or damage the disk).
+    fn object_path(&self, _key: &ObjectKey) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 mod codec;

@@ -1,0 +1,329 @@
+//! Surviving OSD loss and silent corruption on file stores: degraded I/O
+//! while an OSD is down and log recovery of only what it missed; a store
+//! whose directory vanishes is marked down and replaced (add + out + rm,
+//! backfill); a flipped byte is never returned and scrub finds and repairs
+//! it; below min_size I/O waits instead of failing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::executor::block_on;
+use rbdfs::osd::{Cluster, ClusterConfig, CreateOptions, OsdError};
+use rbdfs::rados::{IoCtx, Rados, SNAP_HEAD, SnapContext, WriteOp};
+use rbdfs::store::ObjectKey;
+
+fn open(dir: &Path) -> Arc<Cluster> {
+    let config = ClusterConfig {
+        osd_op_num_shards: 2,
+        osd_op_num_threads_per_shard: 1,
+        ..ClusterConfig::default()
+    };
+    Cluster::create(
+        dir,
+        CreateOptions {
+            num_osds: 3,
+            config: config.clone(),
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    Cluster::open(dir, config).unwrap()
+}
+
+fn pool(c: &Arc<Cluster>, pg_num: u32) -> IoCtx {
+    let rados = Rados::new(c.clone());
+    let p = block_on(
+        rados
+            .backend()
+            .pool_create("rbd", Some(3), Some(2), Some(pg_num)),
+    )
+    .unwrap();
+    rados.ioctx_by_id(p.id)
+}
+
+/// Distinct content for (object, generation), with its length varying.
+fn content(name: &str, generation: u64) -> Bytes {
+    let seed = crc32c::crc32c(name.as_bytes()) as u64 ^ generation.wrapping_mul(0x9e37_79b9);
+    let len = 512 + (seed % 1500) as usize;
+    Bytes::from(
+        (0..len)
+            .map(|i| (seed.wrapping_add(i as u64 * 31) >> 3) as u8)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+fn write_full(io: &IoCtx, name: &str, data: Bytes) -> rbdfs::rados::Result<()> {
+    block_on(io.operate_write(
+        name,
+        &SnapContext::empty(),
+        vec![WriteOp::WriteFull { data }],
+    ))
+}
+
+fn read_whole(io: &IoCtx, name: &str) -> Bytes {
+    block_on(io.read(name, SNAP_HEAD, 0, 1 << 20)).unwrap()
+}
+
+/// A write+read load over `objects` objects on its own thread: each round
+/// overwrites one object with a new generation and reads back two, checking
+/// every read against what was last written. Panics (failing the test on
+/// join) at the first error or mismatch.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ops: Arc<AtomicU64>,
+    model: Arc<Mutex<BTreeMap<String, Bytes>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(io: &IoCtx, objects: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ops = Arc::new(AtomicU64::new(0));
+        let model = Arc::new(Mutex::new(BTreeMap::new()));
+        let (io, s, o, m) = (io.clone(), stop.clone(), ops.clone(), model.clone());
+        let thread = std::thread::spawn(move || {
+            let mut generation = 0u64;
+            while !s.load(Ordering::SeqCst) {
+                generation += 1;
+                let name = format!("load{}", generation as usize % objects);
+                let data = content(&name, generation);
+                write_full(&io, &name, data.clone())
+                    .unwrap_or_else(|e| panic!("write of {name} failed: {e}"));
+                m.lock().unwrap().insert(name.clone(), data);
+                let other = format!("load{}", (generation as usize * 7) % objects);
+                for n in [name, other] {
+                    let want = m.lock().unwrap().get(&n).cloned();
+                    let got = block_on(io.read(&n, SNAP_HEAD, 0, 1 << 20));
+                    match want {
+                        Some(w) => assert_eq!(got.as_ref(), Ok(&w), "read of {n}"),
+                        None => assert!(got.is_err(), "{n} was never written: {got:?}"),
+                    }
+                }
+                o.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        Load {
+            stop,
+            ops,
+            model,
+            thread,
+        }
+    }
+
+    /// Wait until `n` more rounds completed (the load is making progress).
+    fn advance(&self, n: u64) {
+        let target = self.ops.load(Ordering::SeqCst) + n;
+        let t = &self.thread;
+        common::wait_until(60, "the load makes progress", || {
+            assert!(!t.is_finished(), "the load thread died");
+            self.ops.load(Ordering::SeqCst) >= target
+        });
+    }
+
+    fn finish(self, io: &IoCtx) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("the load saw an error");
+        for (name, want) in self.model.lock().unwrap().iter() {
+            assert_eq!(&read_whole(io, name), want, "final read of {name}");
+        }
+    }
+}
+
+#[test]
+fn test_failure_osd_down_under_load_recovers_only_missed_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let io = pool(&c, 16);
+    for i in 0..100 {
+        let n = format!("base{i}");
+        write_full(&io, &n, content(&n, 0)).unwrap();
+    }
+    let load = Load::start(&io, 30);
+    load.advance(20);
+
+    c.set_osd_up(2, false).unwrap();
+    load.advance(40);
+    for i in 0..20 {
+        let n = format!("missed{i}");
+        write_full(&io, &n, content(&n, 1)).unwrap();
+    }
+    let before = c.status().recovery;
+    c.set_osd_up(2, true).unwrap();
+    let after = c.status().recovery;
+    load.advance(20);
+    load.finish(&io);
+
+    // Size 3 on 3 OSDs: osd.2 holds all 150 objects; it missed the 20
+    // "missed" ones and at most the 30 the load rewrote, nothing else.
+    let recovered = after.objects_recovered - before.objects_recovered;
+    assert!(
+        (20..=50).contains(&recovered),
+        "recovered {recovered} objects"
+    );
+    assert_eq!(after.objects_backfilled, before.objects_backfilled);
+    for i in 0..100 {
+        let n = format!("base{i}");
+        assert_eq!(read_whole(&io, &n), content(&n, 0));
+    }
+    let scrub = c.scrub(None, true, false).unwrap();
+    assert!(scrub.is_clean(), "{:?}", scrub.inconsistencies);
+    assert_eq!(scrub.objects_scrubbed, 150);
+    common::assert_replicas_identical(&c);
+    assert_eq!(c.status().health, rbdfs::osd::Health::Ok);
+    c.shutdown().unwrap();
+}
+
+#[test]
+fn test_failure_vanished_osd_dir_is_marked_down_then_replaced_by_backfill() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let io = pool(&c, 16);
+    for i in 0..40 {
+        let n = format!("base{i}");
+        write_full(&io, &n, content(&n, 0)).unwrap();
+    }
+    let load = Load::start(&io, 20);
+    load.advance(10);
+    let epoch = c.osdmap().epoch;
+
+    let victim = c.osdmap().osd_path(dir.path(), 2).unwrap();
+    std::fs::remove_dir_all(&victim).unwrap();
+
+    common::wait_until(30, "osd.2 is marked down", || {
+        !c.osdmap().osd(2).unwrap().up
+    });
+    assert!(c.osdmap().epoch > epoch);
+    load.advance(30);
+    let refused = c.remove_osd(2);
+    assert!(
+        matches!(refused, Err(OsdError::CannotRemove { .. })),
+        "a down but in OSD must not be removed: {refused:?}"
+    );
+    let new = c.add_osd(Path::new("osd.new")).unwrap();
+    c.set_osd_in(2, false).unwrap();
+    load.advance(10);
+    c.remove_osd(2).unwrap();
+    load.advance(10);
+    load.finish(&io);
+
+    assert_eq!(new, 3);
+    assert!(c.osdmap().osd(2).is_none());
+    assert!(c.status().recovery.objects_backfilled > 0);
+    for i in 0..40 {
+        let n = format!("base{i}");
+        assert_eq!(read_whole(&io, &n), content(&n, 0));
+    }
+    let status = c.status();
+    assert_eq!(status.health, rbdfs::osd::Health::Ok, "{status}");
+    assert_eq!(status.num_up_osds, 3);
+    let scrub = c.scrub(None, true, false).unwrap();
+    assert!(scrub.is_clean(), "{:?}", scrub.inconsistencies);
+    common::assert_replicas_identical(&c);
+    c.shutdown().unwrap();
+}
+
+#[test]
+fn test_failure_flipped_byte_is_never_read_and_deep_scrub_repairs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let io = pool(&c, 8);
+    for i in 0..20 {
+        let n = format!("obj{i}");
+        write_full(&io, &n, content(&n, 0)).unwrap();
+    }
+    let victim = "obj7";
+    let (pg, acting) = c.object_acting(io.pool_id(), victim).unwrap();
+    let primary = acting[0];
+    let key = ObjectKey {
+        coll: pg,
+        name: victim.into(),
+        snap: SNAP_HEAD,
+    };
+    let path = c.osd_store(primary).unwrap().object_path(&key).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, 100).unwrap();
+    f.write_all_at(&[b[0] ^ 0x10], 100).unwrap();
+    drop(f);
+
+    let read = read_whole(&io, victim);
+
+    assert_eq!(read, content(victim, 0), "the flipped byte was returned");
+    let bad: Vec<_> = c
+        .pg_list()
+        .into_iter()
+        .filter(|p| p.inconsistent_objects > 0)
+        .collect();
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    let found = c.scrub(None, true, false).unwrap();
+    assert_eq!(
+        found.inconsistencies.len(),
+        1,
+        "{:?}",
+        found.inconsistencies
+    );
+    let inc = &found.inconsistencies[0];
+    assert_eq!((inc.object.as_str(), inc.snap), (victim, SNAP_HEAD));
+    assert_eq!(inc.osds, vec![primary]);
+    assert!(!inc.repaired);
+    let repaired = c.scrub(None, true, true).unwrap();
+    assert_eq!(repaired.inconsistencies.len(), 1);
+    assert!(repaired.inconsistencies[0].repaired);
+    let again = c.scrub(None, true, false).unwrap();
+    assert!(again.is_clean(), "{:?}", again.inconsistencies);
+    let store = c.osd_store(primary).unwrap();
+    assert_eq!(store.read(&key, 0, 1 << 20).unwrap(), content(victim, 0));
+    assert!(c.pg_list().iter().all(|p| p.inconsistent_objects == 0));
+    for i in 0..20 {
+        let n = format!("obj{i}");
+        assert_eq!(read_whole(&io, &n), content(&n, 0));
+    }
+    c.shutdown().unwrap();
+}
+
+#[test]
+fn test_failure_two_of_three_down_write_waits_until_one_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let io = pool(&c, 8);
+    write_full(&io, "o", content("o", 0)).unwrap();
+    let (_, acting) = c.object_acting(io.pool_id(), "o").unwrap();
+    c.set_osd_up(acting[1], false).unwrap();
+    c.set_osd_up(acting[2], false).unwrap();
+
+    let io2 = io.clone();
+    let pending = common::spawn_op(async move {
+        io2.operate_write(
+            "o",
+            &SnapContext::empty(),
+            vec![WriteOp::WriteFull {
+                data: content("o", 1),
+            }],
+        )
+        .await
+    });
+
+    common::wait_until(30, "the write is blocked", || c.blocked_ops() == 1);
+    let pgs = c.pg_list();
+    assert!(pgs.iter().all(|p| !p.is_active()), "{pgs:?}");
+    assert_eq!(c.status().health, rbdfs::osd::Health::Err);
+    assert!(pending.try_recv().is_err(), "the write must wait, not fail");
+    c.set_osd_up(acting[1], true).unwrap();
+    pending.recv().unwrap().unwrap();
+    assert_eq!(c.blocked_ops(), 0);
+    assert_eq!(read_whole(&io, "o"), content("o", 1));
+    c.set_osd_up(acting[2], true).unwrap();
+    common::assert_replicas_identical(&c);
+    assert!(c.scrub(None, true, false).unwrap().is_clean());
+    c.shutdown().unwrap();
+}
