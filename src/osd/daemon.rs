@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub recovery: RecoveryCounters,
     /// PGs being recovered right now and how ("recovering", "backfilling").
     pub activity: Mutex<HashMap<PgId, &'static str>>,
+    /// A map change is peering PGs (their locks may be held for long).
+    pub peering: crate::sync::AtomicBool,
     /// The last recovery-rate sample: (when, objects recovered by then).
     pub rate_sample: Mutex<Option<(std::time::Instant, u64)>>,
 }
@@ -58,6 +60,7 @@ impl Shared {
             damaged: Mutex::new(BTreeMap::new()),
             recovery: RecoveryCounters::default(),
             activity: Mutex::new(HashMap::new()),
+            peering: crate::sync::AtomicBool::new(false),
             rate_sample: Mutex::new(None),
         }
     }

@@ -36,6 +36,17 @@ use crate::sync::Arc;
 
 /// Peer every PG of every pool under `map`.
 pub(crate) fn peer_all(osds: &[Arc<Osd>], map: &OsdMap) -> OsdResult<()> {
+    let Some(first) = osds.first() else {
+        return Ok(());
+    };
+    let flag = &first.shared.peering;
+    flag.store(true, crate::sync::Ordering::SeqCst);
+    let r = peer_all_pgs(osds, map);
+    flag.store(false, crate::sync::Ordering::SeqCst);
+    r
+}
+
+fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap) -> OsdResult<()> {
     let mut serving: BTreeMap<OsdId, BTreeSet<PgId>> = BTreeMap::new();
     for pool in &map.pools {
         for pg in 0..pool.info.pg_num {

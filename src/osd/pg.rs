@@ -576,17 +576,19 @@ impl Pg {
     /// An I/O error from a store that turns out to be failing is not the
     /// client's: the OSD is reported (to be marked down, a new epoch) and
     /// the op answered `Busy`, which the client retries under the new map.
+    /// Any error is suspect, not only I/O errors: a failed store also
+    /// answers "no such object".
     fn check_failed<T>(&self, osd: &Osd, r: Result<T>) -> Result<T> {
         match r {
-            Err(RadosError::Io(why)) => match osd.store.check_health() {
-                Err(e) => {
-                    osd.shared.report_failure(osd.id, &e.to_string());
+            Err(e) if !matches!(e, RadosError::Busy(_)) => match osd.store.check_health() {
+                Err(h) => {
+                    osd.shared.report_failure(osd.id, &h.to_string());
                     Err(RadosError::Busy(format!(
-                        "osd.{} failed ({why}); retried once it is marked down",
+                        "osd.{} failed ({e}); retried once it is marked down",
                         osd.id
                     )))
                 }
-                Ok(()) => Err(RadosError::Io(why)),
+                Ok(()) => Err(e),
             },
             other => other,
         }

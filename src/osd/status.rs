@@ -135,11 +135,17 @@ impl Cluster {
                     .as_ref()
                     .and_then(|o| o.store.list_objects(id).ok())
                     .map_or(0, |k| k.len() as u64);
-                // A PG being peered is locked by the peering thread: say so
-                // rather than wait for it.
+                // While peering, a PG's lock may be held for a long
+                // recovery: say "peering" rather than wait for it. Otherwise
+                // a worker holds it only briefly.
+                let peering = inner.shared.peering.load(Ordering::SeqCst);
                 let pgst = posd.as_ref().and_then(|o| o.pg(id)).map(|pg| {
-                    pg.try_lock()
-                        .map(|g| (g.incomplete, g.log.info.last_update.to_string()))
+                    let g = if peering {
+                        pg.try_lock()
+                    } else {
+                        Some(pg.lock())
+                    };
+                    g.map(|g| (g.incomplete, g.log.info.last_update.to_string()))
                 });
                 let (incomplete, last_update, busy) = match pgst {
                     Some(Some((inc, lu))) => (inc, lu, false),
