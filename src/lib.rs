@@ -8,5 +8,6 @@
 //! - `store`: one OSD's local storage: transactions, journal, object files.
 
 pub mod rados;
+pub mod rbd;
 pub mod store;
 pub mod sync;
