@@ -327,3 +327,6 @@ impl Image {
         object_map::rebuild(&self.ctx).await
     }
 }
+
+#[cfg(test)]
+mod tests;
