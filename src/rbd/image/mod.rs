@@ -192,8 +192,11 @@ impl ImageCtx {
 
     /// Mark `objno` in the head map (persisted, then in memory).
     pub(crate) async fn set_head_state(&self, objno: u64, state: u8) -> Result<()> {
-        if self.head_map.lock().exists(objno) == (state != 0) {
-            return Ok(());
+        {
+            let m = self.head_map.lock();
+            if objno >= m.len() || m.exists(objno) == (state != 0) {
+                return Ok(());
+            }
         }
         let oid = names::object_map_oid(&self.id, SNAP_HEAD);
         ObjectMap::save_state(&self.ioctx, &oid, objno, state).await?;
@@ -207,7 +210,7 @@ impl ImageCtx {
             .snap_maps
             .lock()
             .get(&snap)
-            .is_some_and(|m| m.exists(objno) == (state != 0))
+            .is_none_or(|m| objno >= m.len() || m.exists(objno) == (state != 0))
         {
             return Ok(());
         }
