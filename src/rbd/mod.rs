@@ -35,6 +35,7 @@ use std::sync::Weak;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
 
 pub use error::{ERESTART, RbdError, Result};
+pub use exclusive_lock::{ManagementOp, RequestId, invoke_async_request};
 pub use spec::{DEFAULT_POOL, ImageSpec};
 pub use types::{
     CancelToken, CreateOptions, DuEntry, DuInfo, Features, ImageInfo, NoProgress, ParentInfo,
@@ -319,6 +320,50 @@ impl Image {
     /// and merged. Everything else reads as zeros.
     pub async fn data_extents(&self, off: u64, len: u64) -> Result<Vec<(u64, u64)>> {
         io::data_extents(&self.ctx, self.snap_id(), off, len).await
+    }
+
+    /// Run a management request forwarded to this process (the lock owner),
+    /// e.g. by the admin socket. A request id seen before is answered with its
+    /// earlier result instead of running again (see `exclusive_lock`).
+    pub async fn execute(
+        &self,
+        id: RequestId,
+        op: &ManagementOp,
+        progress: &dyn ProgressSink,
+        cancel: &CancelToken,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let ctx = &self.ctx;
+        ctx.lock
+            .invoke(id, || async move {
+                match op {
+                    ManagementOp::Flatten => operation::flatten::run(ctx, progress, cancel).await,
+                    ManagementOp::Resize { size, allow_shrink } => {
+                        operation::resize::run(ctx, *size, *allow_shrink, progress).await
+                    }
+                    ManagementOp::SnapCreate { name } => {
+                        operation::snap_create::run_checked(ctx, name).await
+                    }
+                    ManagementOp::SnapRemove { name } => {
+                        operation::snap_remove::run(ctx, name).await
+                    }
+                    ManagementOp::SnapProtect { name } => {
+                        operation::snap_protect::set(ctx, name, true).await
+                    }
+                    ManagementOp::SnapUnprotect { name } => {
+                        operation::snap_protect::set(ctx, name, false).await
+                    }
+                    ManagementOp::SnapRollback { name } => {
+                        operation::snap_rollback::run(ctx, name, progress).await
+                    }
+                }
+            })
+            .await
+    }
+
+    /// A fresh request id for a management request from this process.
+    pub fn new_request_id(&self) -> RequestId {
+        self.ctx.lock.new_request_id()
     }
 
     /// Rebuild the object maps (head and snapshots) from the objects themselves.

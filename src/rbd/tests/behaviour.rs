@@ -436,3 +436,27 @@ async fn test_data_extents_report_written_objects_only() {
 
     assert_eq!(ext, vec![(2 * OBJ, 2 * OBJ)]);
 }
+
+#[tokio::test]
+async fn test_forwarded_request_retried_with_same_id_runs_once() {
+    let (rbd, _mem, _c) = setup().await;
+    rbd.create("rbd", "a", OBJ, &opts()).await.unwrap();
+    let img = rbd.open("rbd", "a", None).await.unwrap();
+    let id = img.new_request_id();
+    let op = crate::rbd::ManagementOp::SnapCreate { name: "s".into() };
+
+    img.execute(id, &op, &NoProgress, &CancelToken::new())
+        .await
+        .unwrap();
+    let again = img.execute(id, &op, &NoProgress, &CancelToken::new()).await;
+
+    assert!(
+        again.is_ok(),
+        "a retry gets the first answer, not EEXIST: {again:?}"
+    );
+    assert_eq!(img.snap_list().await.unwrap().len(), 1);
+    let fresh = img
+        .execute(img.new_request_id(), &op, &NoProgress, &CancelToken::new())
+        .await;
+    assert_eq!(fresh.unwrap_err().errno(), libc::EEXIST);
+}
