@@ -319,7 +319,11 @@ impl ImageCtx {
             snapshot_count: h.snaps.len() as u64,
             block_name_prefix: names::block_name_prefix(&self.id),
             format: 2,
-            features: Features(h.features).names(),
+            features: Features(h.features)
+                .names()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
             create_timestamp: h.create_timestamp,
             parent: self.parent_info(snap),
             protected: rec.map(|s| s.protected),
