@@ -18,16 +18,46 @@ use crate::sync::{Arc, Mutex};
 
 /// Counts the object operations `rbd/` issues, per kind and object-name prefix,
 /// on top of the in-memory store.
+/// With `yields` set, every operation first yields to the scheduler that many
+/// times before it takes effect, so concurrent requests interleave as they
+/// would on a real cluster.
+/// `slow_copyup_yields` more are added to writes that replace a whole object
+/// without a partial write in the same op (the shape of a flatten copyup), so
+/// a racing user write gets in first.
 pub struct Counting {
     inner: Arc<MemRados>,
     counts: Mutex<BTreeMap<String, u64>>,
+    yields: u32,
+    slow_copyup_yields: u32,
 }
 
 impl Counting {
     pub fn new(inner: Arc<MemRados>) -> Arc<Self> {
+        Self::with_yields(inner, 0, 0)
+    }
+
+    pub fn with_yields(inner: Arc<MemRados>, yields: u32, slow_copyup_yields: u32) -> Arc<Self> {
         Arc::new(Self {
             inner,
             counts: Mutex::new(BTreeMap::new()),
+            yields,
+            slow_copyup_yields,
+        })
+    }
+
+    /// Run `f` against the store after the configured number of yields.
+    fn later<T: Send + 'static>(
+        &self,
+        extra_yields: u32,
+        f: impl FnOnce(&MemRados) -> Result<T> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T>> {
+        let inner = self.inner.clone();
+        let yields = self.yields + extra_yields;
+        Box::pin(async move {
+            for _ in 0..yields {
+                tokio::task::yield_now().await;
+            }
+            f(&inner)
         })
     }
 
@@ -61,7 +91,8 @@ impl RadosBackend for Counting {
         ops: Vec<ReadOp>,
     ) -> BoxFuture<'static, Result<Vec<ReadResult>>> {
         self.bump("read", oid);
-        self.inner.read(pool, oid, snap, ops)
+        let oid = oid.to_string();
+        self.later(0, move |m| m.read_now(pool, &oid, snap, &ops))
     }
 
     fn write(
@@ -72,7 +103,11 @@ impl RadosBackend for Counting {
         ops: Vec<WriteOp>,
     ) -> BoxFuture<'static, Result<()>> {
         self.bump("write", oid);
-        self.inner.write(pool, oid, snapc, ops)
+        let oid = oid.to_string();
+        let whole = ops.iter().any(|o| matches!(o, WriteOp::WriteFull { .. }))
+            && !ops.iter().any(|o| matches!(o, WriteOp::Write { .. }));
+        let extra = if whole { self.slow_copyup_yields } else { 0 };
+        self.later(extra, move |m| m.write_now(pool, &oid, &snapc, &ops))
     }
 
     fn flush(&self) -> BoxFuture<'static, Result<()>> {
@@ -127,6 +162,19 @@ pub async fn setup() -> (Arc<Rbd>, Arc<MemRados>, Arc<Counting>) {
     let rados = Rados::new(counting.clone());
     rados.pool_create("rbd", None).await.expect("pool create");
     (Rbd::new(rados, test_config()), mem, counting)
+}
+
+/// Like `setup`, with every object operation yielding `yields` times first
+/// (and whole-object replacements `slow_copyup_yields` more).
+pub async fn setup_interleaved(yields: u32, slow_copyup_yields: u32) -> (Arc<Rbd>, Arc<MemRados>) {
+    let mem = Arc::new(MemRados::new());
+    let rados = Rados::new(Counting::with_yields(
+        mem.clone(),
+        yields,
+        slow_copyup_yields,
+    ));
+    rados.pool_create("rbd", None).await.expect("pool create");
+    (Rbd::new(rados, test_config()), mem)
 }
 
 /// A new image layer on the same store (a restart: all state from objects).
