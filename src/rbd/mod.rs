@@ -120,7 +120,43 @@ impl Rbd {
             None => None,
             Some(s) => Some((ctx.snap_id_by_name(s)?, s.to_string())),
         };
-        Ok(Arc::new(Image { ctx, snap }))
+        Ok(Arc::new(Image {
+            ctx,
+            snap,
+            read_only: false,
+        }))
+    }
+
+    /// Open the head of `pool/name` read-only (like `rbd export`): writes and
+    /// management operations fail with EROFS, and reads never copy up.
+    pub async fn open_read_only(self: &Arc<Self>, pool: &str, name: &str) -> Result<Arc<Image>> {
+        let ctx = image::open::open_ctx(self, pool, name).await?;
+        Ok(Arc::new(Image {
+            ctx,
+            snap: None,
+            read_only: true,
+        }))
+    }
+
+    /// Whether `pool/name` is open in this process (this process then owns its
+    /// exclusive lock).
+    pub fn is_open(&self, pool: &str, name: &str) -> bool {
+        self.open_images()
+            .iter()
+            .any(|s| s.pool == pool && s.image == name)
+    }
+
+    /// The images open in this process, sorted.
+    pub fn open_images(&self) -> Vec<ImageSpec> {
+        let mut v: Vec<ImageSpec> = self
+            .open
+            .lock()
+            .values()
+            .filter_map(|w| w.upgrade())
+            .map(|c| c.spec())
+            .collect();
+        v.sort();
+        v
     }
 
     /// Open by spec (`snap` set = read-only view).
@@ -171,6 +207,8 @@ pub struct Image {
     ctx: Arc<ImageCtx>,
     /// The snapshot this handle views, `None` for the head.
     snap: Option<(SnapId, String)>,
+    /// A read-only open of the head.
+    read_only: bool,
 }
 
 impl Image {
@@ -179,7 +217,7 @@ impl Image {
     }
 
     fn check_writable(&self) -> Result<()> {
-        if self.snap.is_some() {
+        if self.is_read_only() {
             return Err(RbdError::ReadOnly(self.spec().to_string()));
         }
         Ok(())
@@ -214,15 +252,15 @@ impl Image {
         self.ctx.object_size()
     }
 
-    /// True for snapshot views.
+    /// True for snapshot views and read-only opens.
     pub fn is_read_only(&self) -> bool {
-        self.snap.is_some()
+        self.snap.is_some() || self.read_only
     }
 
     /// Read `[off, off + len)`, cut short at the end of the image. Holes and
     /// unwritten ranges read as zeros.
     pub async fn read(&self, off: u64, len: u64) -> Result<Bytes> {
-        io::read(&self.ctx, self.snap_id(), off, len).await
+        io::read(&self.ctx, self.snap_id(), off, len, !self.is_read_only()).await
     }
 
     /// Write `data` at `off`. Past the end of the image is an error

@@ -333,6 +333,34 @@ async fn test_copy_on_read_copies_up_on_head_read_only() {
 }
 
 #[tokio::test]
+async fn test_copy_on_read_does_not_copy_up_on_read_only_open() {
+    let (rbd, mem, _c) = setup().await;
+    rbd.create("rbd", "p", 4 * OBJ, &opts()).await.unwrap();
+    rbd.open("rbd", "p", None)
+        .await
+        .unwrap()
+        .write(0, Bytes::from(pattern(11, 4 * OBJ)))
+        .await
+        .unwrap();
+    snap_and_clone(&rbd, "p", "c").await;
+    drop(rbd);
+    let config = RbdConfig {
+        clone_copy_on_read: true,
+        ..test_config()
+    };
+    let (rbd, _c) = reopen(&mem, config);
+    let c = rbd.open_read_only("rbd", "c").await.unwrap();
+
+    let data = c.read(0, 4 * OBJ).await.unwrap();
+
+    assert_eq!(data, pattern(11, 4 * OBJ));
+    assert_eq!(c.du().await.unwrap().entries[0].used_size, 0);
+    let err = c.write(0, Bytes::from_static(b"x")).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EROFS);
+    assert!(rbd.is_open("rbd", "c"));
+}
+
+#[tokio::test]
 async fn test_shrinking_clone_shrinks_overlap_and_regrow_reads_zeros() {
     let (rbd, _mem, _c) = setup().await;
     rbd.create("rbd", "p", 4 * OBJ, &opts()).await.unwrap();
