@@ -460,3 +460,28 @@ async fn test_forwarded_request_retried_with_same_id_runs_once() {
         .await;
     assert_eq!(fresh.unwrap_err().errno(), libc::EEXIST);
 }
+
+#[tokio::test]
+async fn test_open_with_missing_object_map_still_reads_everything() {
+    let (rbd, mem, _c) = setup().await;
+    rbd.create("rbd", "a", 4 * OBJ, &opts()).await.unwrap();
+    let img = rbd.open("rbd", "a", None).await.unwrap();
+    img.write(2 * OBJ, Bytes::from_static(b"kept"))
+        .await
+        .unwrap();
+    let map_oid = crate::rbd::image::names::object_map_oid(img.id(), crate::rados::SNAP_HEAD);
+    let ioctx = rbd.rados().ioctx("rbd").unwrap();
+    ioctx
+        .remove(&map_oid, &crate::rados::SnapContext::empty())
+        .await
+        .unwrap();
+    drop(img);
+    let (rbd, _c) = reopen(&mem, test_config());
+
+    let img = rbd.open("rbd", "a", None).await.unwrap();
+
+    assert_eq!(img.read(2 * OBJ, 4).await.unwrap(), &b"kept"[..]);
+    img.write(0, Bytes::from_static(b"new")).await.unwrap();
+    img.object_map_rebuild().await.unwrap();
+    assert_eq!(img.du().await.unwrap().entries[0].used_size, 2 * OBJ);
+}
