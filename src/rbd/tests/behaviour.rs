@@ -485,3 +485,37 @@ async fn test_open_with_missing_object_map_still_reads_everything() {
     img.object_map_rebuild().await.unwrap();
     assert_eq!(img.du().await.unwrap().entries[0].used_size, 2 * OBJ);
 }
+
+#[tokio::test]
+async fn test_info_of_fresh_clone_names_its_parent_and_overlap() {
+    let (rbd, _mem, _c) = setup().await;
+    rbd.create("rbd", "p", 3 * OBJ, &opts()).await.unwrap();
+    let p = rbd.open("rbd", "p", None).await.unwrap();
+    p.snap_create("s1").await.unwrap();
+    p.snap_protect("s1").await.unwrap();
+    rbd.clone_image(&spec("p@s1"), &spec("c"), &opts())
+        .await
+        .unwrap();
+
+    let info = rbd
+        .open("rbd", "c", None)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap();
+
+    let parent = info.parent.expect("a clone has a parent");
+    assert_eq!(
+        (
+            parent.pool.as_str(),
+            parent.image.as_str(),
+            parent.snap.as_str()
+        ),
+        ("rbd", "p", "s1")
+    );
+    assert_eq!(parent.overlap, 3 * OBJ);
+    assert_eq!(info.size, 3 * OBJ);
+    assert_eq!(info.objects, 3);
+    assert_eq!(info.block_name_prefix, format!("rbd_data.{}", info.id));
+}
