@@ -249,4 +249,26 @@ mod tests {
             assert!(Header::decode(&bad).is_err(), "flip at {i}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn test_header_decode_of_arbitrary_bytes_never_panics(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)
+        ) {
+            let _ = Header::decode(&bytes);
+        }
+
+        #[test]
+        fn test_header_decode_of_arbitrary_body_with_valid_checksum_never_panics(
+            mut body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)
+        ) {
+            // Past the checksum, so the field decoders themselves are exercised.
+            if let Some(v) = body.first_mut() {
+                *v = VERSION;
+            }
+            let crc = crc32c::crc32c(&body);
+            body.extend_from_slice(&crc.to_le_bytes());
+            let _ = Header::decode(&body);
+        }
+    }
 }

@@ -454,3 +454,34 @@ async fn test_open_leaf_reads_right_after_middle_flatten_and_grandparent_snap_re
 
     assert_bytes(&l.read(0, 2 * OBJ).await.unwrap(), &pattern(12, 2 * OBJ));
 }
+
+#[tokio::test]
+async fn test_clone_into_another_pool_reads_lists_and_flattens() {
+    let (rbd, _mem, _c) = setup().await;
+    rbd.rados().pool_create("other", None).await.unwrap();
+    rbd.create("rbd", "p", 2 * OBJ, &opts()).await.unwrap();
+    rbd.open("rbd", "p", None)
+        .await
+        .unwrap()
+        .write(0, Bytes::from(pattern(13, 2 * OBJ)))
+        .await
+        .unwrap();
+    let p = rbd.open("rbd", "p", None).await.unwrap();
+    p.snap_create("s").await.unwrap();
+    p.snap_protect("s").await.unwrap();
+
+    rbd.clone_image(&spec("rbd/p@s"), &spec("other/c"), &opts())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        rbd.children(&spec("rbd/p@s")).await.unwrap(),
+        vec![spec("other/c")]
+    );
+    let c = rbd.open("other", "c", None).await.unwrap();
+    assert_eq!(c.parent().unwrap().pool, "rbd");
+    assert_bytes(&c.read(0, 2 * OBJ).await.unwrap(), &pattern(13, 2 * OBJ));
+    c.flatten(&NoProgress, &CancelToken::new()).await.unwrap();
+    p.snap_unprotect("s").await.unwrap();
+    assert_bytes(&c.read(0, 2 * OBJ).await.unwrap(), &pattern(13, 2 * OBJ));
+}
