@@ -519,3 +519,20 @@ async fn test_info_of_fresh_clone_names_its_parent_and_overlap() {
     assert_eq!(info.objects, 3);
     assert_eq!(info.block_name_prefix, format!("rbd_data.{}", info.id));
 }
+
+#[tokio::test]
+async fn test_create_or_grow_beyond_max_objects_is_einval() {
+    let (rbd, _mem, _c) = setup().await;
+
+    let err = rbd
+        .create("rbd", "huge", u64::MAX, &opts())
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.errno(), libc::EINVAL);
+    rbd.create("rbd", "a", OBJ, &opts()).await.unwrap();
+    let img = rbd.open("rbd", "a", None).await.unwrap();
+    let err = img.resize(u64::MAX, false, &NoProgress).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EINVAL);
+    assert_eq!(img.size(), OBJ);
+}
