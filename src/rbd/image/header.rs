@@ -14,6 +14,7 @@
 use super::codec::{Decoder, Encoder};
 use crate::rados::{SnapContext, SnapId};
 use crate::rbd::error::Result;
+use crate::rbd::types::{MAX_OBJECTS, MAX_ORDER, MIN_ORDER};
 
 const VERSION: u8 = 1;
 
@@ -132,8 +133,12 @@ impl Header {
             });
         }
         d.finish()?;
-        if !(1..64).contains(&order) {
+        if !(MIN_ORDER..=MAX_ORDER).contains(&order) {
             return Err(d.err(format!("bad order {order}")));
+        }
+        let too_big = |sz: u64| sz.div_ceil(1u64 << order) > MAX_OBJECTS;
+        if too_big(size) || snaps.iter().any(|s| too_big(s.size)) {
+            return Err(d.err("size beyond the largest image"));
         }
         Ok(Header {
             size,
