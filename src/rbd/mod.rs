@@ -25,7 +25,7 @@ pub mod spec;
 pub mod throttle;
 pub mod types;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 
@@ -57,6 +57,20 @@ pub struct Rbd {
     layout_epoch: AtomicU64,
     /// This process's client id (for lock ownership and request ids).
     client_id: u64,
+    /// (pool, name) being created, cloned or renamed to in this process.
+    naming: Mutex<HashSet<(String, String)>>,
+}
+
+/// Holds a name while an image is created under it (see `Rbd::name_guard`).
+pub(crate) struct NameGuard<'a> {
+    rbd: &'a Rbd,
+    key: (String, String),
+}
+
+impl Drop for NameGuard<'_> {
+    fn drop(&mut self) {
+        self.rbd.naming.lock().remove(&self.key);
+    }
 }
 
 impl Rbd {
@@ -68,6 +82,7 @@ impl Rbd {
             open: Mutex::new(HashMap::new()),
             layout_epoch: AtomicU64::new(0),
             client_id: image::new_client_id(),
+            naming: Mutex::new(HashSet::new()),
         })
     }
 
@@ -212,6 +227,16 @@ impl Rbd {
         }
         let img = self.open(&spec.pool, &spec.image, None).await?;
         img.execute(id, op, progress, cancel).await
+    }
+
+    /// Reserve `pool/name` in this process while an image is created under it,
+    /// so that a half-made image is never mistaken for a crash leftover.
+    pub(crate) fn name_guard(&self, pool: &str, name: &str) -> Result<NameGuard<'_>> {
+        let key = (pool.to_string(), name.to_string());
+        if !self.naming.lock().insert(key.clone()) {
+            return Err(RbdError::ImageExists(format!("{pool}/{name}")));
+        }
+        Ok(NameGuard { rbd: self, key })
     }
 
     pub(crate) fn registry(&self) -> &Mutex<HashMap<(u64, String), Weak<ImageCtx>>> {

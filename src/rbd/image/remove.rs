@@ -38,7 +38,7 @@ pub async fn remove(
 ) -> Result<()> {
     ImageSpec::new(pool, name).validate()?;
     let ioctx = directory::pool_ioctx(rbd, pool)?;
-    let id = directory::image_id(&ioctx, pool, name).await?;
+    let id = directory::listed_image_id(&ioctx, pool, name).await?;
     if rbd
         .registry()
         .lock()

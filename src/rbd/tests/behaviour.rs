@@ -536,3 +536,63 @@ async fn test_create_or_grow_beyond_max_objects_is_einval() {
     assert_eq!(err.errno(), libc::EINVAL);
     assert_eq!(img.size(), OBJ);
 }
+
+#[tokio::test]
+async fn test_create_after_crash_mid_create_cleans_up_and_succeeds() {
+    let (rbd, mem, counting) = setup().await;
+    counting.crash_after(1); // rbd_id.<name> is claimed, the header write fails
+    assert!(rbd.create("rbd", "a", OBJ, &opts()).await.is_err());
+    counting.crash_after(-1);
+    let (rbd, _c) = reopen(&mem, test_config());
+    assert!(rbd.list("rbd").await.unwrap().is_empty());
+
+    rbd.create("rbd", "a", OBJ, &opts()).await.unwrap();
+
+    assert_eq!(rbd.list("rbd").await.unwrap(), vec!["a".to_string()]);
+    assert_eq!(rbd.open("rbd", "a", None).await.unwrap().size(), OBJ);
+}
+
+#[tokio::test]
+async fn test_old_name_left_by_crashed_rename_neither_opens_nor_removes_the_image() {
+    let (rbd, mem, counting) = setup().await;
+    rbd.create("rbd", "a", OBJ, &opts()).await.unwrap();
+    rbd.open("rbd", "a", None)
+        .await
+        .unwrap()
+        .write(0, Bytes::from_static(b"data"))
+        .await
+        .unwrap();
+    // rename: read rbd_id.a, read the directory, claim rbd_id.b, switch the
+    // directory; the crash hits the removal of rbd_id.a.
+    counting.crash_after(4);
+    assert!(rbd.rename("rbd", "a", "b").await.is_err());
+    counting.crash_after(-1);
+    let (rbd, _c) = reopen(&mem, test_config());
+
+    assert_eq!(rbd.list("rbd").await.unwrap(), vec!["b".to_string()]);
+    assert_eq!(
+        rbd.open("rbd", "a", None).await.err().unwrap().errno(),
+        libc::ENOENT
+    );
+    assert_eq!(
+        rbd.remove("rbd", "a", &NoProgress)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::ENOENT
+    );
+    assert_bytes(
+        &rbd.open("rbd", "b", None)
+            .await
+            .unwrap()
+            .read(0, 4)
+            .await
+            .unwrap(),
+        b"data",
+    );
+    rbd.create("rbd", "a", OBJ, &opts()).await.unwrap();
+    assert_eq!(
+        rbd.list("rbd").await.unwrap(),
+        vec!["a".to_string(), "b".to_string()]
+    );
+}

@@ -6,6 +6,8 @@
 //! objects. Flatten may be cancelled part-way and is then resumed later. A
 //! simulated crash between an object-map update and its data write leaves a
 //! map claiming an object that does not exist; nothing may read differently.
+//! A crash step interrupts an operation at a random object request, restarts
+//! and reruns it: the result must be that of one complete run.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -139,6 +141,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 /// Operations the crash step interrupts: everything restartable.
 fn crashable_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
+        (0u64..10, 0u64..OBJ).prop_map(|(objs, extra)| Op::Create { objs, extra }),
+        (any::<u8>(), any::<u8>()).prop_map(|(img, snap)| Op::Clone { img, snap }),
         (any::<u8>(), any::<u16>(), 1u16..12000, 1u8..255).prop_map(|(img, off, len, byte)| {
             Op::Write {
                 img,
@@ -315,7 +319,10 @@ async fn apply(sut: &mut Sut, m: &mut Model, op: &Op) {
             let name = format!("i{}", m.next_image);
             m.next_image += 1;
             let size = objs * OBJ + extra;
-            sut.rbd.create("rbd", &name, size, &opts).await.unwrap();
+            let r = sut.rbd.create("rbd", &name, size, &opts).await;
+            if !already_done(sut, &r, libc::EEXIST) {
+                r.unwrap();
+            }
             m.images.push(MImage {
                 name,
                 data: vec![0; size as usize],
@@ -463,7 +470,9 @@ async fn apply(sut: &mut Sut, m: &mut Model, op: &Op) {
                     if !protected {
                         expect_errno(r, libc::EINVAL, "clone of unprotected snapshot");
                     } else {
-                        r.unwrap();
+                        if !already_done(sut, &r, libc::EEXIST) {
+                            r.unwrap();
+                        }
                         let data = m.images[i].snaps[s].data.clone();
                         m.images.push(MImage {
                             name: child,
