@@ -10,6 +10,21 @@
 //! - [`io`]: the data path: striper, reads through the parent chain, copyup;
 //! - [`object_map`], [`exclusive_lock`], [`throttle`].
 //!
+//! Objects of one pool (all state lives in them; nothing is kept elsewhere):
+//! ```text
+//! rbd_directory                 omap name_<name> -> id, id_<id> -> name
+//! rbd_id.<name>                 data: the image id (12 hex digits)
+//! rbd_header.<id>               data: versioned, checksummed header record
+//!                               (size, order, features, snap_seq, snapshots
+//!                               with size/parent overlap/protected, parent)
+//! rbd_object_map.<id>[.<snap:016x>]  data: u8 version, u64 count, 1 byte/object
+//! rbd_data.<id>.<objno:016x>    image data, present only where written
+//! rbd_children                  omap <parent id>.<snap:016x>.<child pool:016x>.<child id>
+//!                               (in the parent's pool)
+//! ```
+//! Snapshots are self-managed snapshots of the pool: head writes carry the
+//! image's SnapContext, snapshot reads are object reads at the snapshot id.
+//!
 //! Everything users see goes through [`Rbd`] (one per process) and the
 //! [`Image`] handles it hands out. The registry in [`Rbd`] keeps one image
 //! context per open image, so every user in the process (FUSE, admin socket
