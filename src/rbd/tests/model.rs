@@ -609,6 +609,34 @@ async fn check(rbd: &Arc<Rbd>, handles: &mut Handles, m: &Model, sel: u16) {
             "parent of {}",
             img.name
         );
+        check_maps_cover_objects(rbd, &h).await;
+    }
+}
+
+/// The stored object maps (head and every snapshot) claim every data object
+/// that exists: a map may claim too much, never too little.
+async fn check_maps_cover_objects(rbd: &Arc<Rbd>, h: &Image) {
+    let ioctx = rbd.rados().ioctx("rbd").unwrap();
+    let views = std::iter::once((SNAP_HEAD, h.size())).chain(
+        h.snap_list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.id, s.size)),
+    );
+    for (snap, size) in views {
+        let map = ObjectMap::load(&ioctx, &names::object_map_oid(h.id(), snap))
+            .await
+            .unwrap();
+        for objno in 0..size.div_ceil(OBJ) {
+            let oid = names::data_oid(h.id(), objno);
+            if ioctx.stat(&oid, snap).await.is_ok() {
+                assert!(
+                    map.exists(objno),
+                    "{oid} exists at {snap} but its map misses it"
+                );
+            }
+        }
     }
 }
 
