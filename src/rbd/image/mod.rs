@@ -200,7 +200,7 @@ impl ImageCtx {
     pub(crate) async fn set_head_state(&self, objno: u64, state: u8) -> Result<()> {
         {
             let m = self.head_map.lock();
-            if objno >= m.len() || m.exists(objno) == (state != 0) {
+            if objno >= m.len() || m.state(objno) == state {
                 return Ok(());
             }
         }
@@ -365,14 +365,14 @@ impl ImageCtx {
                 snap: Some(s.name.clone()),
                 snap_id: Some(s.id),
                 provisioned_size: s.size,
-                used_size: maps.get(&s.id).map_or(0, |m| m.count_existing()) * osz,
+                used_size: maps.get(&s.id).map_or(0, |m| m.count_dirty()) * osz,
             })
             .collect();
         entries.push(DuEntry {
             snap: None,
             snap_id: None,
             provisioned_size: h.size,
-            used_size: self.head_map.lock().count_existing() * osz,
+            used_size: self.head_map.lock().count_dirty() * osz,
         });
         DuInfo { entries }
     }

@@ -224,6 +224,10 @@ pub(crate) async fn write_object(
     let snapc = hdr.snapc();
     let has_parent = hdr.parent.is_some() || hdr.snaps.iter().any(|s| s.parent.is_some());
     if ctx.map_exists(SNAP_HEAD, objno) {
+        if !matches!(op, ObjectWrite::Remove) {
+            // EXISTS_CLEAN -> EXISTS: the object changes after the snapshot.
+            ctx.set_head_state(objno, EXISTS).await?;
+        }
         let mut ops = op.to_ops();
         if has_parent && !matches!(op, ObjectWrite::Remove) {
             ops.insert(0, WriteOp::AssertExists);

@@ -596,3 +596,26 @@ async fn test_old_name_left_by_crashed_rename_neither_opens_nor_removes_the_imag
         vec!["a".to_string(), "b".to_string()]
     );
 }
+
+#[tokio::test]
+async fn test_du_reports_per_snapshot_deltas_like_fast_diff() {
+    let (rbd, _mem, _c) = setup().await;
+    rbd.create("rbd", "a", 8 * OBJ, &opts()).await.unwrap();
+    let img = rbd.open("rbd", "a", None).await.unwrap();
+    img.write(0, Bytes::from(vec![1u8; 2 * OBJ as usize]))
+        .await
+        .unwrap();
+    img.snap_create("s1").await.unwrap();
+    img.write(OBJ, Bytes::from(vec![2u8; 2 * OBJ as usize]))
+        .await
+        .unwrap();
+    img.snap_create("s2").await.unwrap();
+    img.write(7 * OBJ, Bytes::from_static(b"z")).await.unwrap();
+
+    let du = img.du().await.unwrap();
+
+    let used: Vec<u64> = du.entries.iter().map(|e| e.used_size / OBJ).collect();
+    // s1: objects 0 and 1 are new; s2: 1 and 2 changed; head: 7 changed.
+    assert_eq!(used, vec![2, 2, 1]);
+    assert!(du.entries.iter().all(|e| e.provisioned_size == 8 * OBJ));
+}
