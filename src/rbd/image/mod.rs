@@ -77,7 +77,12 @@ pub struct ImageCtx {
     pub(crate) io_gate: tokio::sync::RwLock<()>,
     object_locks: Vec<tokio::sync::Mutex<()>>,
     pub(crate) lock: ExclusiveLock,
+    /// Objects with a recorded copyup intent (see `io::copyup::settle`).
+    pending_copyups: Mutex<std::collections::HashSet<u64>>,
 }
+
+/// Prefix of the copyup-intent keys in the header object's omap.
+const COPYUP_INTENT_PREFIX: &str = "copyup.";
 
 impl ImageCtx {
     pub(crate) fn new(rbd: Arc<Rbd>, l: Loaded) -> Self {
@@ -108,6 +113,7 @@ impl ImageCtx {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             lock: ExclusiveLock::new(client),
+            pending_copyups: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -248,6 +254,65 @@ impl ImageCtx {
         );
         self.chains.lock().1.insert(key, view.clone());
         Ok(view)
+    }
+
+    pub(crate) fn copyup_pending(&self, objno: u64) -> bool {
+        self.pending_copyups.lock().contains(&objno)
+    }
+
+    /// Record (durably) that a multi-write copyup of `objno` is under way.
+    pub(crate) async fn copyup_intent_set(&self, objno: u64) -> Result<()> {
+        let oid = names::header_oid(&self.id);
+        let mut entries = std::collections::BTreeMap::new();
+        entries.insert(format!("{COPYUP_INTENT_PREFIX}{objno:016x}"), Bytes::new());
+        self.ioctx
+            .operate_write(
+                &oid,
+                &SnapContext::empty(),
+                vec![WriteOp::OmapSet { entries }],
+            )
+            .await
+            .map_err(|e| RbdError::rados(&oid, e))?;
+        self.pending_copyups.lock().insert(objno);
+        Ok(())
+    }
+
+    /// The copyup of `objno` is complete.
+    pub(crate) async fn copyup_intent_clear(&self, objno: u64) -> Result<()> {
+        let oid = names::header_oid(&self.id);
+        self.ioctx
+            .operate_write(
+                &oid,
+                &SnapContext::empty(),
+                vec![WriteOp::OmapRmKeys {
+                    keys: vec![format!("{COPYUP_INTENT_PREFIX}{objno:016x}")],
+                }],
+            )
+            .await
+            .map_err(|e| RbdError::rados(&oid, e))?;
+        self.pending_copyups.lock().remove(&objno);
+        Ok(())
+    }
+
+    /// Load the copyup intents a crash left behind and finish those copyups.
+    pub(crate) async fn settle_copyups(&self) -> Result<()> {
+        let oid = names::header_oid(&self.id);
+        let keys = self
+            .ioctx
+            .omap_get_all(&oid)
+            .await
+            .map_err(|e| RbdError::rados(&oid, e))?;
+        let objs: Vec<u64> = keys
+            .keys()
+            .filter_map(|k| k.strip_prefix(COPYUP_INTENT_PREFIX))
+            .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
+            .collect();
+        self.pending_copyups.lock().extend(objs.iter().copied());
+        for objno in objs {
+            let _obj = self.object_lock(objno).lock().await;
+            crate::rbd::io::copyup::settle(self, objno).await?;
+        }
+        Ok(())
     }
 
     /// Load the parent chains of the head and the snapshots (so `info` can

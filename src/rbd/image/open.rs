@@ -43,6 +43,7 @@ pub async fn open_ctx(rbd: &Arc<Rbd>, pool: &str, name: &str) -> Result<Arc<Imag
         },
     ));
     ctx.preload_parents().await;
+    ctx.settle_copyups().await?;
     let mut reg = rbd.registry().lock();
     reg.retain(|_, w| w.strong_count() > 0);
     if let Some(existing) = reg.get(&key).and_then(|w| w.upgrade()) {
