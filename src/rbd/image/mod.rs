@@ -320,10 +320,9 @@ impl ImageCtx {
     /// still be inspected and removed.
     pub(crate) async fn preload_parents(&self) {
         let h = self.header();
-        let links = std::iter::once(&h.parent)
-            .chain(h.snaps.iter().map(|s| &s.parent))
-            .flatten();
-        for link in links {
+        let mut links: Vec<ParentLink> = h.parent.iter().cloned().collect();
+        links.extend(h.snaps.iter().filter_map(|s| s.parent.clone()));
+        for link in &links {
             if let Err(e) = self.parent_view(link).await {
                 log::warn!("image {}: cannot load its parent chain: {e}", self.spec());
             }

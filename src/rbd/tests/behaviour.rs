@@ -619,3 +619,47 @@ async fn test_du_reports_per_snapshot_deltas_like_fast_diff() {
     assert_eq!(used, vec![2, 2, 1]);
     assert!(du.entries.iter().all(|e| e.provisioned_size == 8 * OBJ));
 }
+
+/// The FUSE daemon and the admin socket run image calls on tokio tasks: every
+/// public future must be `Send` (this fails to compile otherwise).
+#[test]
+fn test_public_futures_are_send() {
+    fn send<T: Send>(_: &T) {}
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (rbd, _mem, _c) = setup().await;
+        rbd.create("rbd", "a", OBJ, &opts()).await.unwrap();
+        let img = rbd.open("rbd", "a", None).await.unwrap();
+        let (p, c) = (NoProgress, CancelToken::new());
+        send(&img.read(0, 1));
+        send(&img.write(0, Bytes::new()));
+        send(&img.discard(0, 1));
+        send(&img.write_zeroes(0, 1));
+        send(&img.flush());
+        send(&img.resize(OBJ, false, &p));
+        send(&img.snap_create("s"));
+        send(&img.snap_remove("s"));
+        send(&img.snap_protect("s"));
+        send(&img.snap_unprotect("s"));
+        send(&img.snap_rollback("s", &p));
+        send(&img.flatten(&p, &c));
+        send(&img.du());
+        send(&img.info());
+        send(&img.data_extents(0, 1));
+        send(&img.object_map_rebuild());
+        send(&rbd.create("rbd", "b", OBJ, &opts()));
+        send(&rbd.open("rbd", "a", None));
+        send(&rbd.remove("rbd", "a", &p));
+        send(&rbd.rename("rbd", "a", "b"));
+        send(&rbd.clone_image(&spec("a@s"), &spec("c"), &opts()));
+        send(&rbd.children(&spec("a@s")));
+        send(&rbd.list("rbd"));
+        send(&rbd.open_read_only("rbd", "a"));
+        send(&rbd.open_spec(&spec("a")));
+        let op = crate::rbd::ManagementOp::Flatten;
+        send(&img.execute(img.new_request_id(), &op, &p, &c));
+        send(&rbd.execute(&spec("a"), img.new_request_id(), &op, &p, &c));
+    });
+}
