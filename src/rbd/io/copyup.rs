@@ -28,7 +28,9 @@
 //! snapshots with different overlaps. It is only done while the object exists
 //! nowhere in the child (not at the head, in no snapshot): once it exists
 //! anywhere, every snapshot that needs parent data for it already has it
-//! (invariant kept by doing every first creation through here). Object maps of
+//! (invariant kept by doing every first creation through here; objects no
+//! ancestor has are created without a copyup, as reading the parent and
+//! reading nothing agree for them). Object maps of
 //! the snapshots and the head are marked before the writes (crash-safety rule).
 //! A copyup that needs more than one write before the user's (snapshots with
 //! different overlaps, or a head that differs from the newest run) records an
