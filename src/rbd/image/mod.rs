@@ -24,7 +24,7 @@ use crate::rbd::object_map::ObjectMap;
 use crate::rbd::spec::ImageSpec;
 use crate::rbd::types::{DuEntry, DuInfo, Features, ImageInfo, ParentInfo, SnapInfo};
 use crate::rbd::{Rbd, exclusive_lock::ExclusiveLock};
-use crate::sync::{Arc, Mutex, RwLock};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock};
 
 pub use header::{Header, ParentLink, SnapRecord};
 
@@ -79,6 +79,9 @@ pub struct ImageCtx {
     pub(crate) lock: ExclusiveLock,
     /// Objects with a recorded copyup intent (see `io::copyup::settle`).
     pending_copyups: Mutex<std::collections::HashSet<u64>>,
+    /// Bumped when a multi-write copyup starts and when it ends, so a read
+    /// that ran meanwhile knows to read again under the object lock.
+    copyup_generation: AtomicU64,
 }
 
 /// Prefix of the copyup-intent keys in the header object's omap.
@@ -114,6 +117,7 @@ impl ImageCtx {
                 .collect(),
             lock: ExclusiveLock::new(client),
             pending_copyups: Mutex::new(std::collections::HashSet::new()),
+            copyup_generation: AtomicU64::new(0),
         }
     }
 
@@ -256,6 +260,10 @@ impl ImageCtx {
         Ok(view)
     }
 
+    pub(crate) fn copyup_generation(&self) -> u64 {
+        self.copyup_generation.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn copyup_pending(&self, objno: u64) -> bool {
         self.pending_copyups.lock().contains(&objno)
     }
@@ -274,6 +282,7 @@ impl ImageCtx {
             .await
             .map_err(|e| RbdError::rados(&oid, e))?;
         self.pending_copyups.lock().insert(objno);
+        self.copyup_generation.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -291,6 +300,7 @@ impl ImageCtx {
             .await
             .map_err(|e| RbdError::rados(&oid, e))?;
         self.pending_copyups.lock().remove(&objno);
+        self.copyup_generation.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 

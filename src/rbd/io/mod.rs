@@ -15,7 +15,7 @@ use futures::future::try_join_all;
 
 use crate::rados::{RadosError, SNAP_HEAD, SnapId, WriteOp};
 use crate::rbd::error::{RbdError, Result};
-use crate::rbd::image::header::Header;
+use crate::rbd::image::header::{Header, ParentLink};
 use crate::rbd::image::{ImageCtx, names};
 use crate::rbd::object_map::{EXISTS, NONEXISTENT};
 use read_parent::pad;
@@ -113,13 +113,32 @@ async fn read_object(
     } else {
         hdr.snap_by_id(snap).and_then(|s| s.parent.clone())
     };
-    if ctx.copyup_pending(e.objno) {
-        let _obj = ctx.object_lock(e.objno).lock().await;
-        copyup::settle(ctx, e.objno).await?;
-    }
     if may_copy_up && snap == SNAP_HEAD && link.is_some() && ctx.rbd.config().clone_copy_on_read {
         copy_on_read(ctx, hdr, e.objno).await?;
     }
+    // Reads take no object lock, except around a copyup of several writes:
+    // its intermediate states are nobody's content. One that is pending, or
+    // that started or ended while this read ran, makes the read (again) wait
+    // for the object's lock.
+    let generation = ctx.copyup_generation();
+    if !ctx.copyup_pending(e.objno) {
+        let data = read_object_unlocked(ctx, snap, link.as_ref(), e).await?;
+        if ctx.copyup_generation() == generation {
+            return Ok(data);
+        }
+    }
+    let _obj = ctx.object_lock(e.objno).lock().await;
+    copyup::settle(ctx, e.objno).await?;
+    read_object_unlocked(ctx, snap, link.as_ref(), e).await
+}
+
+/// One object extent from the object or, where it has none, the parent chain.
+async fn read_object_unlocked(
+    ctx: &ImageCtx,
+    snap: SnapId,
+    link: Option<&ParentLink>,
+    e: &ObjectExtent,
+) -> Result<Bytes> {
     if ctx.map_exists(snap, e.objno) {
         let oid = names::data_oid(ctx.id(), e.objno);
         match ctx.ioctx.read(&oid, snap, e.offset, e.length).await {
@@ -130,7 +149,7 @@ async fn read_object(
     }
     match link {
         Some(l) => {
-            let view = ctx.parent_view(&l).await?;
+            let view = ctx.parent_view(l).await?;
             view.read(e.objno, e.offset, e.length, l.overlap).await
         }
         None => Ok(Bytes::from(vec![0u8; e.length as usize])),

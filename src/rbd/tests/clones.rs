@@ -569,3 +569,62 @@ async fn test_deep_flatten_with_uneven_snapshot_overlaps_survives_a_crash_anywhe
 async fn test_clone_write_with_uneven_snapshot_overlaps_survives_a_crash_anywhere() {
     crash_anywhere_with_uneven_snapshot_overlaps(Interrupted::Write).await;
 }
+
+/// Reads racing a copyup of several writes (snapshots with uneven overlaps)
+/// see the object before or after the write, never an intermediate step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_reads_during_multi_write_copyup_see_before_or_after() {
+    // Each history step of the copyup is held until the readers have read a
+    // few times, so they run while the object holds an intermediate step.
+    let mem = Arc::new(crate::rados::mem::MemRados::new());
+    let rados = crate::rados::Rados::new(super::Counting::holding_copyups(mem.clone(), 1, 6));
+    rados.pool_create("rbd", None).await.unwrap();
+    let rbd = crate::rbd::Rbd::new(rados, test_config());
+    rbd.create("rbd", "p", 4 * OBJ, &opts()).await.unwrap();
+    rbd.open("rbd", "p", None)
+        .await
+        .unwrap()
+        .write(0, Bytes::from(pattern(15, 4 * OBJ)))
+        .await
+        .unwrap();
+    snap_and_clone(&rbd, "p", "c").await;
+    let c = rbd.open("rbd", "c", None).await.unwrap();
+    c.snap_create("c1").await.unwrap();
+    c.resize(OBJ + OBJ / 2, true, &NoProgress).await.unwrap();
+    c.resize(4 * OBJ, false, &NoProgress).await.unwrap();
+    c.snap_create("c2").await.unwrap();
+    let mut before = pattern(15, 4 * OBJ)[OBJ as usize..2 * OBJ as usize].to_vec();
+    before[(OBJ / 2) as usize..].fill(0);
+    let mut after = before.clone();
+    after[10] = b'w';
+
+    let done = Arc::new(crate::sync::AtomicBool::new(false));
+    let started = Arc::new(tokio::sync::Barrier::new(4));
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let (c, done, started) = (c.clone(), done.clone(), started.clone());
+        let (before, after) = (before.clone(), after.clone());
+        readers.push(tokio::spawn(async move {
+            let mut first = true;
+            while first || !done.load(Ordering::SeqCst) {
+                let got = c.read(OBJ, OBJ).await.unwrap();
+                assert!(
+                    got == before[..] || got == after[..],
+                    "read an intermediate state"
+                );
+                if first {
+                    started.wait().await;
+                    first = false;
+                }
+            }
+        }));
+    }
+    started.wait().await;
+    c.write(OBJ + 10, Bytes::from_static(b"w")).await.unwrap();
+    done.store(true, Ordering::SeqCst);
+    for r in readers {
+        r.await.unwrap();
+    }
+
+    assert_bytes(&c.read(OBJ, OBJ).await.unwrap(), &after);
+}

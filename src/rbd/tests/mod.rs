@@ -16,7 +16,7 @@ use crate::rados::{
 use crate::rbd::{Rbd, RbdConfig};
 use std::sync::atomic::AtomicI64;
 
-use crate::sync::{Arc, Mutex, Ordering};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
 
 /// Counts the object operations `rbd/` issues, per kind and object-name prefix,
 /// on top of the in-memory store.
@@ -24,13 +24,17 @@ use crate::sync::{Arc, Mutex, Ordering};
 /// times before it takes effect, so concurrent requests interleave as they
 /// would on a real cluster.
 /// `slow_copyup_yields` more are added to writes that replace a whole object
-/// without a partial write in the same op (the shape of a flatten copyup), so
-/// a racing user write gets in first.
+/// without a partial write in the same op (the shape of a copyup step), so a
+/// racing user write gets in first; with `hold_copyup_for_reads` such a write
+/// also waits until that many data reads were served after it arrived (or a
+/// bounded number of yields passed), so racing reads see the state before it.
 pub struct Counting {
     inner: Arc<MemRados>,
     counts: Mutex<BTreeMap<String, u64>>,
     yields: u32,
     slow_copyup_yields: u32,
+    hold_copyup_for_reads: u64,
+    data_reads: Arc<AtomicU64>,
     /// Operations still allowed before every further one fails as if the
     /// process had crashed (negative: never).
     crash_countdown: AtomicI64,
@@ -47,8 +51,19 @@ impl Counting {
             counts: Mutex::new(BTreeMap::new()),
             yields,
             slow_copyup_yields,
+            hold_copyup_for_reads: 0,
+            data_reads: Arc::new(AtomicU64::new(0)),
             crash_countdown: AtomicI64::new(-1),
         })
+    }
+
+    /// Like `with_yields`, holding copyup-shaped writes for `reads` data reads.
+    pub fn holding_copyups(inner: Arc<MemRados>, yields: u32, reads: u64) -> Arc<Self> {
+        let mut c = Self::with_yields(inner, yields, 0);
+        if let Some(c) = Arc::get_mut(&mut c) {
+            c.hold_copyup_for_reads = reads;
+        }
+        c
     }
 
     /// Let `ops` more operations through, then fail every one with an I/O
@@ -70,17 +85,28 @@ impl Counting {
         false
     }
 
-    /// Run `f` against the store after the configured number of yields.
+    /// Run `f` against the store after the configured number of yields (and,
+    /// with `hold_reads`, after that many data reads were served meanwhile,
+    /// giving up after a bounded number of yields).
     fn later<T: Send + 'static>(
         &self,
         extra_yields: u32,
+        hold_reads: u64,
         f: impl FnOnce(&MemRados) -> Result<T> + Send + 'static,
     ) -> BoxFuture<'static, Result<T>> {
+        const HOLD_YIELDS_MAX: u32 = 20_000;
         let inner = self.inner.clone();
         let yields = self.yields + extra_yields;
+        let reads = self.data_reads.clone();
+        let start = reads.load(Ordering::SeqCst);
         Box::pin(async move {
             for _ in 0..yields {
                 tokio::task::yield_now().await;
+            }
+            let mut spins = 0;
+            while reads.load(Ordering::SeqCst) - start < hold_reads && spins < HOLD_YIELDS_MAX {
+                tokio::task::yield_now().await;
+                spins += 1;
             }
             f(&inner)
         })
@@ -122,7 +148,13 @@ impl RadosBackend for Counting {
             ))));
         }
         let oid = oid.to_string();
-        self.later(0, move |m| m.read_now(pool, &oid, snap, &ops))
+        let reads = self.data_reads.clone();
+        self.later(0, 0, move |m| {
+            if oid.starts_with("rbd_data.") {
+                reads.fetch_add(1, Ordering::SeqCst);
+            }
+            m.read_now(pool, &oid, snap, &ops)
+        })
     }
 
     fn write(
@@ -141,8 +173,12 @@ impl RadosBackend for Counting {
         let oid = oid.to_string();
         let whole = ops.iter().any(|o| matches!(o, WriteOp::WriteFull { .. }))
             && !ops.iter().any(|o| matches!(o, WriteOp::Write { .. }));
-        let extra = if whole { self.slow_copyup_yields } else { 0 };
-        self.later(extra, move |m| m.write_now(pool, &oid, &snapc, &ops))
+        let (extra, hold) = if whole {
+            (self.slow_copyup_yields, self.hold_copyup_for_reads)
+        } else {
+            (0, 0)
+        };
+        self.later(extra, hold, move |m| m.write_now(pool, &oid, &snapc, &ops))
     }
 
     fn flush(&self) -> BoxFuture<'static, Result<()>> {
