@@ -173,7 +173,6 @@ async fn test_remove_deletes_every_object_of_the_image() {
 
     rbd.remove("rbd", "a", &NoProgress).await.unwrap();
 
-    use crate::rados::RadosBackend;
     let left = mem.list_objects(1).await.unwrap();
     assert!(
         left.iter().all(|o| o == "rbd_directory"),

@@ -576,8 +576,8 @@ async fn test_clone_write_with_uneven_snapshot_overlaps_survives_a_crash_anywher
 async fn test_reads_during_multi_write_copyup_see_before_or_after() {
     // Each history step of the copyup is held until the readers have read a
     // few times, so they run while the object holds an intermediate step.
-    let mem = Arc::new(crate::rados::mem::MemRados::new());
-    let rados = crate::rados::Rados::new(super::Counting::holding_copyups(mem.clone(), 1, 6));
+    let mem: Arc<dyn crate::rados::RadosBackend> = Arc::new(crate::rados::mem::MemRados::new());
+    let rados = crate::rados::Rados::new(super::Counting::holding_copyups(mem, 1, 6));
     rados.pool_create("rbd", None).await.unwrap();
     let rbd = crate::rbd::Rbd::new(rados, test_config());
     rbd.create("rbd", "p", 4 * OBJ, &opts()).await.unwrap();

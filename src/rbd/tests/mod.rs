@@ -29,7 +29,7 @@ use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
 /// also waits until that many data reads were served after it arrived (or a
 /// bounded number of yields passed), so racing reads see the state before it.
 pub struct Counting {
-    inner: Arc<MemRados>,
+    inner: Arc<dyn RadosBackend>,
     counts: Mutex<BTreeMap<String, u64>>,
     yields: u32,
     slow_copyup_yields: u32,
@@ -41,11 +41,15 @@ pub struct Counting {
 }
 
 impl Counting {
-    pub fn new(inner: Arc<MemRados>) -> Arc<Self> {
+    pub fn new(inner: Arc<dyn RadosBackend>) -> Arc<Self> {
         Self::with_yields(inner, 0, 0)
     }
 
-    pub fn with_yields(inner: Arc<MemRados>, yields: u32, slow_copyup_yields: u32) -> Arc<Self> {
+    pub fn with_yields(
+        inner: Arc<dyn RadosBackend>,
+        yields: u32,
+        slow_copyup_yields: u32,
+    ) -> Arc<Self> {
         Arc::new(Self {
             inner,
             counts: Mutex::new(BTreeMap::new()),
@@ -58,7 +62,7 @@ impl Counting {
     }
 
     /// Like `with_yields`, holding copyup-shaped writes for `reads` data reads.
-    pub fn holding_copyups(inner: Arc<MemRados>, yields: u32, reads: u64) -> Arc<Self> {
+    pub fn holding_copyups(inner: Arc<dyn RadosBackend>, yields: u32, reads: u64) -> Arc<Self> {
         let mut c = Self::with_yields(inner, yields, 0);
         if let Some(c) = Arc::get_mut(&mut c) {
             c.hold_copyup_for_reads = reads;
@@ -92,7 +96,7 @@ impl Counting {
         &self,
         extra_yields: u32,
         hold_reads: u64,
-        f: impl FnOnce(&MemRados) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&dyn RadosBackend) -> BoxFuture<'static, Result<T>> + Send + 'static,
     ) -> BoxFuture<'static, Result<T>> {
         const HOLD_YIELDS_MAX: u32 = 20_000;
         let inner = self.inner.clone();
@@ -108,7 +112,7 @@ impl Counting {
                 tokio::task::yield_now().await;
                 spins += 1;
             }
-            f(&inner)
+            f(inner.as_ref()).await
         })
     }
 
@@ -153,7 +157,7 @@ impl RadosBackend for Counting {
             if oid.starts_with("rbd_data.") {
                 reads.fetch_add(1, Ordering::SeqCst);
             }
-            m.read_now(pool, &oid, snap, &ops)
+            m.read(pool, &oid, snap, ops)
         })
     }
 
@@ -178,7 +182,7 @@ impl RadosBackend for Counting {
         } else {
             (0, 0)
         };
-        self.later(extra, hold, move |m| m.write_now(pool, &oid, &snapc, &ops))
+        self.later(extra, hold, move |m| m.write(pool, &oid, snapc, ops))
     }
 
     fn flush(&self) -> BoxFuture<'static, Result<()>> {
@@ -237,8 +241,8 @@ pub fn test_config() -> RbdConfig {
 
 /// An image layer on a fresh in-memory store with pool "rbd", plus the store
 /// itself (to reopen) and a counter of the object operations.
-pub async fn setup() -> (Arc<Rbd>, Arc<MemRados>, Arc<Counting>) {
-    let mem = Arc::new(MemRados::new());
+pub async fn setup() -> (Arc<Rbd>, Arc<dyn RadosBackend>, Arc<Counting>) {
+    let mem: Arc<dyn RadosBackend> = Arc::new(MemRados::new());
     let counting = Counting::new(mem.clone());
     let rados = Rados::new(counting.clone());
     rados.pool_create("rbd", None).await.expect("pool create");
@@ -247,8 +251,11 @@ pub async fn setup() -> (Arc<Rbd>, Arc<MemRados>, Arc<Counting>) {
 
 /// Like `setup`, with every object operation yielding `yields` times first
 /// (and whole-object replacements `slow_copyup_yields` more).
-pub async fn setup_interleaved(yields: u32, slow_copyup_yields: u32) -> (Arc<Rbd>, Arc<MemRados>) {
-    let mem = Arc::new(MemRados::new());
+pub async fn setup_interleaved(
+    yields: u32,
+    slow_copyup_yields: u32,
+) -> (Arc<Rbd>, Arc<dyn RadosBackend>) {
+    let mem: Arc<dyn RadosBackend> = Arc::new(MemRados::new());
     let rados = Rados::new(Counting::with_yields(
         mem.clone(),
         yields,
@@ -259,8 +266,8 @@ pub async fn setup_interleaved(yields: u32, slow_copyup_yields: u32) -> (Arc<Rbd
 }
 
 /// A new image layer on the same store (a restart: all state from objects).
-pub fn reopen(mem: &Arc<MemRados>, config: RbdConfig) -> (Arc<Rbd>, Arc<Counting>) {
-    let counting = Counting::new(mem.clone());
+pub fn reopen(store: &Arc<dyn RadosBackend>, config: RbdConfig) -> (Arc<Rbd>, Arc<Counting>) {
+    let counting = Counting::new(store.clone());
     (Rbd::new(Rados::new(counting.clone()), config), counting)
 }
 

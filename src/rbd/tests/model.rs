@@ -18,8 +18,8 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::{Counting, TEST_ORDER, reopen, setup, test_config};
+use crate::rados::RadosBackend;
 use crate::rados::SNAP_HEAD;
-use crate::rados::mem::MemRados;
 use crate::rbd::image::names;
 use crate::rbd::object_map::{EXISTS, ObjectMap};
 use crate::rbd::{
@@ -33,7 +33,7 @@ const MAX_IMAGES: usize = 6;
 const MAX_SNAPS: usize = 3;
 
 #[derive(Clone, Debug)]
-enum Op {
+pub(crate) enum Op {
     Create {
         objs: u64,
         extra: u64,
@@ -110,7 +110,7 @@ enum Op {
     },
 }
 
-fn op_strategy() -> impl Strategy<Value = Op> {
+pub(crate) fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
         1 => (0u64..10, 0u64..OBJ).prop_map(|(objs, extra)| Op::Create { objs, extra }),
         6 => (any::<u8>(), any::<u16>(), 1u16..12000, 1u8..255)
@@ -260,7 +260,7 @@ type Handles = HashMap<String, Arc<Image>>;
 struct Sut {
     rbd: Arc<Rbd>,
     handles: Handles,
-    mem: Arc<MemRados>,
+    mem: Arc<dyn RadosBackend>,
     config: RbdConfig,
     counting: Arc<Counting>,
     /// Rerunning an operation after a crash: answers meaning "that part was
@@ -647,46 +647,56 @@ fn run_case(ops: Vec<(Op, u16)>, copy_on_read: bool) {
         .unwrap();
     rt.block_on(async {
         let (_, mem, _c) = setup().await;
-        let config = RbdConfig {
-            clone_copy_on_read: copy_on_read,
-            ..test_config()
-        };
-        let (rbd, counting) = reopen(&mem, config.clone());
-        let mut sut = Sut {
-            rbd,
-            handles: Handles::new(),
-            mem,
-            config,
-            counting,
-            lenient: false,
-        };
-        let mut m = Model::default();
-        // Start with one image with data, so short sequences reach clones.
-        apply(
-            &mut sut,
-            &mut m,
-            &Op::Create {
-                objs: 6,
-                extra: 100,
-            },
-        )
-        .await;
-        apply(
-            &mut sut,
-            &mut m,
-            &Op::Write {
-                img: 0,
-                off: 0,
-                len: 9000,
-                byte: 1,
-            },
-        )
-        .await;
-        for (op, sel) in &ops {
-            apply(&mut sut, &mut m, op).await;
-            check(&sut.rbd, &mut sut.handles, &m, *sel).await;
-        }
+        run_case_on(mem, ops, copy_on_read).await;
     });
+}
+
+/// Run one case on `mem`, an object store with an empty pool "rbd" (any
+/// backend: the in-memory one here, the OSD cluster elsewhere).
+pub(crate) async fn run_case_on(
+    mem: Arc<dyn RadosBackend>,
+    ops: Vec<(Op, u16)>,
+    copy_on_read: bool,
+) {
+    let config = RbdConfig {
+        clone_copy_on_read: copy_on_read,
+        ..test_config()
+    };
+    let (rbd, counting) = reopen(&mem, config.clone());
+    let mut sut = Sut {
+        rbd,
+        handles: Handles::new(),
+        mem,
+        config,
+        counting,
+        lenient: false,
+    };
+    let mut m = Model::default();
+    // Start with one image with data, so short sequences reach clones.
+    apply(
+        &mut sut,
+        &mut m,
+        &Op::Create {
+            objs: 6,
+            extra: 100,
+        },
+    )
+    .await;
+    apply(
+        &mut sut,
+        &mut m,
+        &Op::Write {
+            img: 0,
+            off: 0,
+            len: 9000,
+            byte: 1,
+        },
+    )
+    .await;
+    for (op, sel) in &ops {
+        apply(&mut sut, &mut m, op).await;
+        check(&sut.rbd, &mut sut.handles, &m, *sel).await;
+    }
 }
 
 fn cases() -> u32 {
