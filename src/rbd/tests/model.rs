@@ -266,12 +266,22 @@ struct Sut {
     /// Rerunning an operation after a crash: answers meaning "that part was
     /// already done" are accepted.
     lenient: bool,
+    /// Power-cycles the store under the image layer on "Reopen" (the OSD
+    /// cluster crashes and is opened again from disk); `None`: the store stays.
+    restart: Option<Restart>,
 }
 
+/// Crashes a backend and returns it opened again from what it made durable.
+pub(crate) type Restart = Arc<dyn Fn() -> Arc<dyn RadosBackend> + Send + Sync>;
+
 impl Sut {
-    /// Drop every handle and start a new image layer on the same store.
+    /// Drop every handle and start a new image layer on the same store
+    /// (crashed and reopened first, when the store can be).
     fn reopen(&mut self) {
         self.handles.clear();
+        if let Some(restart) = &self.restart {
+            self.mem = restart();
+        }
         (self.rbd, self.counting) = reopen(&self.mem, self.config.clone());
     }
 }
@@ -647,7 +657,7 @@ fn run_case(ops: Vec<(Op, u16)>, copy_on_read: bool) {
         .unwrap();
     rt.block_on(async {
         let (_, mem, _c) = setup().await;
-        run_case_on(mem, ops, copy_on_read).await;
+        run_case_on(mem, None, ops, copy_on_read).await;
     });
 }
 
@@ -655,6 +665,7 @@ fn run_case(ops: Vec<(Op, u16)>, copy_on_read: bool) {
 /// backend: the in-memory one here, the OSD cluster elsewhere).
 pub(crate) async fn run_case_on(
     mem: Arc<dyn RadosBackend>,
+    restart: Option<Restart>,
     ops: Vec<(Op, u16)>,
     copy_on_read: bool,
 ) {
@@ -670,6 +681,7 @@ pub(crate) async fn run_case_on(
         config,
         counting,
         lenient: false,
+        restart,
     };
     let mut m = Model::default();
     // Start with one image with data, so short sequences reach clones.
@@ -715,5 +727,53 @@ proptest! {
         copy_on_read in any::<bool>(),
     ) {
         run_case(ops, copy_on_read);
+    }
+}
+
+/// The same model run on the replicated OSD cluster (three FileStore OSDs,
+/// pool size 3), where "Reopen" also crashes every OSD and reopens the cluster
+/// from disk: every acknowledged image operation must survive.
+fn run_case_on_cluster(ops: Vec<(Op, u16)>, copy_on_read: bool) {
+    use crate::osd::{Cluster, ClusterConfig, CreateOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    Cluster::create(&path, CreateOptions::default()).unwrap();
+    let open = move |path: &std::path::Path| {
+        let c = Cluster::open(path, ClusterConfig::default()).unwrap();
+        (c.clone(), c as Arc<dyn RadosBackend>)
+    };
+    let (first, backend) = open(&path);
+    let current = Arc::new(crate::sync::Mutex::new(first));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        backend.pool_create("rbd", None, None, None).await.unwrap();
+    });
+    let restart: Restart = {
+        let current = current.clone();
+        Arc::new(move || {
+            let mut cur = current.lock();
+            cur.simulate_crash();
+            let (cluster, backend) = open(&path);
+            *cur = cluster;
+            backend
+        })
+    };
+    rt.block_on(run_case_on(backend, Some(restart), ops, copy_on_read));
+    current.lock().shutdown().unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases() / 6 + 1))]
+
+    #[test]
+    fn test_model_random_image_ops_on_osd_cluster_match_reference(
+        ops in proptest::collection::vec((op_strategy(), any::<u16>()), 1..30),
+        copy_on_read in any::<bool>(),
+    ) {
+        run_case_on_cluster(ops, copy_on_read);
     }
 }
