@@ -7,6 +7,7 @@
 //! - `osd`: in-process OSDs with sharded op queues, PGs, replication, PG logs;
 //! - `store`: one OSD's local storage: transactions, journal, object files.
 
+pub mod admin;
 pub mod rados;
 pub mod store;
 pub mod sync;
