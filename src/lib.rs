@@ -9,5 +9,6 @@
 
 pub mod admin;
 pub mod rados;
+pub mod rbd;
 pub mod store;
 pub mod sync;
