@@ -8,6 +8,8 @@
 //! - `store`: one OSD's local storage: transactions, journal, object files.
 
 pub mod admin;
+pub mod cli;
+pub mod fuse;
 pub mod rados;
 pub mod rbd;
 pub mod store;

@@ -1,0 +1,83 @@
+//! Scenario 1: ext4 on an image file through a loop device survives unmount,
+//! fsck and a daemon restart byte for byte.
+
+use crate::harness::{World, pattern, run};
+
+const FILES: u64 = 6;
+
+fn file_len(i: u64) -> usize {
+    // Odd sizes so partial blocks and object boundaries are exercised.
+    (256 << 10) + (i as usize) * 40_961
+}
+
+#[test]
+fn test_ext4_on_image_survives_umount_fsck_and_remount() {
+    // Arrange: a 1 GiB sparse image with ext4 on it (direct I/O loop device).
+    let mut w = World::new();
+    let vm = w.path("rbd/vm");
+    run(
+        "truncate",
+        &[std::ffi::OsStr::new("-s"), "1G".as_ref(), vm.as_os_str()],
+    );
+    assert_eq!(std::fs::metadata(&vm).unwrap().len(), 1 << 30);
+    let (dev, at) = w.ext4_on(&vm, "fs", &["--direct-io=on"]);
+
+    // Act: write files, sync, unmount, check, restart the daemon, remount.
+    for i in 0..FILES {
+        std::fs::write(at.join(format!("f{i}")), pattern(i, file_len(i))).unwrap();
+    }
+    run::<&str>("sync", &[]);
+    w.umount(&at);
+    w.fsck_clean(&dev);
+    w.detach(&dev);
+    w.stop_daemon();
+    w.start_daemon();
+    let dev = w.losetup(&vm, &[]);
+    let at = w.mount_dev(&dev, "fs2", &[]);
+
+    // Assert
+    for i in 0..FILES {
+        let got = std::fs::read(at.join(format!("f{i}"))).unwrap();
+        assert!(got == pattern(i, file_len(i)), "f{i} differs after remount");
+    }
+    w.umount(&at);
+    w.fsck_clean(&dev);
+}
+
+#[test]
+fn test_image_file_reads_written_bytes_and_is_clamped_at_eof() {
+    // Arrange
+    let w = World::new();
+    let img = w.path("rbd/small");
+    std::fs::File::create(&img).unwrap().set_len(8192).unwrap();
+
+    // Act
+    std::fs::write(&img, pattern(1, 8192)).unwrap();
+    let got = std::fs::read(&img).unwrap();
+
+    // Assert: exactly the image size comes back, no more.
+    assert_eq!(got.len(), 8192);
+    assert!(got == pattern(1, 8192));
+    let ls = w.cli(&["ls"]);
+    assert!(ls.lines().any(|l| l == "small"), "rbdfs ls: {ls}");
+}
+
+#[test]
+fn test_second_mount_of_same_store_is_refused() {
+    // Arrange
+    let w = World::new();
+    let other = w.dir.path().join("mnt2");
+    std::fs::create_dir(&other).unwrap();
+
+    // Act
+    let out = w.cli_output(&["mount", other.to_str().unwrap()]);
+
+    // Assert
+    assert!(
+        !out.status.success(),
+        "a second mount of the same store succeeded"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rbdfs:"), "unclear refusal: {err}");
+    assert!(!crate::harness::is_mounted(&other));
+}

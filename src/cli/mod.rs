@@ -1,0 +1,253 @@
+//! The `rbdfs` command line: parse (`args`), turn the verb into a [`Command`],
+//! run it in the daemon that holds the store (admin socket) or, with no daemon,
+//! on the store opened here; print the result (`render`), progress on stderr,
+//! errors as one `rbdfs: ...` line with the errno as exit code.
+
+pub mod args;
+pub mod command;
+pub mod progress;
+pub mod render;
+pub mod size;
+pub mod store;
+
+use std::io::Write;
+use std::path::Path;
+
+use clap::Parser;
+
+use crate::admin::{AdminClient, SOCKET_NAME};
+use args::{Cli, Format, PoolVerb, SnapVerb, Verb};
+pub use command::{CmdError, Command, Ctx, Output, execute};
+use progress::Printer;
+use render::Style;
+
+/// Print `rbdfs: <message>` on stderr and return `errno` as the exit code.
+fn fail(errno: i32, message: &str) -> i32 {
+    eprintln!("rbdfs: {message}");
+    errno.clamp(1, 255)
+}
+
+fn need_size(size: Option<&str>) -> Result<u64, (i32, String)> {
+    match size {
+        None => Err((libc::EINVAL, "must specify --size <M/G/T>".into())),
+        Some(s) => size::parse_size(s).map_err(|e| (libc::EINVAL, e.to_string())),
+    }
+}
+
+/// Build the command of a verb (everything but `init` and `mount`).
+pub fn to_command(verb: &Verb) -> Result<Command, (i32, String)> {
+    Ok(match verb {
+        Verb::Init(_) | Verb::Mount(_) => {
+            return Err((libc::EINVAL, "not a store command".into()));
+        }
+        Verb::Pool(PoolVerb::Create(a)) => Command::PoolCreate {
+            name: a.name.clone(),
+            size: a.size,
+        },
+        Verb::Pool(PoolVerb::Ls) => Command::PoolLs,
+        Verb::Create(a) => Command::Create {
+            spec: a.spec.clone(),
+            size: need_size(a.size.as_deref())?,
+            order: a.order,
+        },
+        Verb::Ls(a) => Command::Ls {
+            pool: a
+                .pool
+                .clone()
+                .unwrap_or_else(|| store::DEFAULT_POOL.to_string()),
+            long: a.long,
+        },
+        Verb::Info(a) => Command::Info {
+            spec: a.spec.clone(),
+        },
+        Verb::Resize(a) => Command::Resize {
+            spec: a.spec.clone(),
+            size: need_size(Some(&a.size))?,
+            allow_shrink: a.allow_shrink,
+        },
+        Verb::Rm(a) => Command::Rm {
+            spec: a.spec.clone(),
+        },
+        Verb::Rename(a) => Command::Rename {
+            src: a.src.clone(),
+            dst: a.dst.clone(),
+        },
+        Verb::Snap(s) => match s {
+            SnapVerb::Create(a) => Command::SnapCreate {
+                spec: a.spec.clone(),
+            },
+            SnapVerb::Ls(a) => Command::SnapLs {
+                spec: a.spec.clone(),
+            },
+            SnapVerb::Rm(a) => Command::SnapRm {
+                spec: a.spec.clone(),
+            },
+            SnapVerb::Protect(a) => Command::SnapProtect {
+                spec: a.spec.clone(),
+            },
+            SnapVerb::Unprotect(a) => Command::SnapUnprotect {
+                spec: a.spec.clone(),
+            },
+            SnapVerb::Rollback(a) => Command::SnapRollback {
+                spec: a.spec.clone(),
+            },
+        },
+        Verb::Clone(a) => Command::Clone {
+            parent: a.parent.clone(),
+            child: a.child.clone(),
+        },
+        Verb::Children(a) => Command::Children {
+            spec: a.spec.clone(),
+        },
+        Verb::Flatten(a) => Command::Flatten {
+            spec: a.spec.clone(),
+        },
+        Verb::Du(a) => Command::Du {
+            spec: a.spec.clone(),
+        },
+        Verb::Export(a) => Command::Export {
+            spec: a.spec.clone(),
+            // The daemon resolves paths in its own working directory.
+            path: absolute(&a.path),
+        },
+        Verb::Import(a) => Command::Import {
+            path: absolute(&a.path),
+            spec: a.spec.clone(),
+            order: a.order,
+        },
+        Verb::Status(a) => Command::Status {
+            spec: a.spec.clone(),
+        },
+    })
+}
+
+fn absolute(path: &str) -> String {
+    if path == "-" {
+        return path.to_string();
+    }
+    std::path::absolute(path)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| path.to_string())
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// Run a store command: in the daemon when one holds the store, else here.
+pub fn run_command(store_dir: &Path, cmd: &Command, printer: &Printer) -> Result<Output, CmdError> {
+    if let Some(client) = AdminClient::probe(&store_dir.join(SOCKET_NAME)) {
+        let args = serde_json::to_value(cmd).map_err(|e| CmdError::Invalid(e.to_string()))?;
+        let out = client
+            .call(&cmd.verb(), args, &mut |what, done, total| {
+                command::Progress::update(printer, what, done, total)
+            })
+            .map_err(|e| CmdError::Errno {
+                errno: e.errno(),
+                message: e.to_string(),
+            })?;
+        return serde_json::from_value(out).map_err(|e| CmdError::Errno {
+            errno: libc::EPROTO,
+            message: format!(
+                "the daemon's answer is not understood ({e}); use the same rbdfs binary"
+            ),
+        });
+    }
+    let rt = runtime().map_err(|source| CmdError::Io {
+        context: "starting the runtime".into(),
+        source,
+    })?;
+    rt.block_on(async {
+        let st = store::open(store_dir, false)
+            .await
+            .map_err(|e| CmdError::Errno {
+                errno: e.errno(),
+                message: e.to_string(),
+            })?;
+        let ctx = Ctx {
+            rbd: crate::rbd::Rbd::new(st.rados.clone(), crate::rbd::RbdConfig::default()),
+            fs: None,
+            store: store_dir.display().to_string(),
+            mountpoint: None,
+        };
+        let result = execute(&ctx, cmd, printer).await;
+        drop(ctx);
+        let shut = st.shutdown().await;
+        let out = result?;
+        shut.map_err(|e| CmdError::Errno {
+            errno: e.errno(),
+            message: e.to_string(),
+        })?;
+        Ok(out)
+    })
+}
+
+fn init(cli: &Cli, a: &args::InitArgs) -> i32 {
+    if AdminClient::probe(&cli.store.join(SOCKET_NAME)).is_some() {
+        return fail(libc::EBUSY, "the store is mounted; it exists already");
+    }
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(libc::EIO, &format!("starting the runtime: {e}")),
+    };
+    let opts = store::InitOptions {
+        osds: a.osds.clone(),
+        replicas: a.replicas,
+    };
+    match rt.block_on(async {
+        let st = store::init(&cli.store, &opts).await?;
+        st.shutdown().await
+    }) {
+        Ok(()) => 0,
+        Err(e) => fail(e.errno(), &e.to_string()),
+    }
+}
+
+/// The whole CLI: parse `argv`, run, return the exit code.
+pub fn main_with(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { libc::EINVAL } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let style = match cli.format {
+        Format::Plain => Style::Plain,
+        Format::Json => Style::Json {
+            pretty: cli.pretty_format,
+        },
+    };
+    match &cli.verb {
+        Verb::Mount(m) => return crate::fuse::daemon::main(&cli.store, m),
+        Verb::Init(a) => return init(&cli, a),
+        _ => {}
+    }
+    let cmd = match to_command(&cli.verb) {
+        Ok(c) => c,
+        Err((errno, msg)) => return fail(errno, &msg),
+    };
+    let printer = Printer::new(cmd.progress_label(), !cli.no_progress);
+    match run_command(&cli.store, &cmd, &printer) {
+        Ok(out) => {
+            printer.finish(true);
+            let text = render::render(&out, style);
+            let mut stdout = std::io::stdout().lock();
+            if stdout
+                .write_all(text.as_bytes())
+                .and_then(|_| stdout.flush())
+                .is_err()
+            {
+                return libc::EPIPE;
+            }
+            0
+        }
+        Err(e) => {
+            printer.finish(false);
+            fail(e.errno(), &e.to_string())
+        }
+    }
+}
