@@ -2,7 +2,6 @@
 //! (`--format json`, indented with `--pretty-format`).
 
 use serde::Serialize;
-use serde_json::json;
 
 use super::command::{InfoOut, Output};
 use super::size::format_size;
@@ -92,25 +91,42 @@ fn info_text(i: &InfoOut) -> String {
 /// The text to print on stdout for `out` (empty for nothing).
 pub fn render(out: &Output, style: Style) -> String {
     if let Style::Json { pretty } = style {
-        let v = match out {
+        #[derive(Serialize)]
+        struct Images<'a> {
+            images: &'a [super::command::DuRow],
+        }
+        #[derive(Serialize)]
+        struct Child<'a> {
+            pool: &'a str,
+            pool_namespace: &'a str,
+            image: &'a str,
+        }
+        // Typed values, not `serde_json::Value`, so fields keep rbd's order.
+        let text = match out {
             Output::Nothing => return String::new(),
-            Output::Pools(p) => json!(p),
-            Output::Names(n) => json!(n),
-            Output::Long(r) => json!(r),
-            Output::Info(i) => json!(i),
-            Output::Snaps(s) => json!(s),
-            Output::Children(c) => json!(
-                c.iter()
+            Output::Pools(p) => to_json(p, pretty),
+            Output::Names(n) => to_json(n, pretty),
+            Output::Long(r) => to_json(r, pretty),
+            Output::Info(i) => to_json(i, pretty),
+            Output::Snaps(s) => to_json(s, pretty),
+            Output::Children(c) => {
+                let kids: Vec<Child<'_>> = c
+                    .iter()
                     .map(|c| {
                         let (pool, image) = c.split_once('/').unwrap_or(("", c));
-                        json!({"pool": pool, "pool_namespace": "", "image": image})
+                        Child {
+                            pool,
+                            pool_namespace: "",
+                            image,
+                        }
                     })
-                    .collect::<Vec<_>>()
-            ),
-            Output::Du(d) => json!({ "images": d }),
-            Output::Status(s) => json!(s),
+                    .collect();
+                to_json(&kids, pretty)
+            }
+            Output::Du(d) => to_json(&Images { images: d }, pretty),
+            Output::Status(s) => to_json(s, pretty),
         };
-        return to_json(&v, pretty) + "\n";
+        return text + "\n";
     }
     match out {
         Output::Nothing => String::new(),

@@ -1040,3 +1040,7 @@ impl ImageFs {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "fs_tests.rs"]
+mod tests;
