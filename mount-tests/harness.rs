@@ -14,9 +14,30 @@ use std::time::{Duration, Instant};
 /// Upper bound for anything we wait on (a mount appearing, a flatten ending).
 pub const WAIT: Duration = Duration::from_secs(120);
 
-/// The `rbdfs` binary under test.
+/// The `rbdfs` binary under test: a private copy of the one cargo built, taken
+/// once per run, so a rebuild in the same target directory while the tests run
+/// cannot swap it underneath them.
 pub fn rbdfs_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_rbdfs")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let built = env!("CARGO_BIN_EXE_rbdfs");
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rbdfs-bin");
+        // Copies of earlier runs are stale; a failure to remove one is harmless.
+        for old in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let _ = std::fs::remove_dir_all(old.path());
+        }
+        let dir = base.join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).expect("create a directory for the binary");
+        let copy = dir.join("rbdfs");
+        std::fs::copy(built, &copy).expect("copy the rbdfs binary");
+        let ok = Command::new(&copy)
+            .args(["mount", "--help"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(ok, "{built} has no `mount` verb: it is not this tree's build; rebuild");
+        copy.to_string_lossy().into_owned()
+    })
 }
 
 /// Panic with a clear message unless the machine can run the mount tests.
