@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod cli;
 pub mod fuse;
+pub mod osd;
 pub mod rados;
 pub mod rbd;
 pub mod store;

@@ -196,3 +196,5 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn wait_committed(&self) -> StoreResult<()>;
     fn space(&self) -> StoreResult<StoreSpace>;
 }
+
+pub mod memstore;
