@@ -196,3 +196,11 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn wait_committed(&self) -> StoreResult<()>;
     fn space(&self) -> StoreResult<StoreSpace>;
 }
+
+mod codec;
+mod data;
+mod file_store;
+mod journal;
+mod meta;
+
+pub use file_store::{FileStore, StoreConfig};
