@@ -656,7 +656,10 @@ mod tests {
 
         let r = decode_record(&Bytes::from(flat));
 
-        assert_eq!(r.unwrap_err(), DecodeError::NewerVersion(RECORD_VERSION + 1));
+        assert_eq!(
+            r.unwrap_err(),
+            DecodeError::NewerVersion(RECORD_VERSION + 1)
+        );
     }
 
     proptest! {

@@ -384,7 +384,10 @@ fn check_superblock(path: &Path) -> StoreResult<()> {
     let sb: Superblock = serde_json::from_slice(&raw)
         .map_err(|e| corrupt(path, format!("unreadable superblock ({e})")))?;
     if sb.format != FORMAT_NAME {
-        return Err(corrupt(path, format!("unknown store format {:?}", sb.format)));
+        return Err(corrupt(
+            path,
+            format!("unknown store format {:?}", sb.format),
+        ));
     }
     if sb.version != FORMAT_VERSION {
         return Err(corrupt(
@@ -534,7 +537,11 @@ fn sweep_objects(path: &Path, meta: &MetaTable) -> StoreResult<()> {
 /// After replay: make the replayed state durable, snapshot it, and start a
 /// fresh journal. Old segments (maybe with a torn tail) are deleted before the
 /// new one exists, so nothing is ever appended after a torn record.
-fn checkpoint_at_open(path: &Path, root_dir: &File, meta: &MetaTable) -> StoreResult<JournalWriter> {
+fn checkpoint_at_open(
+    path: &Path,
+    root_dir: &File,
+    meta: &MetaTable,
+) -> StoreResult<JournalWriter> {
     let ctx = format!("checkpointing {}", path.display());
     data::syncfs(root_dir).map_err(io_err(&ctx))?;
     write_atomic(path, SNAPSHOT, &meta.encode()).map_err(io_err(&ctx))?;
@@ -555,9 +562,7 @@ impl Inner {
             return Err(StoreError::Failed("store is closed".into()));
         }
         if self.failed.load(Ordering::Acquire) {
-            return Err(StoreError::Failed(
-                self.failed_reason().unwrap_or_default(),
-            ));
+            return Err(StoreError::Failed(self.failed_reason().unwrap_or_default()));
         }
         Ok(())
     }
@@ -920,7 +925,12 @@ impl ApplyCtx<'_> {
 /// steps on an object create it, except `Remove`; a clone from a missing
 /// object removes the target; steps on a missing collection are skipped (the
 /// queue refuses them up front).
-fn apply_txn(ctx: &mut ApplyCtx, meta: &mut MetaTable, seq: u64, txn: &Transaction) -> io::Result<bool> {
+fn apply_txn(
+    ctx: &mut ApplyCtx,
+    meta: &mut MetaTable,
+    seq: u64,
+    txn: &Transaction,
+) -> io::Result<bool> {
     for op in &txn.ops {
         if ctx.crashed.is_some_and(|c| c.load(Ordering::Acquire)) {
             return Ok(false);
@@ -1023,7 +1033,9 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &mut MetaTable, op: &TxOp) -> io::Result<(
             ctx.clone_data(sid, ssize, tid)?;
         }
         TxOp::SetAttrs { key, attrs } => match meta.get_or_create(key) {
-            Some((o, _)) => o.attrs.extend(attrs.iter().map(|(k, v)| (k.clone(), v.clone()))),
+            Some((o, _)) => o
+                .attrs
+                .extend(attrs.iter().map(|(k, v)| (k.clone(), v.clone()))),
             None => missing_coll(key.coll),
         },
         TxOp::RmAttr { key, name } => match meta.get_or_create(key) {
@@ -1033,7 +1045,9 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &mut MetaTable, op: &TxOp) -> io::Result<(
             None => missing_coll(key.coll),
         },
         TxOp::OmapSet { key, entries } => match meta.get_or_create(key) {
-            Some((o, _)) => o.omap.extend(entries.iter().map(|(k, v)| (k.clone(), v.clone()))),
+            Some((o, _)) => o
+                .omap
+                .extend(entries.iter().map(|(k, v)| (k.clone(), v.clone()))),
             None => missing_coll(key.coll),
         },
         TxOp::OmapRmKeys { key, keys } => match meta.get_or_create(key) {

@@ -120,6 +120,12 @@ impl JournalWriter {
         Ok(self.start)
     }
 
+    /// Swap the segment's file handle, to inject I/O errors in tests.
+    #[cfg(test)]
+    pub fn replace_file_for_test(&mut self, file: File) {
+        self.file = file;
+    }
+
     /// Delete older segments whose records are all `<= covered`.
     pub fn trim(&mut self, covered: u64) -> io::Result<()> {
         let mut keep = Vec::new();
@@ -194,7 +200,11 @@ pub enum ReplayEnd {
 #[derive(Debug)]
 pub enum ReplayError {
     Io(io::Error),
-    NewerVersion { segment: PathBuf, offset: u64, version: u8 },
+    NewerVersion {
+        segment: PathBuf,
+        offset: u64,
+        version: u8,
+    },
     /// The callback refused a record.
     Apply(super::StoreError),
 }
@@ -251,10 +261,7 @@ pub fn replay(
             if let Some(p) = prev
                 && h.seq != p + 1
             {
-                return Ok(torn(format!(
-                    "sequence {} does not follow {p}",
-                    h.seq
-                )));
+                return Ok(torn(format!("sequence {} does not follow {p}", h.seq)));
             }
             prev = Some(h.seq);
             f(h.seq, txn).map_err(ReplayError::Apply)?;

@@ -169,7 +169,9 @@ impl MetaTable {
         let mut d = Decoder::new(body);
         let magic = d.raw(4, "snapshot magic")?;
         if magic[..] != SNAPSHOT_MAGIC {
-            return Err(DecodeError::BadMagic([magic[0], magic[1], magic[2], magic[3]]));
+            return Err(DecodeError::BadMagic([
+                magic[0], magic[1], magic[2], magic[3],
+            ]));
         }
         match d.u8("snapshot version")? {
             SNAPSHOT_VERSION => {}
