@@ -867,12 +867,16 @@ struct ApplyCtx<'a> {
 impl ApplyCtx<'_> {
     /// Open (creating) object `id`'s data file, whose object is `size` bytes.
     ///
-    /// During replay, the first time an id is touched its file may hold
-    /// effects of later transactions past `size`; those bytes are cut so that
-    /// growing the object exposes zeros. From then on replay keeps the file in
-    /// step, and every later write/zero/truncate sets bytes to their final
-    /// value in order, so replay converges whatever subset of the later
-    /// effects reached the disk.
+    /// Why replay converges: after a crash a data file holds any subset of
+    /// the effects of transactions after the checkpoint, and every one of
+    /// those transactions is in the journal (steps are applied only after
+    /// their record is synced). Write, Zero (clamped to the table's size),
+    /// Truncate and Remove set bytes to a value that does not depend on the
+    /// file's contents, so re-applying all of them in order leaves each byte
+    /// as its last setter left it. Clone reads the file; see `clone_data`.
+    ///
+    /// Defence in depth: the first time replay touches an id, bytes past the
+    /// object's size at that point are cut, so a grow never exposes them.
     fn file(&mut self, id: u64, size: u64) -> io::Result<File> {
         let f = data::open_rw(&obj_path(self.root, id))?;
         if let Some(touched) = self.replay.as_deref_mut()
@@ -1235,5 +1239,7 @@ impl ObjectStore for FileStore {
     }
 }
 
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod tests;

@@ -538,3 +538,154 @@ fn test_journal_write_failure_fails_store_and_later_txns() {
     let later = s.queue_transaction(Transaction::new(), nop(), nop());
     assert!(matches!(later, Err(StoreError::Failed(_))), "{later:?}");
 }
+
+/// Copy a store directory (to restore a pristine copy between reopens).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for ent in std::fs::read_dir(from).unwrap() {
+        let ent = ent.unwrap();
+        let dst = to.join(ent.file_name());
+        if ent.file_type().unwrap().is_dir() {
+            copy_dir(&ent.path(), &dst);
+        } else {
+            std::fs::copy(ent.path(), &dst).unwrap();
+        }
+    }
+}
+
+/// A crashed store whose only journal segment holds `n` records, each
+/// writing one byte `i` at offset `i` of object "o" (the collection was
+/// created before the last checkpoint). Returns the dir, the segment and the
+/// byte range of the last record in it.
+fn crashed_store_with_records(n: u8) -> (tempfile::TempDir, PathBuf, std::ops::Range<usize>) {
+    let (d, s) = new_store();
+    s.sync().unwrap();
+    for i in 0..n {
+        run(&s, vec![write("o", u64::from(i), &[i + 1])]).unwrap();
+    }
+    s.crash();
+    let segs = journal::list_segments(d.path()).unwrap();
+    assert_eq!(segs.len(), 1);
+    let raw = Bytes::from(std::fs::read(&segs[0].1).unwrap());
+    let mut off = 0;
+    let mut last = 0..0;
+    while off < raw.len() {
+        let (_, _, used) = codec::decode_record(&raw.slice(off..)).unwrap();
+        last = off..off + used;
+        off += used;
+    }
+    (d, segs[0].1.clone(), last)
+}
+
+fn expected(n: u8) -> Vec<u8> {
+    (1..=n).collect()
+}
+
+#[test]
+fn test_replay_torn_tail_at_every_offset_keeps_good_prefix() {
+    const N: u8 = 4;
+    let (pristine, seg, last) = crashed_store_with_records(N);
+    let seg_name = seg.file_name().unwrap().to_owned();
+
+    for cut in last.start..last.end {
+        let work = tempfile::tempdir().unwrap();
+        copy_dir(pristine.path(), work.path());
+        let f = data::open_rw(&work.path().join(&seg_name)).unwrap();
+        f.set_len(cut as u64).unwrap();
+
+        let s = FileStore::open(work.path(), StoreConfig::default()).unwrap();
+
+        assert_eq!(read_all(&s, "o"), expected(N - 1), "cut at {cut}");
+    }
+}
+
+#[test]
+fn test_replay_flipped_byte_in_last_record_keeps_good_prefix() {
+    const N: u8 = 3;
+    let (pristine, seg, last) = crashed_store_with_records(N);
+    let seg_name = seg.file_name().unwrap().to_owned();
+
+    for pos in last.clone() {
+        let work = tempfile::tempdir().unwrap();
+        copy_dir(pristine.path(), work.path());
+        let p = work.path().join(&seg_name);
+        let mut raw = std::fs::read(&p).unwrap();
+        // Vary the flipped bit with the position so every bit index is hit.
+        raw[pos] ^= 1 << (pos % 8);
+        std::fs::write(&p, raw).unwrap();
+
+        let s = FileStore::open(work.path(), StoreConfig::default()).unwrap();
+
+        assert_eq!(read_all(&s, "o"), expected(N - 1), "flip at {pos}");
+    }
+}
+
+#[test]
+fn test_replay_untouched_journal_keeps_every_record() {
+    const N: u8 = 3;
+    let (d, _seg, _last) = crashed_store_with_records(N);
+
+    let s = FileStore::open(d.path(), StoreConfig::default()).unwrap();
+
+    assert_eq!(read_all(&s, "o"), expected(N));
+}
+
+#[test]
+fn test_torn_tail_then_new_records_survive_next_crash() {
+    const N: u8 = 3;
+    let (d, seg, last) = crashed_store_with_records(N);
+    data::open_rw(&seg)
+        .unwrap()
+        .set_len((last.start + 5) as u64)
+        .unwrap();
+    let s = FileStore::open(d.path(), StoreConfig::default()).unwrap();
+
+    run(&s, vec![write("o", 10, b"z")]).unwrap();
+    s.crash();
+    let s = FileStore::open(d.path(), StoreConfig::default()).unwrap();
+
+    let mut want = expected(N - 1);
+    want.resize(10, 0);
+    want.push(b'z');
+    assert_eq!(read_all(&s, "o"), want);
+}
+
+#[test]
+fn test_replay_newer_record_version_refuses_open() {
+    let (d, seg, last) = crashed_store_with_records(2);
+    let mut raw = std::fs::read(&seg).unwrap();
+    let rec = &mut raw[last.clone()];
+    rec[4] = codec::RECORD_VERSION + 1;
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&rec[0..20]), &rec[24..]);
+    rec[20..24].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&seg, raw).unwrap();
+
+    let r = FileStore::open(d.path(), StoreConfig::default());
+
+    match r {
+        Err(e @ StoreError::Corrupt { .. }) => assert!(e.to_string().contains("version"), "{e}"),
+        Err(e) => panic!("expected Corrupt, got {e}"),
+        Ok(_) => panic!("opened a journal with a newer record"),
+    }
+}
+
+#[test]
+fn test_crash_leaves_no_orphan_object_files() {
+    let (d, s) = new_store();
+    run(&s, vec![write("gone", 0, b"x")]).unwrap();
+    run(&s, vec![TxOp::Remove(key("gone"))]).unwrap();
+    // An orphan from an unfinished clone.
+    let stray = data::tmp_path(d.path(), 999);
+    std::fs::write(&stray, b"junk").unwrap();
+
+    s.crash();
+    let _s = FileStore::open(d.path(), StoreConfig::default()).unwrap();
+
+    let mut files = 0;
+    for i in 0..data::FANOUT {
+        files += std::fs::read_dir(data::obj_dir(d.path(), i))
+            .unwrap()
+            .count();
+    }
+    assert_eq!(files, 0);
+}
