@@ -197,4 +197,11 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn space(&self) -> StoreResult<StoreSpace>;
 }
 
+mod codec;
+mod data;
+mod file_store;
+mod journal;
 pub mod memstore;
+mod meta;
+
+pub use file_store::{FileStore, StoreConfig};

@@ -1,0 +1,273 @@
+//! Object data files: naming, positioned I/O, hole punching, sparse copy.
+//!
+//! Each object's data lives in `objects/<id % 256 as 2 hex>/<id as 16 hex>`.
+//! Ids come from the metadata table and are never reused, so names need no
+//! escaping and no length limit applies to object names. A missing file reads
+//! as zeros; a file may be shorter than the object (a sparse tail).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+pub const OBJECTS_DIR: &str = "objects";
+pub const FANOUT: u64 = 256;
+
+/// Directory holding the data file of object `id`.
+pub fn obj_dir(root: &Path, id: u64) -> PathBuf {
+    root.join(OBJECTS_DIR).join(format!("{:02x}", id % FANOUT))
+}
+
+pub fn obj_path(root: &Path, id: u64) -> PathBuf {
+    obj_dir(root, id).join(format!("{id:016x}"))
+}
+
+/// Where a clone is built before it is renamed into place.
+pub fn tmp_path(root: &Path, id: u64) -> PathBuf {
+    obj_dir(root, id).join(format!("{id:016x}.tmp"))
+}
+
+/// Parse a data file name back to its id (`None` for anything else).
+pub fn parse_name(name: &str) -> Option<u64> {
+    if name.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(name, 16).ok()
+}
+
+/// Open for reading; `None` if the file does not exist.
+pub fn open_ro(path: &Path) -> io::Result<Option<File>> {
+    match File::open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn open_rw(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
+pub fn remove_file(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Read `buf.len()` bytes at `off`; bytes past the end of the file are zero.
+pub fn read_at_zero_fill(f: &File, buf: &mut [u8], off: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], off + done as u64) {
+            Ok(0) => {
+                buf[done..].fill(0);
+                return Ok(());
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Make `[off, off + len)` read as zeros without changing the file size:
+/// punch a hole, or write zeros where the file system cannot.
+pub fn zero_range(f: &File, off: u64, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let flags = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: fallocate on a valid fd with plain integer arguments.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), flags, off as i64, len as i64) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        return Err(e);
+    }
+    let flen = f.metadata()?.len();
+    let end = (off + len).min(flen);
+    let zeros = vec![0u8; 1 << 20];
+    let mut pos = off;
+    while pos < end {
+        let n = (end - pos).min(zeros.len() as u64) as usize;
+        f.write_all_at(&zeros[..n], pos)?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+fn lseek(f: &File, off: u64, whence: i32) -> io::Result<Option<u64>> {
+    // SAFETY: lseek on a valid fd.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off as i64, whence) };
+    if r >= 0 {
+        return Ok(Some(r as u64));
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENXIO) {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
+/// Copy the data extents of `src` within `[0, size)` to the empty `dst` and set
+/// `dst`'s length to `size`; holes stay holes.
+pub fn copy_sparse(src: &File, dst: &File, size: u64) -> io::Result<()> {
+    let mut pos = 0;
+    while pos < size {
+        let start = match lseek(src, pos, libc::SEEK_DATA) {
+            Ok(Some(s)) => s,
+            Ok(None) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => pos,
+            Err(e) => return Err(e),
+        };
+        if start >= size {
+            break;
+        }
+        let end = match lseek(src, start, libc::SEEK_HOLE)? {
+            Some(e) => e.min(size),
+            None => size,
+        };
+        copy_range(src, dst, start, end - start)?;
+        pos = end;
+    }
+    dst.set_len(size)
+}
+
+fn copy_range(src: &File, dst: &File, off: u64, len: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < len {
+        let mut so = (off + done) as i64;
+        let mut d_off = (off + done) as i64;
+        let want = (len - done).min(1 << 30) as usize;
+        // SAFETY: valid fds and pointers to live offset variables.
+        let r = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut so,
+                dst.as_raw_fd(),
+                &mut d_off,
+                want,
+                0,
+            )
+        };
+        if r > 0 {
+            done += r as u64;
+            continue;
+        }
+        if r == 0 {
+            // Source shorter than expected: the rest reads as zeros.
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => {
+                return copy_range_rw(src, dst, off + done, len - done);
+            }
+            _ => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn copy_range_rw(src: &File, dst: &File, off: u64, len: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; (1 << 20).min(len as usize)];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        let got = src.read_at(&mut buf[..n], off + done)?;
+        if got == 0 {
+            return Ok(());
+        }
+        dst.write_all_at(&buf[..got], off + done)?;
+        done += got as u64;
+    }
+    Ok(())
+}
+
+/// fsync a directory so entries created, renamed or removed in it are durable.
+pub fn fsync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// Flush every dirty page and inode of the file system holding `f`.
+pub fn syncfs(f: &File) -> io::Result<()> {
+    // SAFETY: syncfs on a valid fd.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `(total, available)` bytes of the file system holding `path`.
+pub fn statvfs(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a nul byte"))?;
+    // SAFETY: statvfs fills a zeroed plain-data struct from a valid C string.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let frsize = s.f_frsize as u64;
+    Ok((s.f_blocks as u64 * frsize, s.f_bavail as u64 * frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_copy_sparse_hole_and_tail_copied_as_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = open_rw(&dir.path().join("s")).unwrap();
+        src.write_all_at(b"abc", 0).unwrap();
+        src.write_all_at(b"xyz", 1 << 20).unwrap();
+        let dst = open_rw(&dir.path().join("d")).unwrap();
+
+        // Stop inside the second extent: bytes past `size` must not be copied.
+        copy_sparse(&src, &dst, (1 << 20) + 2).unwrap();
+
+        let mut got = vec![1u8; (1 << 20) + 2];
+        read_at_zero_fill(&dst, &mut got, 0).unwrap();
+        let mut want = vec![0u8; (1 << 20) + 2];
+        want[..3].copy_from_slice(b"abc");
+        want[1 << 20..].copy_from_slice(b"xy");
+        assert_eq!(got, want);
+        assert_eq!(dst.metadata().unwrap().len(), (1 << 20) + 2);
+    }
+
+    #[test]
+    fn test_zero_range_keeps_size_and_zeroes() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = open_rw(&dir.path().join("f")).unwrap();
+        f.write_all_at(&[9u8; 8192], 0).unwrap();
+
+        zero_range(&f, 100, 5000).unwrap();
+
+        let mut got = vec![0u8; 8192];
+        read_at_zero_fill(&f, &mut got, 0).unwrap();
+        assert!(got[100..5100].iter().all(|&b| b == 0));
+        assert!(got[..100].iter().chain(&got[5100..]).all(|&b| b == 9));
+        assert_eq!(f.metadata().unwrap().len(), 8192);
+    }
+
+    #[test]
+    fn test_parse_name_roundtrips_ids_only() {
+        assert_eq!(parse_name(&format!("{:016x}", 77u64)), Some(77));
+        assert_eq!(parse_name("0000000000000001.tmp"), None);
+        assert_eq!(parse_name("lock"), None);
+    }
+}

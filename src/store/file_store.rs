@@ -1,0 +1,1245 @@
+//! `FileStore`: the on-disk `ObjectStore`, write-ahead journaled.
+//!
+//! ```text
+//! queue_transaction ──> journal thread ──────────────> apply thread
+//!   validate, space       group commit: one writev +     steps applied in seq
+//!   check, seq, encode    one fdatasync per batch,       order to object files
+//!                         then on_commit (durable)       and the metadata table,
+//!                                                        then on_applied (readable)
+//!                         checkpoint thread: rotate journal, snapshot metadata,
+//!                         syncfs, write snapshot, delete covered segments
+//! ```
+//!
+//! Store directory:
+//!
+//! ```text
+//! STORE/superblock          JSON: format name and version (written last by mkfs)
+//! STORE/lock                flock'ed while open; holds the owner's pid
+//! STORE/meta.snapshot       metadata table as of a journal seq (see meta.rs)
+//! STORE/journal.<seq hex>   journal segments (see journal.rs, codec.rs)
+//! STORE/objects/<xx>/<id>   object data, one file per object (see data.rs)
+//! ```
+//!
+//! Recovery: open loads the snapshot (seq S), replays journal records after S
+//! onto it and onto the object files, removes files no object owns, then
+//! checkpoints, so a torn journal tail is never appended to.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+
+use super::codec::{self, EncodedRecord, MAX_PAYLOAD_LEN};
+use super::data::{self, fsync_dir, obj_dir, obj_path, tmp_path};
+use super::journal::{self, JournalWriter, ReplayEnd, ReplayError};
+use super::meta::MetaTable;
+use super::{
+    Callback, CollId, ObjectKey, ObjectStore, StoreError, StoreResult, StoreSpace, Transaction,
+    TxOp,
+};
+use crate::sync::{Arc, AtomicBool, Condvar, Mutex, Ordering, RwLock};
+
+const SUPERBLOCK: &str = "superblock";
+const LOCK: &str = "lock";
+const SNAPSHOT: &str = "meta.snapshot";
+const FORMAT_NAME: &str = "rbdfs-filestore";
+const FORMAT_VERSION: u32 = 1;
+
+/// Tunables of a [`FileStore`].
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Checkpoint and trim the journal once it holds more than this.
+    pub journal_max_bytes: u64,
+    /// Refuse transactions (NoSpace) that would leave less free than this.
+    pub min_free_bytes: u64,
+    /// Use this instead of the file system's available bytes (tests).
+    pub fake_available_bytes: Option<u64>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            journal_max_bytes: 64 << 20,
+            min_free_bytes: 64 << 20,
+            fake_available_bytes: None,
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Superblock {
+    format: String,
+    version: u32,
+}
+
+/// A transaction on its way to the journal.
+struct Pending {
+    seq: u64,
+    rec: EncodedRecord,
+    txn: Transaction,
+    on_commit: Callback,
+    on_applied: Callback,
+}
+
+/// A durable transaction on its way to the apply thread.
+struct Committed {
+    seq: u64,
+    txn: Transaction,
+    on_applied: Callback,
+}
+
+struct Submit {
+    /// Seq the next queued transaction gets.
+    next_seq: u64,
+    /// Collections as they will be once everything queued is applied.
+    colls: BTreeSet<CollId>,
+    tx: Option<mpsc::Sender<Pending>>,
+}
+
+struct Progress {
+    committed: u64,
+    applied: u64,
+    failed: Option<String>,
+}
+
+#[derive(Default)]
+struct CkptReq {
+    requested: bool,
+    stop: bool,
+}
+
+struct Inner {
+    root: PathBuf,
+    cfg: StoreConfig,
+    root_dir: File,
+    lock: Mutex<Option<File>>,
+    meta: RwLock<MetaTable>,
+    submit: Mutex<Submit>,
+    progress: Mutex<Progress>,
+    progress_cv: Condvar,
+    journal: Mutex<JournalWriter>,
+    /// Serialises checkpoints.
+    ckpt_lock: Mutex<()>,
+    ckpt_req: Mutex<CkptReq>,
+    ckpt_cv: Condvar,
+    failed: AtomicBool,
+    closed: AtomicBool,
+    /// Simulated power loss: threads stop where they are, nothing is synced.
+    crashed: AtomicBool,
+}
+
+#[derive(Default)]
+struct Threads {
+    journal: Option<JoinHandle<()>>,
+    apply: Option<JoinHandle<()>>,
+    ckpt: Option<JoinHandle<()>>,
+}
+
+/// One OSD's store: a directory with a journal, a metadata snapshot and one
+/// data file per object.
+pub struct FileStore {
+    inner: Arc<Inner>,
+    threads: Mutex<Threads>,
+}
+
+fn io_err(ctx: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+    let ctx = ctx.into();
+    move |e| StoreError::io(ctx, e)
+}
+
+fn corrupt(root: &Path, why: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        path: root.display().to_string(),
+        why: why.into(),
+    }
+}
+
+fn key_str(k: &ObjectKey) -> String {
+    format!("{}.{:x}/{}@{:x}", k.coll.pool, k.coll.pg, k.name, k.snap)
+}
+
+/// Write `bytes` to `root/name` atomically: temp file, fsync, rename, fsync dir.
+fn write_atomic(root: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = root.join(format!("{name}.tmp"));
+    let f = data::open_rw(&tmp)?;
+    f.set_len(0)?;
+    f.write_all_at(bytes, 0)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, root.join(name))?;
+    fsync_dir(root)
+}
+
+impl FileStore {
+    /// Create an empty store in `path`, which must be new or an empty directory.
+    pub fn mkfs(path: &Path) -> StoreResult<()> {
+        std::fs::create_dir_all(path).map_err(io_err(format!("creating {}", path.display())))?;
+        let mut entries =
+            std::fs::read_dir(path).map_err(io_err(format!("listing {}", path.display())))?;
+        if entries.next().is_some() {
+            let why = if path.join(SUPERBLOCK).exists() {
+                "a store already exists there"
+            } else {
+                "the directory is not empty; give mkfs a new or empty directory"
+            };
+            return Err(StoreError::io(
+                format!("mkfs {}", path.display()),
+                io::Error::new(io::ErrorKind::AlreadyExists, why),
+            ));
+        }
+        let ctx = format!("mkfs {}", path.display());
+        for i in 0..data::FANOUT {
+            std::fs::create_dir_all(obj_dir(path, i)).map_err(io_err(&ctx))?;
+        }
+        fsync_dir(&path.join(data::OBJECTS_DIR)).map_err(io_err(&ctx))?;
+        write_atomic(path, SNAPSHOT, &MetaTable::default().encode()).map_err(io_err(&ctx))?;
+        journal::create_segment(path, 1).map_err(io_err(&ctx))?;
+        let sb = serde_json::to_vec_pretty(&Superblock {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+        })
+        .map_err(|e| StoreError::io(&ctx, io::Error::other(e)))?;
+        // The superblock goes last: a directory without one is not a store.
+        write_atomic(path, SUPERBLOCK, &sb).map_err(io_err(&ctx))?;
+        Ok(())
+    }
+
+    /// Open the store in `path`: lock it, load the metadata snapshot, replay
+    /// the journal, checkpoint, and start the journal, apply and checkpoint
+    /// threads.
+    pub fn open(path: &Path, cfg: StoreConfig) -> StoreResult<Arc<FileStore>> {
+        check_superblock(path)?;
+        let lock = take_lock(path)?;
+        let root_dir = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+        let mut meta = load_snapshot(path)?;
+        recover(path, &mut meta)?;
+        let next_seq = meta.seq + 1;
+        let writer = checkpoint_at_open(path, &root_dir, &meta)?;
+        let (tx, rx) = mpsc::channel();
+        let colls = meta.colls.keys().copied().collect();
+        let inner = Arc::new(Inner {
+            root: path.to_path_buf(),
+            cfg,
+            root_dir,
+            lock: Mutex::new(Some(lock)),
+            meta: RwLock::new(meta),
+            submit: Mutex::new(Submit {
+                next_seq,
+                colls,
+                tx: Some(tx),
+            }),
+            progress: Mutex::new(Progress {
+                committed: next_seq - 1,
+                applied: next_seq - 1,
+                failed: None,
+            }),
+            progress_cv: Condvar::new(),
+            journal: Mutex::new(writer),
+            ckpt_lock: Mutex::new(()),
+            ckpt_req: Mutex::new(CkptReq::default()),
+            ckpt_cv: Condvar::new(),
+            failed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            crashed: AtomicBool::new(false),
+        });
+        let (atx, arx) = mpsc::channel();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.to_string())
+                .spawn(f)
+                .map_err(io_err("starting a store thread"))
+        };
+        let i = inner.clone();
+        let journal = spawn("store-journal", Box::new(move || journal_loop(i, rx, atx)))?;
+        let i = inner.clone();
+        let apply = spawn("store-apply", Box::new(move || apply_loop(i, arx)))?;
+        let i = inner.clone();
+        let ckpt = spawn("store-ckpt", Box::new(move || ckpt_loop(i)))?;
+        Ok(Arc::new(FileStore {
+            inner,
+            threads: Mutex::new(Threads {
+                journal: Some(journal),
+                apply: Some(apply),
+                ckpt: Some(ckpt),
+            }),
+        }))
+    }
+
+    /// Checkpoint now: everything queued before the call is applied, its data
+    /// synced, the metadata snapshot written and the journal trimmed.
+    pub fn sync(&self) -> StoreResult<()> {
+        self.inner.usable()?;
+        self.wait_applied()?;
+        self.inner.checkpoint()
+    }
+
+    /// Finish every queued transaction, checkpoint and release the lock.
+    /// Every later call fails.
+    pub fn close(&self) -> StoreResult<()> {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return Err(StoreError::Failed("store is closed".into()));
+        }
+        self.stop_threads();
+        let res = match self.inner.failed_reason() {
+            Some(why) => Err(StoreError::Failed(why)),
+            None => self.inner.checkpoint(),
+        };
+        self.inner.lock.lock().take();
+        res
+    }
+
+    /// Simulate power loss, for tests: queued transactions not yet journaled
+    /// are dropped (their callbacks get `Err`), the threads stop between steps
+    /// without syncing or checkpointing anything, and the lock is released so
+    /// the directory can be opened again. Written file contents stay in the
+    /// page cache, which is the hardest case for replay: it sees every
+    /// effect of the transactions that were applied.
+    pub fn crash(&self) {
+        self.inner.crashed.store(true, Ordering::SeqCst);
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.stop_threads();
+        self.inner.lock.lock().take();
+    }
+
+    /// crc32c of the object's whole data (holes read as zeros).
+    pub fn data_digest(&self, key: &ObjectKey) -> StoreResult<u32> {
+        self.inner.usable()?;
+        let meta = self.inner.meta.read();
+        let o = meta
+            .get(key)
+            .ok_or_else(|| StoreError::NotFound(key_str(key)))?;
+        let path = obj_path(&self.inner.root, o.id);
+        let f = data::open_ro(&path).map_err(io_err(format!("opening {}", path.display())))?;
+        let mut crc = 0;
+        let mut buf = vec![0u8; (1 << 20).min(o.size as usize)];
+        let mut pos = 0;
+        while pos < o.size {
+            let n = (o.size - pos).min(buf.len() as u64) as usize;
+            match &f {
+                Some(f) => data::read_at_zero_fill(f, &mut buf[..n], pos)
+                    .map_err(io_err(format!("reading {}", path.display())))?,
+                None => buf[..n].fill(0),
+            }
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            pos += n as u64;
+        }
+        Ok(crc)
+    }
+
+    /// Sequence number of the last applied transaction (survives reopen).
+    pub fn applied_seq(&self) -> u64 {
+        self.inner.progress.lock().applied
+    }
+
+    /// Stop accepting transactions and let the threads finish (or, after
+    /// `crash`, abandon) what is queued.
+    fn stop_threads(&self) {
+        self.inner.submit.lock().tx.take();
+        {
+            let mut r = self.inner.ckpt_req.lock();
+            r.stop = true;
+            self.inner.ckpt_cv.notify_all();
+        }
+        self.inner.progress_cv.notify_all();
+        let mut t = self.threads.lock();
+        let me = std::thread::current().id();
+        for h in [t.journal.take(), t.apply.take(), t.ckpt.take()]
+            .into_iter()
+            .flatten()
+        {
+            // A callback may drop the last handle on its own thread; that
+            // thread cannot join itself and exits on its own.
+            if h.thread().id() != me && h.join().is_err() {
+                log::error!("a store thread of {} panicked", self.inner.root.display());
+            }
+        }
+    }
+}
+
+impl Drop for FileStore {
+    fn drop(&mut self) {
+        if !self.inner.closed.swap(true, Ordering::SeqCst) {
+            self.stop_threads();
+            self.inner.lock.lock().take();
+        }
+    }
+}
+
+fn check_superblock(path: &Path) -> StoreResult<()> {
+    let raw = match std::fs::read(path.join(SUPERBLOCK)) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(corrupt(
+                path,
+                "no superblock; this is not a store (create one with mkfs in an empty directory)",
+            ));
+        }
+        Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
+    };
+    let sb: Superblock = serde_json::from_slice(&raw)
+        .map_err(|e| corrupt(path, format!("unreadable superblock ({e})")))?;
+    if sb.format != FORMAT_NAME {
+        return Err(corrupt(
+            path,
+            format!("unknown store format {:?}", sb.format),
+        ));
+    }
+    if sb.version != FORMAT_VERSION {
+        return Err(corrupt(
+            path,
+            format!(
+                "store format version {} but this build supports {FORMAT_VERSION}; use a matching rbdfs",
+                sb.version
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// flock the store's lock file; the lock dies with the open file, so it is
+/// released by close, crash or process exit.
+fn take_lock(path: &Path) -> StoreResult<File> {
+    let lp = path.join(LOCK);
+    let f = data::open_rw(&lp).map_err(io_err(format!("opening {}", lp.display())))?;
+    // SAFETY: flock on a valid fd.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(StoreError::io(format!("locking {}", lp.display()), e));
+        }
+        let mut owner = String::new();
+        let _ = std::io::Read::read_to_string(&mut &f, &mut owner);
+        let owner = owner.trim();
+        let hint = if owner.is_empty() {
+            "another process or handle has it open; close that first".to_string()
+        } else {
+            format!("process {owner} has it open (maybe this one); close it first")
+        };
+        return Err(StoreError::Locked {
+            path: path.display().to_string(),
+            hint,
+        });
+    }
+    let pid = std::process::id().to_string();
+    f.set_len(0)
+        .and_then(|_| f.write_all_at(pid.as_bytes(), 0))
+        .map_err(io_err(format!("writing {}", lp.display())))?;
+    Ok(f)
+}
+
+fn load_snapshot(path: &Path) -> StoreResult<MetaTable> {
+    let sp = path.join(SNAPSHOT);
+    let raw = std::fs::read(&sp).map_err(io_err(format!("reading {}", sp.display())))?;
+    MetaTable::decode(Bytes::from(raw)).map_err(|e| {
+        corrupt(
+            path,
+            format!("metadata snapshot {} is unreadable: {e}", sp.display()),
+        )
+    })
+}
+
+/// Replay the journal onto `meta` and the object files, then drop files that
+/// no object owns and trim files longer than their object.
+fn recover(path: &Path, meta: &mut MetaTable) -> StoreResult<()> {
+    let base = meta.seq;
+    let mut touched = HashSet::new();
+    let mut replayed = 0u64;
+    let end = journal::replay(path, |seq, txn| {
+        if seq <= meta.seq {
+            return Ok(());
+        }
+        if seq != meta.seq + 1 {
+            return Err(corrupt(
+                path,
+                format!(
+                    "journal resumes at seq {seq} but the snapshot ends at {}; records are missing",
+                    meta.seq
+                ),
+            ));
+        }
+        let mut ctx = ApplyCtx {
+            root: path,
+            replay: Some(&mut touched),
+            crashed: None,
+        };
+        apply_txn(&mut ctx, meta, seq, &txn)
+            .map_err(|e| StoreError::io(format!("replaying journal seq {seq}"), e))?;
+        replayed += 1;
+        Ok(())
+    });
+    match end {
+        Ok(ReplayEnd::Clean) => {}
+        Ok(ReplayEnd::Torn {
+            segment,
+            offset,
+            why,
+        }) => log::warn!(
+            "journal {} is torn or corrupt at offset {offset} ({why}); replay ends at seq {}",
+            segment.display(),
+            meta.seq
+        ),
+        Err(ReplayError::Io(e)) => return Err(StoreError::io("reading the journal", e)),
+        Err(ReplayError::Apply(e)) => return Err(e),
+        Err(ReplayError::NewerVersion {
+            segment,
+            offset,
+            version,
+        }) => {
+            return Err(corrupt(
+                path,
+                format!(
+                    "journal {} has a record of format version {version} at offset {offset}, newer than this build; use a matching rbdfs",
+                    segment.display()
+                ),
+            ));
+        }
+    }
+    if replayed > 0 {
+        log::info!(
+            "store {}: replayed journal seq {}..={}",
+            path.display(),
+            base + 1,
+            meta.seq
+        );
+    }
+    sweep_objects(path, meta)
+}
+
+fn sweep_objects(path: &Path, meta: &MetaTable) -> StoreResult<()> {
+    let live: std::collections::HashMap<u64, u64> = meta.ids().collect();
+    for i in 0..data::FANOUT {
+        let dir = obj_dir(path, i);
+        let ctx = || format!("scanning {}", dir.display());
+        for ent in std::fs::read_dir(&dir).map_err(io_err(ctx()))? {
+            let ent = ent.map_err(io_err(ctx()))?;
+            let p = ent.path();
+            let id = ent.file_name().to_str().and_then(data::parse_name);
+            match id.and_then(|id| live.get(&id)) {
+                Some(&size) => {
+                    let len = ent.metadata().map_err(io_err(ctx()))?.len();
+                    if len > size {
+                        let f = data::open_rw(&p).map_err(io_err(ctx()))?;
+                        f.set_len(size).map_err(io_err(ctx()))?;
+                    }
+                }
+                None => data::remove_file(&p).map_err(io_err(ctx()))?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After replay: make the replayed state durable, snapshot it, and start a
+/// fresh journal. Old segments (maybe with a torn tail) are deleted before the
+/// new one exists, so nothing is ever appended after a torn record.
+fn checkpoint_at_open(
+    path: &Path,
+    root_dir: &File,
+    meta: &MetaTable,
+) -> StoreResult<JournalWriter> {
+    let ctx = format!("checkpointing {}", path.display());
+    data::syncfs(root_dir).map_err(io_err(&ctx))?;
+    write_atomic(path, SNAPSHOT, &meta.encode()).map_err(io_err(&ctx))?;
+    for (_, seg) in journal::list_segments(path).map_err(io_err(&ctx))? {
+        data::remove_file(&seg).map_err(io_err(&ctx))?;
+    }
+    fsync_dir(path).map_err(io_err(&ctx))?;
+    JournalWriter::create(path, meta.seq + 1).map_err(io_err(&ctx))
+}
+
+impl Inner {
+    fn failed_reason(&self) -> Option<String> {
+        self.progress.lock().failed.clone()
+    }
+
+    fn usable(&self) -> StoreResult<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Failed("store is closed".into()));
+        }
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StoreError::Failed(self.failed_reason().unwrap_or_default()));
+        }
+        Ok(())
+    }
+
+    fn fail(&self, why: String) {
+        log::error!("store {} failed: {why}", self.root.display());
+        let mut p = self.progress.lock();
+        if p.failed.is_none() {
+            p.failed = Some(why);
+        }
+        self.failed.store(true, Ordering::Release);
+        self.progress_cv.notify_all();
+    }
+
+    fn failed_err(&self) -> StoreError {
+        if self.crashed.load(Ordering::Acquire) {
+            return StoreError::Failed("store crashed".into());
+        }
+        StoreError::Failed(
+            self.failed_reason()
+                .unwrap_or_else(|| "store is closed".into()),
+        )
+    }
+
+    /// Block until `seq` is applied; fails if the store fails or crashes.
+    fn wait_applied_seq(&self, seq: u64) -> StoreResult<()> {
+        let mut p = self.progress.lock();
+        loop {
+            if p.applied >= seq {
+                return Ok(());
+            }
+            if p.failed.is_some() || self.crashed.load(Ordering::Acquire) {
+                drop(p);
+                return Err(self.failed_err());
+            }
+            self.progress_cv.wait(&mut p);
+        }
+    }
+
+    fn wait_committed_seq(&self, seq: u64) -> StoreResult<()> {
+        let mut p = self.progress.lock();
+        loop {
+            if p.committed >= seq {
+                return Ok(());
+            }
+            if p.failed.is_some() || self.crashed.load(Ordering::Acquire) {
+                drop(p);
+                return Err(self.failed_err());
+            }
+            self.progress_cv.wait(&mut p);
+        }
+    }
+
+    fn available(&self) -> StoreResult<u64> {
+        match self.cfg.fake_available_bytes {
+            Some(a) => Ok(a),
+            None => data::statvfs(&self.root)
+                .map(|(_, a)| a)
+                .map_err(io_err(format!("statfs {}", self.root.display()))),
+        }
+    }
+
+    /// Refuse a transaction that would leave less than `min_free_bytes` free.
+    /// Transactions that only remove or shrink always pass, so a full store
+    /// can still be cleaned up.
+    fn check_space(&self, txn: &Transaction, rec_len: u64) -> StoreResult<()> {
+        let mut need = rec_len;
+        let mut grows = false;
+        for op in &txn.ops {
+            match op {
+                TxOp::Write { data, .. } => {
+                    grows = true;
+                    need += data.len() as u64;
+                }
+                TxOp::Clone { from, .. } => {
+                    grows = true;
+                    need += self.meta.read().get(from).map_or(0, |o| o.size);
+                }
+                TxOp::CreateCollection(_)
+                | TxOp::Touch(_)
+                | TxOp::SetAttrs { .. }
+                | TxOp::OmapSet { .. }
+                | TxOp::CollMetaSet { .. } => grows = true,
+                _ => {}
+            }
+        }
+        if !grows {
+            return Ok(());
+        }
+        let avail = self.available()?;
+        if avail < need.saturating_add(self.cfg.min_free_bytes) {
+            return Err(StoreError::NoSpace {
+                path: self.root.display().to_string(),
+                need: need.saturating_add(self.cfg.min_free_bytes),
+                avail,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checkpoint. Crash safety, step by step:
+    /// 1. rotate: records below `boundary` are all in older segments;
+    /// 2. wait until they are applied, then copy the table at its seq S >= boundary-1;
+    /// 3. syncfs: every data-file change of transactions <= S is durable (and
+    ///    maybe some later ones, which replay re-applies; see `apply_txn`);
+    /// 4. write the snapshot (temp, fsync, rename, fsync dir): a crash before
+    ///    the rename reopens from the old snapshot with all segments intact; after
+    ///    it, from S, skipping the records <= S still on disk;
+    /// 5. delete the segments holding only records <= S.
+    fn checkpoint(&self) -> StoreResult<()> {
+        let _g = self.ckpt_lock.lock();
+        let ctx = format!("checkpointing {}", self.root.display());
+        let boundary = self.journal.lock().rotate().map_err(io_err(&ctx))?;
+        self.wait_applied_seq(boundary - 1)?;
+        let (snap, seq) = {
+            let m = self.meta.read();
+            (m.encode(), m.seq)
+        };
+        let crashed = || {
+            if self.crashed.load(Ordering::Acquire) {
+                Err(StoreError::Failed("store crashed".into()))
+            } else {
+                Ok(())
+            }
+        };
+        crashed()?;
+        data::syncfs(&self.root_dir).map_err(io_err(&ctx))?;
+        crashed()?;
+        write_atomic(&self.root, SNAPSHOT, &snap).map_err(io_err(&ctx))?;
+        crashed()?;
+        self.journal.lock().trim(seq).map_err(io_err(&ctx))
+    }
+
+    fn request_checkpoint(&self) {
+        let mut r = self.ckpt_req.lock();
+        r.requested = true;
+        self.ckpt_cv.notify_all();
+    }
+}
+
+/// Check that every step names an existing collection, following the
+/// collection creates and removes of earlier steps and queued transactions.
+fn check_collections(colls: &BTreeSet<CollId>, txn: &Transaction) -> StoreResult<BTreeSet<CollId>> {
+    let mut after = colls.clone();
+    for op in &txn.ops {
+        let c = match op {
+            TxOp::CreateCollection(c) => {
+                after.insert(*c);
+                continue;
+            }
+            TxOp::RemoveCollection(c) => {
+                after.remove(c);
+                continue;
+            }
+            TxOp::Touch(k)
+            | TxOp::Remove(k)
+            | TxOp::OmapClear(k)
+            | TxOp::Write { key: k, .. }
+            | TxOp::Zero { key: k, .. }
+            | TxOp::Truncate { key: k, .. }
+            | TxOp::SetAttrs { key: k, .. }
+            | TxOp::RmAttr { key: k, .. }
+            | TxOp::OmapSet { key: k, .. }
+            | TxOp::OmapRmKeys { key: k, .. } => k.coll,
+            TxOp::Clone { to, .. } => to.coll,
+            TxOp::CollMetaSet { coll, .. } | TxOp::CollMetaRm { coll, .. } => *coll,
+        };
+        if !after.contains(&c) {
+            return Err(StoreError::NoCollection(c));
+        }
+    }
+    Ok(after)
+}
+
+fn fail_callbacks(err: &StoreError, on_commit: Option<Callback>, on_applied: Callback) {
+    if let Some(c) = on_commit {
+        c(Err(err.clone()));
+    }
+    on_applied(Err(err.clone()));
+}
+
+fn journal_loop(inner: Arc<Inner>, rx: mpsc::Receiver<Pending>, atx: mpsc::Sender<Committed>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(p) = rx.try_recv() {
+            batch.push(p);
+        }
+        if inner.crashed.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
+            let err = inner.failed_err();
+            for p in batch {
+                fail_callbacks(&err, Some(p.on_commit), p.on_applied);
+            }
+            continue;
+        }
+        let first_seq = batch[0].seq;
+        let last_seq = batch[batch.len() - 1].seq;
+        let bufs: Vec<Bytes> = batch
+            .iter()
+            .flat_map(|p| p.rec.bufs.iter().cloned())
+            .collect();
+        let res = {
+            let mut j = inner.journal.lock();
+            j.append(first_seq, batch.len() as u64, &bufs)
+                .map(|_| j.total_bytes())
+        };
+        drop(bufs);
+        let total = match res {
+            Ok(t) => t,
+            Err(e) => {
+                inner.fail(format!("journal write failed: {e}"));
+                let err = inner.failed_err();
+                for p in batch {
+                    fail_callbacks(&err, Some(p.on_commit), p.on_applied);
+                }
+                continue;
+            }
+        };
+        {
+            let mut p = inner.progress.lock();
+            p.committed = last_seq;
+            inner.progress_cv.notify_all();
+        }
+        for p in batch {
+            (p.on_commit)(Ok(()));
+            let c = Committed {
+                seq: p.seq,
+                txn: p.txn,
+                on_applied: p.on_applied,
+            };
+            if let Err(mpsc::SendError(c)) = atx.send(c) {
+                (c.on_applied)(Err(inner.failed_err()));
+            }
+        }
+        if total > inner.cfg.journal_max_bytes {
+            inner.request_checkpoint();
+        }
+    }
+}
+
+fn apply_loop(inner: Arc<Inner>, rx: mpsc::Receiver<Committed>) {
+    while let Ok(c) = rx.recv() {
+        if inner.crashed.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
+            (c.on_applied)(Err(inner.failed_err()));
+            continue;
+        }
+        let res = {
+            let mut meta = inner.meta.write();
+            let mut ctx = ApplyCtx {
+                root: &inner.root,
+                replay: None,
+                crashed: Some(&inner.crashed),
+            };
+            apply_txn(&mut ctx, &mut meta, c.seq, &c.txn)
+        };
+        match res {
+            Ok(true) => {
+                {
+                    let mut p = inner.progress.lock();
+                    p.applied = c.seq;
+                    inner.progress_cv.notify_all();
+                }
+                (c.on_applied)(Ok(()));
+            }
+            Ok(false) => (c.on_applied)(Err(inner.failed_err())),
+            Err(e) => {
+                inner.fail(format!("applying seq {} failed: {e}", c.seq));
+                (c.on_applied)(Err(inner.failed_err()));
+            }
+        }
+    }
+}
+
+fn ckpt_loop(inner: Arc<Inner>) {
+    loop {
+        {
+            let mut r = inner.ckpt_req.lock();
+            while !r.requested && !r.stop {
+                inner.ckpt_cv.wait(&mut r);
+            }
+            if r.stop {
+                return;
+            }
+            r.requested = false;
+        }
+        if let Err(e) = inner.checkpoint()
+            && !inner.crashed.load(Ordering::Acquire)
+            && !inner.failed.load(Ordering::Acquire)
+        {
+            inner.fail(format!("checkpoint failed: {e}"));
+        }
+    }
+}
+
+struct ApplyCtx<'a> {
+    root: &'a Path,
+    /// During replay: ids whose file has been reconciled with the table.
+    replay: Option<&'a mut HashSet<u64>>,
+    /// Crash simulation: stop between steps when set.
+    crashed: Option<&'a AtomicBool>,
+}
+
+impl ApplyCtx<'_> {
+    /// Open (creating) object `id`'s data file, whose object is `size` bytes.
+    ///
+    /// Why replay converges: after a crash a data file holds any subset of
+    /// the effects of transactions after the checkpoint, and every one of
+    /// those transactions is in the journal (steps are applied only after
+    /// their record is synced). Write, Zero (clamped to the table's size),
+    /// Truncate and Remove set bytes to a value that does not depend on the
+    /// file's contents, so re-applying all of them in order leaves each byte
+    /// as its last setter left it. Clone reads the file; see `clone_data`.
+    ///
+    /// Defence in depth: the first time replay touches an id, bytes past the
+    /// object's size at that point are cut, so a grow never exposes them.
+    fn file(&mut self, id: u64, size: u64) -> io::Result<File> {
+        let f = data::open_rw(&obj_path(self.root, id))?;
+        if let Some(touched) = self.replay.as_deref_mut()
+            && touched.insert(id)
+            && f.metadata()?.len() > size
+        {
+            f.set_len(size)?;
+        }
+        Ok(f)
+    }
+
+    /// Copy `[0, size)` of object `src`'s data into a new file for `dst`.
+    ///
+    /// Replay-safety invariant: the clone's data file is complete and durable
+    /// (data fdatasync'd, renamed into place, directory fsync'd) before any
+    /// later step can modify the source. So if replay finds the clone's file,
+    /// the copy finished while the source was as the journal says, and the
+    /// source may since hold later writes: it must not be copied again. Ids
+    /// are never reused, so the file cannot belong to another object. If the
+    /// file is missing, either the copy never finished (so no later step
+    /// touched the source) or a later step removed the clone (so its content
+    /// is never observed).
+    fn clone_data(&mut self, src: u64, size: u64, dst: u64) -> io::Result<()> {
+        let dst_path = obj_path(self.root, dst);
+        if self.replay.is_some() && dst_path.exists() {
+            self.file(dst, size)?;
+            return Ok(());
+        }
+        let tmp = tmp_path(self.root, dst);
+        data::remove_file(&tmp)?;
+        let out = data::open_rw(&tmp)?;
+        match data::open_ro(&obj_path(self.root, src))? {
+            Some(s) => data::copy_sparse(&s, &out, size)?,
+            None => out.set_len(size)?,
+        }
+        out.sync_data()?;
+        std::fs::rename(&tmp, &dst_path)?;
+        fsync_dir(&obj_dir(self.root, dst))?;
+        if let Some(t) = self.replay.as_deref_mut() {
+            t.insert(dst);
+        }
+        Ok(())
+    }
+}
+
+/// Apply one transaction's steps in order to `meta` and the object files.
+/// Returns `Ok(false)` if a simulated crash stopped it part way.
+///
+/// Steps never fail on logical grounds (the transaction is already durable):
+/// steps on an object create it, except `Remove`; a clone from a missing
+/// object removes the target; steps on a missing collection are skipped (the
+/// queue refuses them up front).
+fn apply_txn(
+    ctx: &mut ApplyCtx,
+    meta: &mut MetaTable,
+    seq: u64,
+    txn: &Transaction,
+) -> io::Result<bool> {
+    for op in &txn.ops {
+        if ctx.crashed.is_some_and(|c| c.load(Ordering::Acquire)) {
+            return Ok(false);
+        }
+        apply_op(ctx, meta, op)?;
+    }
+    meta.seq = seq;
+    Ok(true)
+}
+
+fn missing_coll(c: CollId) {
+    log::warn!("transaction step on missing collection {c:?} skipped");
+}
+
+fn apply_op(ctx: &mut ApplyCtx, meta: &mut MetaTable, op: &TxOp) -> io::Result<()> {
+    match op {
+        TxOp::CreateCollection(c) => {
+            meta.colls.entry(*c).or_default();
+        }
+        TxOp::RemoveCollection(c) => {
+            if let Some(cm) = meta.colls.remove(c) {
+                for o in cm.objects.values().flat_map(|s| s.values()) {
+                    meta.used -= o.size;
+                    data::remove_file(&obj_path(ctx.root, o.id))?;
+                }
+            }
+        }
+        TxOp::Touch(k) => {
+            if meta.get_or_create(k).is_none() {
+                missing_coll(k.coll);
+            }
+        }
+        TxOp::Write { key, off, data } => {
+            let Some((o, _)) = meta.get_or_create(key) else {
+                missing_coll(key.coll);
+                return Ok(());
+            };
+            let (id, size) = (o.id, o.size);
+            let end = off + data.len() as u64;
+            let f = ctx.file(id, size)?;
+            if data.is_empty() {
+                if end > size {
+                    f.set_len(end)?;
+                }
+            } else {
+                f.write_all_at(data, *off)?;
+            }
+            if end > size {
+                meta.set_size(key, end);
+            }
+        }
+        TxOp::Zero { key, off, len } => {
+            let Some((o, _)) = meta.get_or_create(key) else {
+                missing_coll(key.coll);
+                return Ok(());
+            };
+            let (id, size) = (o.id, o.size);
+            let end = off.saturating_add(*len).min(size);
+            if *off < end {
+                let f = ctx.file(id, size)?;
+                data::zero_range(&f, *off, end - off)?;
+            }
+        }
+        TxOp::Truncate { key, size: new } => {
+            let Some((o, _)) = meta.get_or_create(key) else {
+                missing_coll(key.coll);
+                return Ok(());
+            };
+            let (id, size) = (o.id, o.size);
+            let f = ctx.file(id, size)?;
+            f.set_len(*new)?;
+            meta.set_size(key, *new);
+        }
+        TxOp::Remove(k) => {
+            if let Some(o) = meta.remove(k) {
+                data::remove_file(&obj_path(ctx.root, o.id))?;
+            }
+        }
+        TxOp::Clone { from, to } => {
+            if from == to {
+                return Ok(());
+            }
+            let src = meta
+                .get(from)
+                .map(|o| (o.id, o.size, o.attrs.clone(), o.omap.clone()));
+            if let Some(old) = meta.remove(to) {
+                data::remove_file(&obj_path(ctx.root, old.id))?;
+            }
+            let Some((sid, ssize, attrs, omap)) = src else {
+                return Ok(());
+            };
+            let Some((o, _)) = meta.get_or_create(to) else {
+                missing_coll(to.coll);
+                return Ok(());
+            };
+            o.attrs = attrs;
+            o.omap = omap;
+            let tid = o.id;
+            meta.set_size(to, ssize);
+            ctx.clone_data(sid, ssize, tid)?;
+        }
+        TxOp::SetAttrs { key, attrs } => match meta.get_or_create(key) {
+            Some((o, _)) => o
+                .attrs
+                .extend(attrs.iter().map(|(k, v)| (k.clone(), v.clone()))),
+            None => missing_coll(key.coll),
+        },
+        TxOp::RmAttr { key, name } => match meta.get_or_create(key) {
+            Some((o, _)) => {
+                o.attrs.remove(name);
+            }
+            None => missing_coll(key.coll),
+        },
+        TxOp::OmapSet { key, entries } => match meta.get_or_create(key) {
+            Some((o, _)) => o
+                .omap
+                .extend(entries.iter().map(|(k, v)| (k.clone(), v.clone()))),
+            None => missing_coll(key.coll),
+        },
+        TxOp::OmapRmKeys { key, keys } => match meta.get_or_create(key) {
+            Some((o, _)) => {
+                for k in keys {
+                    o.omap.remove(k);
+                }
+            }
+            None => missing_coll(key.coll),
+        },
+        TxOp::OmapClear(key) => match meta.get_or_create(key) {
+            Some((o, _)) => o.omap.clear(),
+            None => missing_coll(key.coll),
+        },
+        TxOp::CollMetaSet { coll, entries } => match meta.colls.get_mut(coll) {
+            Some(c) => c
+                .meta
+                .extend(entries.iter().map(|(k, v)| (k.clone(), v.clone()))),
+            None => missing_coll(*coll),
+        },
+        TxOp::CollMetaRm { coll, keys } => match meta.colls.get_mut(coll) {
+            Some(c) => {
+                for k in keys {
+                    c.meta.remove(k);
+                }
+            }
+            None => missing_coll(*coll),
+        },
+    }
+    Ok(())
+}
+
+impl ObjectStore for FileStore {
+    fn queue_transaction(
+        &self,
+        txn: Transaction,
+        on_commit: Callback,
+        on_applied: Callback,
+    ) -> StoreResult<()> {
+        let inner = &self.inner;
+        inner.usable()?;
+        let payload = codec::encode_payload(&txn);
+        if payload.len > u64::from(MAX_PAYLOAD_LEN) {
+            return Err(StoreError::io(
+                "queueing a transaction",
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "transaction encodes to {} bytes, more than the journal's limit of {MAX_PAYLOAD_LEN}; split it",
+                        payload.len
+                    ),
+                ),
+            ));
+        }
+        inner.check_space(&txn, payload.len)?;
+        let mut s = inner.submit.lock();
+        let after = check_collections(&s.colls, &txn)?;
+        let Some(tx) = s.tx.clone() else {
+            return Err(inner.failed_err());
+        };
+        let seq = s.next_seq;
+        let rec = codec::frame_record(seq, payload);
+        let p = Pending {
+            seq,
+            rec,
+            txn,
+            on_commit,
+            on_applied,
+        };
+        if tx.send(p).is_err() {
+            return Err(inner.failed_err());
+        }
+        s.next_seq += 1;
+        s.colls = after;
+        Ok(())
+    }
+
+    fn read(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<Bytes> {
+        self.inner.usable()?;
+        // Holding the table's read lock across the pread keeps a transaction
+        // being applied (under the write lock) from showing half its effects.
+        let meta = self.inner.meta.read();
+        let o = meta
+            .get(key)
+            .ok_or_else(|| StoreError::NotFound(key_str(key)))?;
+        let end = off.saturating_add(len).min(o.size);
+        if off >= end {
+            return Ok(Bytes::new());
+        }
+        let mut buf = vec![0u8; (end - off) as usize];
+        let path = obj_path(&self.inner.root, o.id);
+        if let Some(f) =
+            data::open_ro(&path).map_err(io_err(format!("opening {}", path.display())))?
+        {
+            data::read_at_zero_fill(&f, &mut buf, off)
+                .map_err(io_err(format!("reading {}", path.display())))?;
+        }
+        Ok(Bytes::from(buf))
+    }
+
+    fn stat(&self, key: &ObjectKey) -> StoreResult<u64> {
+        self.inner.usable()?;
+        let meta = self.inner.meta.read();
+        meta.get(key)
+            .map(|o| o.size)
+            .ok_or_else(|| StoreError::NotFound(key_str(key)))
+    }
+
+    fn exists(&self, key: &ObjectKey) -> bool {
+        self.inner.usable().is_ok() && self.inner.meta.read().get(key).is_some()
+    }
+
+    fn getattrs(&self, key: &ObjectKey) -> StoreResult<BTreeMap<String, Bytes>> {
+        self.inner.usable()?;
+        let meta = self.inner.meta.read();
+        meta.get(key)
+            .map(|o| o.attrs.clone())
+            .ok_or_else(|| StoreError::NotFound(key_str(key)))
+    }
+
+    fn omap_get(&self, key: &ObjectKey) -> StoreResult<BTreeMap<String, Bytes>> {
+        self.inner.usable()?;
+        let meta = self.inner.meta.read();
+        meta.get(key)
+            .map(|o| o.omap.clone())
+            .ok_or_else(|| StoreError::NotFound(key_str(key)))
+    }
+
+    fn list_objects(&self, coll: CollId) -> StoreResult<Vec<ObjectKey>> {
+        self.inner.usable()?;
+        let meta = self.inner.meta.read();
+        let c = meta
+            .colls
+            .get(&coll)
+            .ok_or(StoreError::NoCollection(coll))?;
+        Ok(c.objects
+            .iter()
+            .flat_map(|(name, snaps)| {
+                snaps.keys().map(move |snap| ObjectKey {
+                    coll,
+                    name: name.clone(),
+                    snap: *snap,
+                })
+            })
+            .collect())
+    }
+
+    fn list_collections(&self) -> Vec<CollId> {
+        if self.inner.usable().is_err() {
+            return Vec::new();
+        }
+        self.inner.meta.read().colls.keys().copied().collect()
+    }
+
+    fn coll_meta_get(&self, coll: CollId) -> StoreResult<BTreeMap<String, Bytes>> {
+        self.inner.usable()?;
+        let meta = self.inner.meta.read();
+        meta.colls
+            .get(&coll)
+            .map(|c| c.meta.clone())
+            .ok_or(StoreError::NoCollection(coll))
+    }
+
+    fn wait_applied(&self) -> StoreResult<()> {
+        self.inner.usable()?;
+        let target = self.inner.submit.lock().next_seq - 1;
+        self.inner.wait_applied_seq(target)
+    }
+
+    fn wait_committed(&self) -> StoreResult<()> {
+        self.inner.usable()?;
+        let target = self.inner.submit.lock().next_seq - 1;
+        self.inner.wait_committed_seq(target)
+    }
+
+    fn space(&self) -> StoreResult<StoreSpace> {
+        self.inner.usable()?;
+        let (total, available) = data::statvfs(&self.inner.root)
+            .map_err(io_err(format!("statfs {}", self.inner.root.display())))?;
+        Ok(StoreSpace {
+            total,
+            available: self.inner.cfg.fake_available_bytes.unwrap_or(available),
+            used: self.inner.meta.read().used,
+        })
+    }
+}
+
+#[cfg(test)]
+mod model_tests;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,272 @@
+//! The write-ahead journal: a chain of segment files of framed records.
+//!
+//! Segment `journal.<start seq as 16 hex>` holds records `start..next start`.
+//! Only the newest segment is appended to; a checkpoint rotates to a new
+//! segment and deletes the older ones once the metadata snapshot covers their
+//! last record. A closed segment was fully synced before the rotation.
+//!
+//! Appends are group commits: every record queued so far is written with one
+//! `writev` loop and made durable with one `fdatasync`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+
+use super::Transaction;
+use super::codec::{self, DecodeError, RECORD_HEADER_LEN};
+use super::data::fsync_dir;
+
+const PREFIX: &str = "journal.";
+
+pub fn segment_path(root: &Path, start: u64) -> PathBuf {
+    root.join(format!("{PREFIX}{start:016x}"))
+}
+
+/// Journal segments in the store directory, sorted by start seq.
+pub fn list_segments(root: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut v = Vec::new();
+    for ent in std::fs::read_dir(root)? {
+        let ent = ent?;
+        let name = ent.file_name();
+        let Some(hex) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else {
+            continue;
+        };
+        if let Ok(start) = u64::from_str_radix(hex, 16)
+            && hex.len() == 16
+        {
+            v.push((start, ent.path()));
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Create an empty segment and make its directory entry durable, so records
+/// synced into it later are reachable after a crash.
+pub fn create_segment(root: &Path, start: u64) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(segment_path(root, start))?;
+    fsync_dir(root)?;
+    Ok(f)
+}
+
+/// The appending side of the journal.
+pub struct JournalWriter {
+    root: PathBuf,
+    file: File,
+    /// Start seq of the current segment.
+    start: u64,
+    /// Bytes in the current segment.
+    bytes: u64,
+    /// Older segments still on disk: (start, bytes).
+    older: Vec<(u64, u64)>,
+    /// Seq the next record will carry.
+    next_seq: u64,
+}
+
+impl JournalWriter {
+    /// Start appending to a fresh segment beginning at `next_seq`.
+    pub fn create(root: &Path, next_seq: u64) -> io::Result<Self> {
+        let file = create_segment(root, next_seq)?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            file,
+            start: next_seq,
+            bytes: 0,
+            older: Vec::new(),
+            next_seq,
+        })
+    }
+
+    /// Bytes in every segment still on disk.
+    pub fn total_bytes(&self) -> u64 {
+        self.bytes + self.older.iter().map(|(_, b)| b).sum::<u64>()
+    }
+
+    /// Append records (already in seq order, starting at `next_seq`) and
+    /// `fdatasync` once. On error the segment may hold a partial record; the
+    /// caller must stop appending (replay treats it as a torn tail).
+    pub fn append(&mut self, first_seq: u64, count: u64, bufs: &[Bytes]) -> io::Result<()> {
+        if first_seq != self.next_seq {
+            return Err(io::Error::other(format!(
+                "journal sequence gap: expected {}, got {first_seq}",
+                self.next_seq
+            )));
+        }
+        let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        write_all_bufs(&mut self.file, bufs)?;
+        self.file.sync_data()?;
+        self.bytes += len;
+        self.next_seq += count;
+        Ok(())
+    }
+
+    /// Start a new segment at the next seq; returns the seq below which every
+    /// record is in an older segment. No-op if the current one is empty.
+    pub fn rotate(&mut self) -> io::Result<u64> {
+        if self.bytes > 0 {
+            let file = create_segment(&self.root, self.next_seq)?;
+            self.older.push((self.start, self.bytes));
+            self.file = file;
+            self.start = self.next_seq;
+            self.bytes = 0;
+        }
+        Ok(self.start)
+    }
+
+    /// Swap the segment's file handle, to inject I/O errors in tests.
+    #[cfg(test)]
+    pub fn replace_file_for_test(&mut self, file: File) {
+        self.file = file;
+    }
+
+    /// Delete older segments whose records are all `<= covered`.
+    pub fn trim(&mut self, covered: u64) -> io::Result<()> {
+        let mut keep = Vec::new();
+        let starts: Vec<u64> = self
+            .older
+            .iter()
+            .map(|(s, _)| *s)
+            .chain([self.start])
+            .collect();
+        for (i, (start, bytes)) in self.older.iter().enumerate() {
+            let end = starts[i + 1];
+            if end <= covered + 1 {
+                super::data::remove_file(&segment_path(&self.root, *start))?;
+            } else {
+                keep.push((*start, *bytes));
+            }
+        }
+        self.older = keep;
+        Ok(())
+    }
+}
+
+fn write_all_bufs(f: &mut File, bufs: &[Bytes]) -> io::Result<()> {
+    const MAX_IOV: usize = 512;
+    let mut idx = 0;
+    let mut off = 0;
+    while idx < bufs.len() {
+        if off == bufs[idx].len() {
+            idx += 1;
+            off = 0;
+            continue;
+        }
+        let end = (idx + MAX_IOV).min(bufs.len());
+        let mut slices = Vec::with_capacity(end - idx);
+        slices.push(IoSlice::new(&bufs[idx][off..]));
+        slices.extend(bufs[idx + 1..end].iter().map(|b| IoSlice::new(b)));
+        let mut n = match f.write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        while n > 0 {
+            let rem = bufs[idx].len() - off;
+            if n >= rem {
+                n -= rem;
+                idx += 1;
+                off = 0;
+            } else {
+                off += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why replay of the journal stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayEnd {
+    /// Every segment read to its end.
+    Clean,
+    /// A torn or corrupt record; records from there on were ignored.
+    Torn {
+        segment: PathBuf,
+        offset: u64,
+        why: String,
+    },
+}
+
+/// A record that must refuse the open (a valid record of a newer format).
+#[derive(Debug)]
+pub enum ReplayError {
+    Io(io::Error),
+    NewerVersion {
+        segment: PathBuf,
+        offset: u64,
+        version: u8,
+    },
+    /// The callback refused a record.
+    Apply(super::StoreError),
+}
+
+/// Read every record of every segment in order, calling `f(seq, txn)`.
+/// Stops at the first torn or corrupt record, or at a break in the sequence.
+pub fn replay(
+    root: &Path,
+    mut f: impl FnMut(u64, Transaction) -> Result<(), super::StoreError>,
+) -> Result<ReplayEnd, ReplayError> {
+    let segments = list_segments(root).map_err(ReplayError::Io)?;
+    let mut prev: Option<u64> = None;
+    for (_start, path) in segments {
+        let mut file = File::open(&path).map_err(ReplayError::Io)?;
+        let flen = file.metadata().map_err(ReplayError::Io)?.len();
+        file.seek(SeekFrom::Start(0)).map_err(ReplayError::Io)?;
+        let mut r = io::BufReader::with_capacity(1 << 20, file);
+        let mut offset = 0u64;
+        while offset < flen {
+            let torn = |why: String| ReplayEnd::Torn {
+                segment: path.clone(),
+                offset,
+                why,
+            };
+            let mut head = [0u8; RECORD_HEADER_LEN];
+            if flen - offset < RECORD_HEADER_LEN as u64 {
+                return Ok(torn("short record header".into()));
+            }
+            r.read_exact(&mut head).map_err(ReplayError::Io)?;
+            let h = match codec::parse_header(&head) {
+                Ok(h) => h,
+                Err(e) => return Ok(torn(e.to_string())),
+            };
+            let rest = flen - offset - RECORD_HEADER_LEN as u64;
+            if u64::from(h.payload_len) > rest {
+                return Ok(torn(format!(
+                    "record length {} runs past the end of the segment",
+                    h.payload_len
+                )));
+            }
+            let mut payload = BytesMut::zeroed(h.payload_len as usize);
+            r.read_exact(&mut payload).map_err(ReplayError::Io)?;
+            let txn = match codec::decode_payload(&h, payload.freeze()) {
+                Ok(t) => t,
+                Err(DecodeError::NewerVersion(version)) => {
+                    return Err(ReplayError::NewerVersion {
+                        segment: path.clone(),
+                        offset,
+                        version,
+                    });
+                }
+                Err(e) => return Ok(torn(e.to_string())),
+            };
+            if let Some(p) = prev
+                && h.seq != p + 1
+            {
+                return Ok(torn(format!("sequence {} does not follow {p}", h.seq)));
+            }
+            prev = Some(h.seq);
+            f(h.seq, txn).map_err(ReplayError::Apply)?;
+            offset += (RECORD_HEADER_LEN + h.payload_len as usize) as u64;
+        }
+    }
+    Ok(ReplayEnd::Clean)
+}
