@@ -35,7 +35,10 @@ pub fn rbdfs_bin() -> &'static str {
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false);
-        assert!(ok, "{built} has no `mount` verb: it is not this tree's build; rebuild");
+        assert!(
+            ok,
+            "{built} has no `mount` verb: it is not this tree's build; rebuild"
+        );
         copy.to_string_lossy().into_owned()
     })
 }

@@ -226,6 +226,10 @@ pub fn main_with(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
         Verb::Init(a) => return init(&cli, a),
         _ => {}
     }
+    // Like other Unix filters, `rbdfs export IMG - | head` ends quietly when
+    // the reader goes away (Rust ignores SIGPIPE by default).
+    // SAFETY: restoring the default disposition of one signal.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cmd = match to_command(&cli.verb) {
         Ok(c) => c,
         Err((errno, msg)) => return fail(errno, &msg),

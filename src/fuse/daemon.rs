@@ -156,7 +156,7 @@ pub fn main(store_dir: &Path, args: &MountArgs) -> i32 {
 fn store_log(store_dir: &Path) -> PathBuf {
     // The store may not exist yet; its parent does (or logging goes nowhere).
     let _ = std::fs::create_dir_all(store_dir);
-    store_dir.join("rbdfs.log")
+    store_dir.join(store::LOG_NAME)
 }
 
 fn init_logging(file: Option<File>) {
@@ -183,14 +183,6 @@ fn serve(
     args: &MountArgs,
     ready: Option<&mut File>,
 ) -> Result<(), Failure> {
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) } != 0 {
-        log::warn!(
-            "prctl(PR_SET_IO_FLUSHER) failed ({}); a loop device on the mount may stall \
-             under memory pressure (needs CAP_SYS_RESOURCE)",
-            std::io::Error::last_os_error()
-        );
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("rbdfs-io")
@@ -200,6 +192,15 @@ fn serve(
         .block_on(store::open(store_dir, true))
         .map_err(|e| Failure(e.errno(), e.to_string()))?;
     log::info!("store {} open", store_dir.display());
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) } != 0 {
+        log::warn!(
+            "prctl(PR_SET_IO_FLUSHER) failed ({}); a loop device on the mount may stall \
+             under memory pressure (needs CAP_SYS_RESOURCE)",
+            std::io::Error::last_os_error()
+        );
+    }
+
     let rbd = Rbd::new(st.rados.clone(), RbdConfig::default());
     let jobs = Arc::new(Jobs::new());
     let fs = Arc::new(ImageFs::with_jobs(
