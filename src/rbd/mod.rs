@@ -35,6 +35,7 @@ use std::sync::Weak;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
 
 pub use error::{ERESTART, RbdError, Result};
+pub use exclusive_lock::{ManagementOp, RequestId, invoke_async_request};
 pub use spec::{DEFAULT_POOL, ImageSpec};
 pub use types::{
     CancelToken, CreateOptions, DuEntry, DuInfo, Features, ImageInfo, NoProgress, ParentInfo,
@@ -119,7 +120,43 @@ impl Rbd {
             None => None,
             Some(s) => Some((ctx.snap_id_by_name(s)?, s.to_string())),
         };
-        Ok(Arc::new(Image { ctx, snap }))
+        Ok(Arc::new(Image {
+            ctx,
+            snap,
+            read_only: false,
+        }))
+    }
+
+    /// Open the head of `pool/name` read-only (like `rbd export`): writes and
+    /// management operations fail with EROFS, and reads never copy up.
+    pub async fn open_read_only(self: &Arc<Self>, pool: &str, name: &str) -> Result<Arc<Image>> {
+        let ctx = image::open::open_ctx(self, pool, name).await?;
+        Ok(Arc::new(Image {
+            ctx,
+            snap: None,
+            read_only: true,
+        }))
+    }
+
+    /// Whether `pool/name` is open in this process (this process then owns its
+    /// exclusive lock).
+    pub fn is_open(&self, pool: &str, name: &str) -> bool {
+        self.open_images()
+            .iter()
+            .any(|s| s.pool == pool && s.image == name)
+    }
+
+    /// The images open in this process, sorted.
+    pub fn open_images(&self) -> Vec<ImageSpec> {
+        let mut v: Vec<ImageSpec> = self
+            .open
+            .lock()
+            .values()
+            .filter_map(|w| w.upgrade())
+            .map(|c| c.spec())
+            .collect();
+        v.sort();
+        v
     }
 
     /// Open by spec (`snap` set = read-only view).
@@ -170,6 +207,8 @@ pub struct Image {
     ctx: Arc<ImageCtx>,
     /// The snapshot this handle views, `None` for the head.
     snap: Option<(SnapId, String)>,
+    /// A read-only open of the head.
+    read_only: bool,
 }
 
 impl Image {
@@ -178,7 +217,7 @@ impl Image {
     }
 
     fn check_writable(&self) -> Result<()> {
-        if self.snap.is_some() {
+        if self.is_read_only() {
             return Err(RbdError::ReadOnly(self.spec().to_string()));
         }
         Ok(())
@@ -213,15 +252,15 @@ impl Image {
         self.ctx.object_size()
     }
 
-    /// True for snapshot views.
+    /// True for snapshot views and read-only opens.
     pub fn is_read_only(&self) -> bool {
-        self.snap.is_some()
+        self.snap.is_some() || self.read_only
     }
 
     /// Read `[off, off + len)`, cut short at the end of the image. Holes and
     /// unwritten ranges read as zeros.
     pub async fn read(&self, off: u64, len: u64) -> Result<Bytes> {
-        io::read(&self.ctx, self.snap_id(), off, len).await
+        io::read(&self.ctx, self.snap_id(), off, len, !self.is_read_only()).await
     }
 
     /// Write `data` at `off`. Past the end of the image is an error
@@ -321,9 +360,56 @@ impl Image {
         io::data_extents(&self.ctx, self.snap_id(), off, len).await
     }
 
+    /// Run a management request forwarded to this process (the lock owner),
+    /// e.g. by the admin socket. A request id seen before is answered with its
+    /// earlier result instead of running again (see `exclusive_lock`).
+    pub async fn execute(
+        &self,
+        id: RequestId,
+        op: &ManagementOp,
+        progress: &dyn ProgressSink,
+        cancel: &CancelToken,
+    ) -> Result<()> {
+        self.check_writable()?;
+        let ctx = &self.ctx;
+        ctx.lock
+            .invoke(id, || async move {
+                match op {
+                    ManagementOp::Flatten => operation::flatten::run(ctx, progress, cancel).await,
+                    ManagementOp::Resize { size, allow_shrink } => {
+                        operation::resize::run(ctx, *size, *allow_shrink, progress).await
+                    }
+                    ManagementOp::SnapCreate { name } => {
+                        operation::snap_create::run_checked(ctx, name).await
+                    }
+                    ManagementOp::SnapRemove { name } => {
+                        operation::snap_remove::run(ctx, name).await
+                    }
+                    ManagementOp::SnapProtect { name } => {
+                        operation::snap_protect::set(ctx, name, true).await
+                    }
+                    ManagementOp::SnapUnprotect { name } => {
+                        operation::snap_protect::set(ctx, name, false).await
+                    }
+                    ManagementOp::SnapRollback { name } => {
+                        operation::snap_rollback::run(ctx, name, progress).await
+                    }
+                }
+            })
+            .await
+    }
+
+    /// A fresh request id for a management request from this process.
+    pub fn new_request_id(&self) -> RequestId {
+        self.ctx.lock.new_request_id()
+    }
+
     /// Rebuild the object maps (head and snapshots) from the objects themselves.
     pub async fn object_map_rebuild(&self) -> Result<()> {
         self.check_writable()?;
         object_map::rebuild(&self.ctx).await
     }
 }
+
+#[cfg(test)]
+mod tests;

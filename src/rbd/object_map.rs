@@ -45,6 +45,13 @@ impl ObjectMap {
         }
     }
 
+    /// A map of `count` objects that claims all of them (safe when unknown).
+    pub fn all_existing(count: u64) -> Self {
+        Self {
+            states: vec![EXISTS; count as usize],
+        }
+    }
+
     pub fn len(&self) -> u64 {
         self.states.len() as u64
     }

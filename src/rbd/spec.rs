@@ -12,7 +12,9 @@ pub const DEFAULT_POOL: &str = "rbd";
 pub const MAX_NAME_LEN: usize = 255;
 
 /// A pool, an image in it and optionally one of its snapshots.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ImageSpec {
     pub pool: String,
     pub image: String,

@@ -7,7 +7,7 @@ use crate::rados::SnapId;
 use crate::sync::{Arc, AtomicBool, Ordering};
 
 /// Image feature bits (same values as librbd's `RBD_FEATURE_*`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Features(pub u64);
 
 impl Features {
@@ -94,7 +94,7 @@ pub const MIN_ORDER: u8 = 12;
 pub const MAX_ORDER: u8 = 25;
 
 /// Options of `create` and `clone`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct CreateOptions {
     /// Object order; `None` takes `RbdConfig::default_order` (a clone always
     /// takes its parent's order).
@@ -104,7 +104,7 @@ pub struct CreateOptions {
 }
 
 /// The parent of a clone, as `info` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ParentInfo {
     pub pool: String,
     pub image: String,
@@ -116,7 +116,7 @@ pub struct ParentInfo {
 }
 
 /// What `rbd info` shows about an image or one of its snapshots.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageInfo {
     pub pool: String,
     pub name: String,
@@ -130,7 +130,7 @@ pub struct ImageInfo {
     pub snapshot_count: u64,
     pub block_name_prefix: String,
     pub format: u8,
-    pub features: Vec<&'static str>,
+    pub features: Vec<String>,
     /// Seconds since the Unix epoch.
     pub create_timestamp: u64,
     pub parent: Option<ParentInfo>,
@@ -139,7 +139,7 @@ pub struct ImageInfo {
 }
 
 /// One snapshot, as `snap ls` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SnapInfo {
     pub id: SnapId,
     pub name: String,
@@ -150,7 +150,7 @@ pub struct SnapInfo {
 }
 
 /// Space use of one snapshot or of the head, from the object maps.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DuEntry {
     /// `None` for the head.
     pub snap: Option<String>,
@@ -161,7 +161,7 @@ pub struct DuEntry {
 }
 
 /// What `du` reports: snapshots oldest first, then the head.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DuInfo {
     pub entries: Vec<DuEntry>,
 }

@@ -32,8 +32,11 @@ pub use header::{Header, ParentLink, SnapRecord};
 /// rollback, trim) is serialised by the stripe `objno % OBJECT_LOCK_STRIPES`.
 const OBJECT_LOCK_STRIPES: usize = 128;
 
-/// Parent chains by the link's (pool id, image id, snap id).
-type ChainCache = HashMap<(u64, String, SnapId), Arc<ParentView>>;
+/// A parent link's (pool id, image id, snap id).
+type LinkKey = (u64, String, SnapId);
+
+/// Parent chains by link.
+type ChainCache = HashMap<LinkKey, Arc<ParentView>>;
 
 /// What opening an image read from the store.
 pub(crate) struct Loaded {
@@ -66,6 +69,8 @@ pub struct ImageCtx {
     /// Parent chains, by the parent link's (pool, image, snap), built lazily
     /// and dropped when the process's layout epoch moves.
     chains: Mutex<(u64, ChainCache)>,
+    /// (image name, snapshot name) of every parent link seen, for `info`.
+    parent_names: Mutex<HashMap<LinkKey, (String, String)>>,
     /// Data I/O holds it shared; operations that change the header in a way
     /// I/O must not straddle (snapshot, resize, rollback, detaching the
     /// parent) hold it exclusively. This is librbd's "block writes".
@@ -97,6 +102,7 @@ impl ImageCtx {
             head_map: Mutex::new(head_map),
             snap_maps: Mutex::new(snap_maps),
             chains: Mutex::new((epoch, HashMap::new())),
+            parent_names: Mutex::new(HashMap::new()),
             io_gate: tokio::sync::RwLock::new(()),
             object_locks: (0..OBJECT_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
@@ -192,8 +198,11 @@ impl ImageCtx {
 
     /// Mark `objno` in the head map (persisted, then in memory).
     pub(crate) async fn set_head_state(&self, objno: u64, state: u8) -> Result<()> {
-        if self.head_map.lock().exists(objno) == (state != 0) {
-            return Ok(());
+        {
+            let m = self.head_map.lock();
+            if objno >= m.len() || m.exists(objno) == (state != 0) {
+                return Ok(());
+            }
         }
         let oid = names::object_map_oid(&self.id, SNAP_HEAD);
         ObjectMap::save_state(&self.ioctx, &oid, objno, state).await?;
@@ -207,7 +216,7 @@ impl ImageCtx {
             .snap_maps
             .lock()
             .get(&snap)
-            .is_some_and(|m| m.exists(objno) == (state != 0))
+            .is_none_or(|m| objno >= m.len() || m.exists(objno) == (state != 0))
         {
             return Ok(());
         }
@@ -233,8 +242,27 @@ impl ImageCtx {
             }
         }
         let view = ParentView::load(&self.rbd, link, 0).await?;
+        self.parent_names.lock().insert(
+            key.clone(),
+            (view.image_name.clone(), view.snap_name.clone()),
+        );
         self.chains.lock().1.insert(key, view.clone());
         Ok(view)
+    }
+
+    /// Load the parent chains of the head and the snapshots (so `info` can
+    /// name the parents). A broken chain is logged, not fatal: the image can
+    /// still be inspected and removed.
+    pub(crate) async fn preload_parents(&self) {
+        let h = self.header();
+        let links = std::iter::once(&h.parent)
+            .chain(h.snaps.iter().map(|s| &s.parent))
+            .flatten();
+        for link in links {
+            if let Err(e) = self.parent_view(link).await {
+                log::warn!("image {}: cannot load its parent chain: {e}", self.spec());
+            }
+        }
     }
 
     /// Drop cached parent chains (after this image's own links changed).
@@ -273,11 +301,10 @@ impl ImageCtx {
             .and_then(|ps| ps.into_iter().find(|p| p.id == link.pool_id))
             .map_or_else(|| link.pool_id.to_string(), |p| p.name);
         let (image, snap) = self
-            .chains
+            .parent_names
             .lock()
-            .1
             .get(&(link.pool_id, link.image_id.clone(), link.snap_id))
-            .map(|v| (v.image_name.clone(), v.snap_name.clone()))
+            .cloned()
             .unwrap_or_else(|| (link.image_id.clone(), link.snap_id.to_string()));
         ParentInfo {
             pool,
@@ -316,7 +343,11 @@ impl ImageCtx {
             snapshot_count: h.snaps.len() as u64,
             block_name_prefix: names::block_name_prefix(&self.id),
             format: 2,
-            features: Features(h.features).names(),
+            features: Features(h.features)
+                .names()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
             create_timestamp: h.create_timestamp,
             parent: self.parent_info(snap),
             protected: rec.map(|s| s.protected),

@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 
 use super::{ImageCtx, Loaded, directory, names};
+use crate::rados::RadosError;
 use crate::rados::SNAP_HEAD;
 use crate::rbd::Rbd;
-use crate::rbd::error::Result;
+use crate::rbd::error::{RbdError, Result};
 use crate::rbd::io::striper;
 use crate::rbd::object_map::ObjectMap;
 use crate::sync::Arc;
@@ -41,6 +42,7 @@ pub async fn open_ctx(rbd: &Arc<Rbd>, pool: &str, name: &str) -> Result<Arc<Imag
             snap_maps,
         },
     ));
+    ctx.preload_parents().await;
     let mut reg = rbd.registry().lock();
     reg.retain(|_, w| w.strong_count() > 0);
     if let Some(existing) = reg.get(&key).and_then(|w| w.upgrade()) {
@@ -52,6 +54,8 @@ pub async fn open_ctx(rbd: &Arc<Rbd>, pool: &str, name: &str) -> Result<Arc<Imag
 
 /// Load an object map, sized to the image; a map that does not match the
 /// image's object count is resized (objects past the end are absent anyway).
+/// A missing map is replaced by one that claims every object: that costs a
+/// probe per object until `object_map_rebuild`, but never hides data.
 async fn load_map(
     ioctx: &crate::rados::IoCtx,
     id: &str,
@@ -59,7 +63,22 @@ async fn load_map(
     size: u64,
     order: u8,
 ) -> Result<ObjectMap> {
-    let mut m = ObjectMap::load(ioctx, &names::object_map_oid(id, snap)).await?;
-    m.resize(striper::object_count(size, order));
-    Ok(m)
+    let oid = names::object_map_oid(id, snap);
+    let count = striper::object_count(size, order);
+    match ObjectMap::load(ioctx, &oid).await {
+        Ok(mut m) => {
+            m.resize(count);
+            Ok(m)
+        }
+        Err(RbdError::Rados {
+            source: RadosError::NotFound,
+            ..
+        }) => {
+            log::warn!("{oid} is missing: assuming every object exists; run an object map rebuild");
+            let m = ObjectMap::all_existing(count);
+            m.save(ioctx, &oid).await?;
+            Ok(m)
+        }
+        Err(e) => Err(e),
+    }
 }

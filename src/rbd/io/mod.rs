@@ -67,7 +67,15 @@ fn size_checked(ctx: &ImageCtx, hdr: &Header, snap: SnapId) -> Result<u64> {
 }
 
 /// Read `[off, off + len)` of the head or of snapshot `snap`, cut at the end.
-pub async fn read(ctx: &ImageCtx, snap: SnapId, off: u64, len: u64) -> Result<Bytes> {
+/// `may_copy_up`: a read-write open of a clone with `clone_copy_on_read` copies
+/// up what it reads from the parent.
+pub async fn read(
+    ctx: &ImageCtx,
+    snap: SnapId,
+    off: u64,
+    len: u64,
+    may_copy_up: bool,
+) -> Result<Bytes> {
     let _gate = ctx.io_gate.read().await;
     let hdr = ctx.header();
     let size = size_checked(ctx, &hdr, snap)?;
@@ -76,7 +84,12 @@ pub async fn read(ctx: &ImageCtx, snap: SnapId, off: u64, len: u64) -> Result<By
     }
     let len = len.min(size - off);
     let extents = striper::map_extent(hdr.order, off, len);
-    let parts = try_join_all(extents.iter().map(|e| read_object(ctx, &hdr, snap, e))).await?;
+    let parts = try_join_all(
+        extents
+            .iter()
+            .map(|e| read_object(ctx, &hdr, snap, e, may_copy_up)),
+    )
+    .await?;
     if parts.len() == 1 {
         return Ok(parts.into_iter().next().unwrap_or_default());
     }
@@ -93,13 +106,14 @@ async fn read_object(
     hdr: &Header,
     snap: SnapId,
     e: &ObjectExtent,
+    may_copy_up: bool,
 ) -> Result<Bytes> {
     let link = if snap == SNAP_HEAD {
         hdr.parent.clone()
     } else {
         hdr.snap_by_id(snap).and_then(|s| s.parent.clone())
     };
-    if snap == SNAP_HEAD && link.is_some() && ctx.rbd.config().clone_copy_on_read {
+    if may_copy_up && snap == SNAP_HEAD && link.is_some() && ctx.rbd.config().clone_copy_on_read {
         copy_on_read(ctx, hdr, e.objno).await?;
     }
     if ctx.map_exists(snap, e.objno) {

@@ -35,7 +35,11 @@ pub async fn flatten(
     ctx.lock.invoke(id, || run(ctx, progress, cancel)).await
 }
 
-async fn run(ctx: &ImageCtx, progress: &dyn ProgressSink, cancel: &CancelToken) -> Result<()> {
+pub(crate) async fn run(
+    ctx: &ImageCtx,
+    progress: &dyn ProgressSink,
+    cancel: &CancelToken,
+) -> Result<()> {
     // VALIDATE
     let hdr = ctx.header();
     let Some(link) = hdr.parent.clone() else {

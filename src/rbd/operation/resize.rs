@@ -33,7 +33,7 @@ pub async fn resize(
         .await
 }
 
-async fn run(
+pub(crate) async fn run(
     ctx: &ImageCtx,
     size: u64,
     allow_shrink: bool,

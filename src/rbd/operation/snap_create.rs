@@ -16,10 +16,15 @@ use crate::rbd::image::{ImageCtx, SnapRecord, names, now_secs};
 use crate::rbd::spec::validate_name;
 
 pub async fn snap_create(ctx: &ImageCtx, name: &str) -> Result<()> {
+    let id = ctx.lock.new_request_id();
+    ctx.lock.invoke(id, || run_checked(ctx, name)).await
+}
+
+/// Validate the name, then create (as the lock owner).
+pub(crate) async fn run_checked(ctx: &ImageCtx, name: &str) -> Result<()> {
     let spec = ctx.spec().at_snap(name).to_string();
     validate_name(&spec, "snapshot", name)?;
-    let id = ctx.lock.new_request_id();
-    ctx.lock.invoke(id, || run(ctx, name, spec)).await
+    run(ctx, name, spec).await
 }
 
 async fn run(ctx: &ImageCtx, name: &str, spec: String) -> Result<()> {

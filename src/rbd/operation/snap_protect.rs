@@ -20,7 +20,7 @@ pub async fn snap_unprotect(ctx: &ImageCtx, name: &str) -> Result<()> {
     ctx.lock.invoke(id, || set(ctx, name, false)).await
 }
 
-async fn set(ctx: &ImageCtx, name: &str, protect: bool) -> Result<()> {
+pub(crate) async fn set(ctx: &ImageCtx, name: &str, protect: bool) -> Result<()> {
     let hdr = ctx.header();
     let rec = hdr
         .snap_by_name(name)

@@ -18,7 +18,7 @@ pub async fn snap_remove(ctx: &ImageCtx, name: &str) -> Result<()> {
     ctx.lock.invoke(id, || run(ctx, name)).await
 }
 
-async fn run(ctx: &ImageCtx, name: &str) -> Result<()> {
+pub(crate) async fn run(ctx: &ImageCtx, name: &str) -> Result<()> {
     let _gate = ctx.io_gate.write().await;
     let hdr = ctx.header();
     let rec = hdr

@@ -27,7 +27,7 @@ pub async fn snap_rollback(ctx: &ImageCtx, name: &str, progress: &dyn ProgressSi
     ctx.lock.invoke(id, || run(ctx, name, progress)).await
 }
 
-async fn run(ctx: &ImageCtx, name: &str, progress: &dyn ProgressSink) -> Result<()> {
+pub(crate) async fn run(ctx: &ImageCtx, name: &str, progress: &dyn ProgressSink) -> Result<()> {
     let _gate = ctx.io_gate.write().await;
     let hdr = ctx.header();
     let rec = hdr

@@ -1,0 +1,184 @@
+//! Image-layer tests on the in-memory object store: behaviours and errors
+//! (`behaviour`), clone chains and flatten (`clones`), and the reference-model
+//! property test (`model`).
+
+mod behaviour;
+mod clones;
+mod model;
+
+use std::collections::BTreeMap;
+
+use crate::rados::mem::MemRados;
+use crate::rados::{
+    BoxFuture, PoolId, PoolInfo, Rados, RadosBackend, ReadOp, ReadResult, Result, SnapContext,
+    SnapId, WriteOp,
+};
+use crate::rbd::{Rbd, RbdConfig};
+use crate::sync::{Arc, Mutex};
+
+/// Counts the object operations `rbd/` issues, per kind and object-name prefix,
+/// on top of the in-memory store.
+/// With `yields` set, every operation first yields to the scheduler that many
+/// times before it takes effect, so concurrent requests interleave as they
+/// would on a real cluster.
+/// `slow_copyup_yields` more are added to writes that replace a whole object
+/// without a partial write in the same op (the shape of a flatten copyup), so
+/// a racing user write gets in first.
+pub struct Counting {
+    inner: Arc<MemRados>,
+    counts: Mutex<BTreeMap<String, u64>>,
+    yields: u32,
+    slow_copyup_yields: u32,
+}
+
+impl Counting {
+    pub fn new(inner: Arc<MemRados>) -> Arc<Self> {
+        Self::with_yields(inner, 0, 0)
+    }
+
+    pub fn with_yields(inner: Arc<MemRados>, yields: u32, slow_copyup_yields: u32) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            counts: Mutex::new(BTreeMap::new()),
+            yields,
+            slow_copyup_yields,
+        })
+    }
+
+    /// Run `f` against the store after the configured number of yields.
+    fn later<T: Send + 'static>(
+        &self,
+        extra_yields: u32,
+        f: impl FnOnce(&MemRados) -> Result<T> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T>> {
+        let inner = self.inner.clone();
+        let yields = self.yields + extra_yields;
+        Box::pin(async move {
+            for _ in 0..yields {
+                tokio::task::yield_now().await;
+            }
+            f(&inner)
+        })
+    }
+
+    fn bump(&self, kind: &str, oid: &str) {
+        let prefix = oid.split('.').next().unwrap_or(oid);
+        *self
+            .counts
+            .lock()
+            .entry(format!("{kind}:{prefix}"))
+            .or_default() += 1;
+        *self.counts.lock().entry(kind.to_string()).or_default() += 1;
+    }
+
+    /// Operations of `key` ("read", "write", "read:rbd_data", ...) since the
+    /// last reset.
+    pub fn get(&self, key: &str) -> u64 {
+        self.counts.lock().get(key).copied().unwrap_or(0)
+    }
+
+    pub fn reset(&self) {
+        self.counts.lock().clear();
+    }
+}
+
+impl RadosBackend for Counting {
+    fn read(
+        &self,
+        pool: PoolId,
+        oid: &str,
+        snap: SnapId,
+        ops: Vec<ReadOp>,
+    ) -> BoxFuture<'static, Result<Vec<ReadResult>>> {
+        self.bump("read", oid);
+        let oid = oid.to_string();
+        self.later(0, move |m| m.read_now(pool, &oid, snap, &ops))
+    }
+
+    fn write(
+        &self,
+        pool: PoolId,
+        oid: &str,
+        snapc: SnapContext,
+        ops: Vec<WriteOp>,
+    ) -> BoxFuture<'static, Result<()>> {
+        self.bump("write", oid);
+        let oid = oid.to_string();
+        let whole = ops.iter().any(|o| matches!(o, WriteOp::WriteFull { .. }))
+            && !ops.iter().any(|o| matches!(o, WriteOp::Write { .. }));
+        let extra = if whole { self.slow_copyup_yields } else { 0 };
+        self.later(extra, move |m| m.write_now(pool, &oid, &snapc, &ops))
+    }
+
+    fn flush(&self) -> BoxFuture<'static, Result<()>> {
+        self.inner.flush()
+    }
+
+    fn list_objects(&self, pool: PoolId) -> BoxFuture<'static, Result<Vec<String>>> {
+        self.bump("list", "pool");
+        self.inner.list_objects(pool)
+    }
+
+    fn snap_create(&self, pool: PoolId) -> BoxFuture<'static, Result<SnapId>> {
+        self.bump("snap_create", "pool");
+        self.inner.snap_create(pool)
+    }
+
+    fn snap_remove(&self, pool: PoolId, snap: SnapId) -> BoxFuture<'static, Result<()>> {
+        self.inner.snap_remove(pool, snap)
+    }
+
+    fn pool_create(
+        &self,
+        name: &str,
+        size: Option<u32>,
+        min_size: Option<u32>,
+        pg_num: Option<u32>,
+    ) -> BoxFuture<'static, Result<PoolInfo>> {
+        self.inner.pool_create(name, size, min_size, pg_num)
+    }
+
+    fn pool_list(&self) -> Result<Vec<PoolInfo>> {
+        self.inner.pool_list()
+    }
+}
+
+/// Small objects (order 12 = 4 KiB) so images have many objects yet stay tiny.
+pub const TEST_ORDER: u8 = 12;
+
+pub fn test_config() -> RbdConfig {
+    RbdConfig {
+        default_order: TEST_ORDER,
+        concurrent_management_ops: 4,
+        ..RbdConfig::default()
+    }
+}
+
+/// An image layer on a fresh in-memory store with pool "rbd", plus the store
+/// itself (to reopen) and a counter of the object operations.
+pub async fn setup() -> (Arc<Rbd>, Arc<MemRados>, Arc<Counting>) {
+    let mem = Arc::new(MemRados::new());
+    let counting = Counting::new(mem.clone());
+    let rados = Rados::new(counting.clone());
+    rados.pool_create("rbd", None).await.expect("pool create");
+    (Rbd::new(rados, test_config()), mem, counting)
+}
+
+/// Like `setup`, with every object operation yielding `yields` times first
+/// (and whole-object replacements `slow_copyup_yields` more).
+pub async fn setup_interleaved(yields: u32, slow_copyup_yields: u32) -> (Arc<Rbd>, Arc<MemRados>) {
+    let mem = Arc::new(MemRados::new());
+    let rados = Rados::new(Counting::with_yields(
+        mem.clone(),
+        yields,
+        slow_copyup_yields,
+    ));
+    rados.pool_create("rbd", None).await.expect("pool create");
+    (Rbd::new(rados, test_config()), mem)
+}
+
+/// A new image layer on the same store (a restart: all state from objects).
+pub fn reopen(mem: &Arc<MemRados>, config: RbdConfig) -> (Arc<Rbd>, Arc<Counting>) {
+    let counting = Counting::new(mem.clone());
+    (Rbd::new(Rados::new(counting.clone()), config), counting)
+}
