@@ -255,10 +255,15 @@ impl ImageCtx {
     /// still be inspected and removed.
     pub(crate) async fn preload_parents(&self) {
         let h = self.header();
-        let links = std::iter::once(&h.parent)
+        // Collected before the awaits: an iterator holding a closure across an
+        // await makes the future not `Send` for every lifetime (rustc #110338),
+        // and the FUSE adapter and admin socket spawn these futures.
+        let links: Vec<_> = std::iter::once(&h.parent)
             .chain(h.snaps.iter().map(|s| &s.parent))
-            .flatten();
-        for link in links {
+            .flatten()
+            .cloned()
+            .collect();
+        for link in &links {
             if let Err(e) = self.parent_view(link).await {
                 log::warn!("image {}: cannot load its parent chain: {e}", self.spec());
             }
