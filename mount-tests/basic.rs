@@ -81,3 +81,92 @@ fn test_second_mount_of_same_store_is_refused() {
     assert!(err.contains("rbdfs:"), "unclear refusal: {err}");
     assert!(!crate::harness::is_mounted(&other));
 }
+
+/// Unmounts and kills a backgrounded daemon on drop, also when the test panics.
+struct Backgrounded {
+    mnt: std::path::PathBuf,
+    pid: Option<i32>,
+}
+
+impl Drop for Backgrounded {
+    fn drop(&mut self) {
+        if crate::harness::is_mounted(&self.mnt) {
+            let _ = crate::harness::output(
+                "fusermount3",
+                &[std::ffi::OsStr::new("-u"), self.mnt.as_os_str()],
+            );
+        }
+        if let Some(pid) = self.pid {
+            // SAFETY: signalling a process we started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Whether `pid` runs (a zombie waiting for its reaper does not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            state != Some("Z")
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn test_daemon_mode_returns_when_ready_and_sigterm_unmounts_cleanly() {
+    // Arrange
+    crate::harness::require_environment();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mnt) = (dir.path().join("store"), dir.path().join("mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+    let mut guard = Backgrounded {
+        mnt: mnt.clone(),
+        pid: None,
+    };
+    let rbdfs = |args: &[&std::ffi::OsStr]| {
+        let mut all = vec![std::ffi::OsStr::new("--store"), store.as_os_str()];
+        all.extend_from_slice(args);
+        crate::harness::output(crate::harness::rbdfs_bin(), &all)
+    };
+
+    // Act: the parent returns only once the mount is ready.
+    let started = rbdfs(&["mount".as_ref(), mnt.as_os_str(), "--daemon".as_ref()]);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    assert!(
+        crate::harness::is_mounted(&mnt),
+        "mount not ready when --daemon returned"
+    );
+    assert!(mnt.join("rbd").is_dir());
+    let status = rbdfs(&["status".as_ref(), "--format".as_ref(), "json".as_ref()]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    let pid = v["daemon_pid"].as_i64().expect("daemon pid") as i32;
+    guard.pid = Some(pid);
+    std::fs::File::create(mnt.join("rbd/img"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    // SAFETY: signalling the daemon we started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    crate::harness::wait_until("the daemon to exit", || !alive(pid));
+    guard.pid = None;
+
+    // Assert: unmounted, lock released (a local command opens the store), data kept.
+    assert!(!crate::harness::is_mounted(&mnt));
+    let ls = rbdfs(&["ls".as_ref()]);
+    assert!(
+        ls.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ls.stdout), "img\n");
+    let log = std::fs::read_to_string(store.join("rbdfs.log")).unwrap();
+    assert!(log.contains("closed cleanly"), "log: {log}");
+}
