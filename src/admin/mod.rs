@@ -89,6 +89,72 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
     }
 
+    struct Counting(std::sync::atomic::AtomicU32);
+
+    impl Handler for Counting {
+        fn handle(&self, _: serde_json::Value, _: ProgressTx) -> BoxFuture<'static, Outcome> {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            Box::pin(async move { Ok(serde_json::json!(n)) })
+        }
+    }
+
+    /// Send one raw request line and return the result line's output.
+    fn send_raw(path: &std::path::Path, req: &proto::Request) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+        s.write_all(&proto::encode_line(req)).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).unwrap();
+        match proto::decode_line(line.as_bytes()).unwrap() {
+            proto::Event::Result { output, .. } => output,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_admin_retried_request_id_runs_once() {
+        // Arrange
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let path = dir.path().join(SOCKET_NAME);
+        let handler = Arc::new(Counting(Default::default()));
+        let _server = rt.block_on(async { AdminServer::bind(&path, handler.clone()).unwrap() });
+        let req = proto::Request {
+            v: proto::PROTO_VERSION,
+            id: 42,
+            verb: "snap_create".into(),
+            args: serde_json::json!({}),
+        };
+
+        // Act: the same request twice (a client retry), then a new one.
+        let first = send_raw(&path, &req);
+        let retry = send_raw(&path, &req);
+        let other = send_raw(&path, &proto::Request { id: 43, ..req });
+
+        // Assert
+        assert_eq!((first, retry, other), (1.into(), 1.into(), 2.into()));
+    }
+
+    #[test]
+    fn test_admin_other_protocol_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let path = dir.path().join(SOCKET_NAME);
+        let handler = Arc::new(Counting(Default::default()));
+        let _server = rt.block_on(async { AdminServer::bind(&path, handler.clone()).unwrap() });
+        let req = proto::Request {
+            v: 9,
+            id: 1,
+            verb: "ls".into(),
+            args: serde_json::json!({}),
+        };
+
+        let out = send_raw(&path, &req);
+
+        assert_eq!(out, serde_json::Value::Null);
+        assert_eq!(handler.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
     #[test]
     fn test_admin_probe_without_daemon_is_none() {
         let dir = tempfile::tempdir().unwrap();

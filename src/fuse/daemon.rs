@@ -160,7 +160,11 @@ fn store_log(store_dir: &Path) -> PathBuf {
 }
 
 fn init_logging(file: Option<File>) {
-    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    // fuser warns at every clean `fusermount3 -u` that its own second unmount
+    // attempt failed (the kernel already did it); that is noise, not news.
+    let mut b = env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,fuser::session=error"),
+    );
     if let Some(f) = file {
         b.target(env_logger::Target::Pipe(Box::new(f)));
     }
