@@ -123,6 +123,18 @@ fn child_process_entry() {
     }
 }
 
+/// A directory for the store, on tmpfs when the machine has one: checkpoints
+/// call syncfs, which on a shared disk waits for every other writer's dirty
+/// data. A SIGKILL keeps the page cache either way.
+fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    }
+}
+
 /// A small xorshift generator; the seed is printed so a failure can be rerun.
 fn next_rand(state: &mut u64) -> u64 {
     *state ^= *state << 13;
@@ -132,7 +144,7 @@ fn next_rand(state: &mut u64) -> u64 {
 }
 
 fn crash_round(seed: &mut u64) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch_dir();
     FileStore::mkfs(dir.path()).unwrap();
     let s = FileStore::open(dir.path(), StoreConfig::default()).unwrap();
     let (tx, rx) = channel();

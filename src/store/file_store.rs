@@ -1,11 +1,12 @@
 //! `FileStore`: the on-disk `ObjectStore`, write-ahead journaled.
 //!
 //! ```text
-//! queue_transaction ──> journal thread ──────────────> apply thread
-//!   validate, space       group commit: one writev +     steps applied in seq
-//!   check, seq, encode    one fdatasync per batch,       order to object files
-//!                         then on_commit (durable)       and the metadata table,
-//!                                                        then on_applied (readable)
+//! queue_transaction ──> journal writer ──> journal syncer ──> apply thread
+//!   validate, space       one writev for     one fdatasync for   steps applied in
+//!   check, seq, encode    every queued       every written       seq order to the
+//!                         record             batch, on_commit    object files and
+//!                                            (durable)           the metadata table,
+//!                                                                on_applied (readable)
 //!                         checkpoint thread: rotate journal, snapshot metadata,
 //!                         syncfs, write snapshot, delete covered segments
 //! ```
@@ -43,7 +44,7 @@ use super::{
     Callback, CollId, ObjectKey, ObjectStore, StoreError, StoreResult, StoreSpace, Transaction,
     TxOp,
 };
-use crate::sync::{Arc, AtomicBool, Condvar, Mutex, Ordering, RwLock};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Condvar, Mutex, Ordering, RwLock};
 
 const SUPERBLOCK: &str = "superblock";
 const LOCK: &str = "lock";
@@ -83,6 +84,8 @@ struct Pending {
     seq: u64,
     rec: EncodedRecord,
     txn: Transaction,
+    /// Bytes held against the free-space check until applied.
+    reserved: u64,
     on_commit: Callback,
     on_applied: Callback,
 }
@@ -91,6 +94,7 @@ struct Pending {
 struct Committed {
     seq: u64,
     txn: Transaction,
+    reserved: u64,
     on_applied: Callback,
 }
 
@@ -120,6 +124,11 @@ struct Inner {
     root_dir: File,
     lock: Mutex<Option<File>>,
     meta: RwLock<MetaTable>,
+    /// See [`SHARDS`].
+    shards: Vec<RwLock<()>>,
+    /// Held by the apply thread for each transaction, by checkpoints to copy
+    /// the table between transactions.
+    apply_gate: Mutex<()>,
     submit: Mutex<Submit>,
     progress: Mutex<Progress>,
     progress_cv: Condvar,
@@ -128,6 +137,8 @@ struct Inner {
     ckpt_lock: Mutex<()>,
     ckpt_req: Mutex<CkptReq>,
     ckpt_cv: Condvar,
+    /// Space reserved by queued transactions not yet applied.
+    reserved: AtomicU64,
     failed: AtomicBool,
     closed: AtomicBool,
     /// Simulated power loss: threads stop where they are, nothing is synced.
@@ -137,12 +148,17 @@ struct Inner {
 #[derive(Default)]
 struct Threads {
     journal: Option<JoinHandle<()>>,
+    syncer: Option<JoinHandle<()>>,
     apply: Option<JoinHandle<()>>,
     ckpt: Option<JoinHandle<()>>,
 }
 
 /// One OSD's store: a directory with a journal, a metadata snapshot and one
 /// data file per object.
+///
+/// Callbacks run on the store's own threads, in seq order: they must be
+/// quick and must not wait on this store (`wait_*`, `sync`, `close`), or
+/// they stall or deadlock it.
 pub struct FileStore {
     inner: Arc<Inner>,
     threads: Mutex<Threads>,
@@ -228,6 +244,8 @@ impl FileStore {
             root_dir,
             lock: Mutex::new(Some(lock)),
             meta: RwLock::new(meta),
+            shards: (0..SHARDS).map(|_| RwLock::new(())).collect(),
+            apply_gate: Mutex::new(()),
             submit: Mutex::new(Submit {
                 next_seq,
                 colls,
@@ -243,10 +261,12 @@ impl FileStore {
             ckpt_lock: Mutex::new(()),
             ckpt_req: Mutex::new(CkptReq::default()),
             ckpt_cv: Condvar::new(),
+            reserved: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
         });
+        let (stx, srx) = mpsc::channel();
         let (atx, arx) = mpsc::channel();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -255,7 +275,9 @@ impl FileStore {
                 .map_err(io_err("starting a store thread"))
         };
         let i = inner.clone();
-        let journal = spawn("store-journal", Box::new(move || journal_loop(i, rx, atx)))?;
+        let journal = spawn("store-journal", Box::new(move || journal_loop(i, rx, stx)))?;
+        let i = inner.clone();
+        let syncer = spawn("store-jsync", Box::new(move || sync_loop(i, srx, atx)))?;
         let i = inner.clone();
         let apply = spawn("store-apply", Box::new(move || apply_loop(i, arx)))?;
         let i = inner.clone();
@@ -264,6 +286,7 @@ impl FileStore {
             inner,
             threads: Mutex::new(Threads {
                 journal: Some(journal),
+                syncer: Some(syncer),
                 apply: Some(apply),
                 ckpt: Some(ckpt),
             }),
@@ -284,7 +307,12 @@ impl FileStore {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Err(StoreError::Failed("store is closed".into()));
         }
-        self.stop_threads();
+        if !self.stop_threads() {
+            return Err(StoreError::Failed(
+                "close called from a store callback; the store shuts down without a checkpoint"
+                    .into(),
+            ));
+        }
         let res = match self.inner.failed_reason() {
             Some(why) => Err(StoreError::Failed(why)),
             None => self.inner.checkpoint(),
@@ -302,24 +330,23 @@ impl FileStore {
     pub fn crash(&self) {
         self.inner.crashed.store(true, Ordering::SeqCst);
         self.inner.closed.store(true, Ordering::SeqCst);
-        self.stop_threads();
-        self.inner.lock.lock().take();
+        if self.stop_threads() {
+            self.inner.lock.lock().take();
+        }
     }
 
     /// crc32c of the object's whole data (holes read as zeros).
     pub fn data_digest(&self, key: &ObjectKey) -> StoreResult<u32> {
         self.inner.usable()?;
-        let meta = self.inner.meta.read();
-        let o = meta
-            .get(key)
-            .ok_or_else(|| StoreError::NotFound(key_str(key)))?;
-        let path = obj_path(&self.inner.root, o.id);
+        let _shard = self.inner.shards[shard_of(key)].read();
+        let (id, size) = self.inner.id_size(key)?;
+        let path = obj_path(&self.inner.root, id);
         let f = data::open_ro(&path).map_err(io_err(format!("opening {}", path.display())))?;
         let mut crc = 0;
-        let mut buf = vec![0u8; (1 << 20).min(o.size as usize)];
+        let mut buf = vec![0u8; (1 << 20).min(size as usize)];
         let mut pos = 0;
-        while pos < o.size {
-            let n = (o.size - pos).min(buf.len() as u64) as usize;
+        while pos < size {
+            let n = (size - pos).min(buf.len() as u64) as usize;
             match &f {
                 Some(f) => data::read_at_zero_fill(f, &mut buf[..n], pos)
                     .map_err(io_err(format!("reading {}", path.display())))?,
@@ -338,7 +365,12 @@ impl FileStore {
 
     /// Stop accepting transactions and let the threads finish (or, after
     /// `crash`, abandon) what is queued.
-    fn stop_threads(&self) {
+    ///
+    /// Returns false if called on one of the store's own threads (from a
+    /// callback): joining would wait for that very thread, directly or through
+    /// the channel it feeds, so the threads finish on their own and the lock
+    /// is released when the last of them drops the shared state.
+    fn stop_threads(&self) -> bool {
         self.inner.submit.lock().tx.take();
         {
             let mut r = self.inner.ckpt_req.lock();
@@ -348,23 +380,30 @@ impl FileStore {
         self.inner.progress_cv.notify_all();
         let mut t = self.threads.lock();
         let me = std::thread::current().id();
-        for h in [t.journal.take(), t.apply.take(), t.ckpt.take()]
-            .into_iter()
-            .flatten()
-        {
-            // A callback may drop the last handle on its own thread; that
-            // thread cannot join itself and exits on its own.
-            if h.thread().id() != me && h.join().is_err() {
+        let handles: Vec<JoinHandle<()>> = [
+            t.journal.take(),
+            t.syncer.take(),
+            t.apply.take(),
+            t.ckpt.take(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if handles.iter().any(|h| h.thread().id() == me) {
+            return false;
+        }
+        for h in handles {
+            if h.join().is_err() {
                 log::error!("a store thread of {} panicked", self.inner.root.display());
             }
         }
+        true
     }
 }
 
 impl Drop for FileStore {
     fn drop(&mut self) {
-        if !self.inner.closed.swap(true, Ordering::SeqCst) {
-            self.stop_threads();
+        if !self.inner.closed.swap(true, Ordering::SeqCst) && self.stop_threads() {
             self.inner.lock.lock().take();
         }
     }
@@ -449,16 +488,17 @@ fn recover(path: &Path, meta: &mut MetaTable) -> StoreResult<()> {
     let base = meta.seq;
     let mut touched = HashSet::new();
     let mut replayed = 0u64;
+    let table = RwLock::new(std::mem::take(meta));
     let end = journal::replay(path, |seq, txn| {
-        if seq <= meta.seq {
+        let cur = table.read().seq;
+        if seq <= cur {
             return Ok(());
         }
-        if seq != meta.seq + 1 {
+        if seq != cur + 1 {
             return Err(corrupt(
                 path,
                 format!(
-                    "journal resumes at seq {seq} but the snapshot ends at {}; records are missing",
-                    meta.seq
+                    "journal resumes at seq {seq} but the snapshot ends at {cur}; records are missing"
                 ),
             ));
         }
@@ -467,11 +507,12 @@ fn recover(path: &Path, meta: &mut MetaTable) -> StoreResult<()> {
             replay: Some(&mut touched),
             crashed: None,
         };
-        apply_txn(&mut ctx, meta, seq, &txn)
+        apply_txn(&mut ctx, &table, seq, &txn)
             .map_err(|e| StoreError::io(format!("replaying journal seq {seq}"), e))?;
         replayed += 1;
         Ok(())
     });
+    *meta = table.into_inner();
     match end {
         Ok(ReplayEnd::Clean) => {}
         Ok(ReplayEnd::Torn {
@@ -557,6 +598,28 @@ impl Inner {
         self.progress.lock().failed.clone()
     }
 
+    /// Run `f` on an object's metadata, holding its shard so that no
+    /// transaction is half applied to it.
+    fn with_obj<T>(
+        &self,
+        key: &ObjectKey,
+        f: impl FnOnce(&super::meta::ObjMeta) -> T,
+    ) -> StoreResult<T> {
+        let _shard = self.shards[shard_of(key)].read();
+        let meta = self.meta.read();
+        meta.get(key)
+            .map(f)
+            .ok_or_else(|| StoreError::NotFound(key_str(key)))
+    }
+
+    /// `(id, size)` of an object; the caller holds its shard.
+    fn id_size(&self, key: &ObjectKey) -> StoreResult<(u64, u64)> {
+        let meta = self.meta.read();
+        meta.get(key)
+            .map(|o| (o.id, o.size))
+            .ok_or_else(|| StoreError::NotFound(key_str(key)))
+    }
+
     fn usable(&self) -> StoreResult<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Failed("store is closed".into()));
@@ -625,10 +688,10 @@ impl Inner {
         }
     }
 
-    /// Refuse a transaction that would leave less than `min_free_bytes` free.
-    /// Transactions that only remove or shrink always pass, so a full store
-    /// can still be cleaned up.
-    fn check_space(&self, txn: &Transaction, rec_len: u64) -> StoreResult<()> {
+    /// Bytes a transaction may add to the file system (journal record, data,
+    /// clone copies); `None` for transactions that only remove or shrink,
+    /// which always pass so that a full store can still be cleaned up.
+    fn space_need(&self, txn: &Transaction, rec_len: u64) -> Option<u64> {
         let mut need = rec_len;
         let mut grows = false;
         for op in &txn.ops {
@@ -649,18 +712,31 @@ impl Inner {
                 _ => {}
             }
         }
-        if !grows {
-            return Ok(());
-        }
-        let avail = self.available()?;
-        if avail < need.saturating_add(self.cfg.min_free_bytes) {
+        grows.then_some(need)
+    }
+
+    /// Refuse `need` more bytes if, with everything queued but not yet
+    /// applied, less than `min_free_bytes` would stay free. Called under the
+    /// submit lock, so concurrent queuers cannot both take the last space.
+    fn check_space(&self, need: u64, avail: u64) -> StoreResult<()> {
+        let pending = self.reserved.load(Ordering::Acquire);
+        let want = need
+            .saturating_add(pending)
+            .saturating_add(self.cfg.min_free_bytes);
+        if avail < want {
             return Err(StoreError::NoSpace {
                 path: self.root.display().to_string(),
-                need: need.saturating_add(self.cfg.min_free_bytes),
+                need: want,
                 avail,
             });
         }
         Ok(())
+    }
+
+    /// A queued transaction's space reservation ends (applied or failed):
+    /// from now on `statfs` accounts for what it wrote.
+    fn release(&self, reserved: u64) {
+        self.reserved.fetch_sub(reserved, Ordering::AcqRel);
     }
 
     /// Checkpoint. Crash safety, step by step:
@@ -678,6 +754,8 @@ impl Inner {
         let boundary = self.journal.lock().rotate().map_err(io_err(&ctx))?;
         self.wait_applied_seq(boundary - 1)?;
         let (snap, seq) = {
+            // The gate keeps a transaction from being half applied in the copy.
+            let _gate = self.apply_gate.lock();
             let m = self.meta.read();
             (m.encode(), m.seq)
         };
@@ -703,18 +781,49 @@ impl Inner {
     }
 }
 
+/// Largest object size: file offsets are signed 64-bit.
+const MAX_OBJECT_SIZE: u64 = i64::MAX as u64;
+
+/// Refuse ranges a data file cannot hold, before anything is queued.
+fn check_ranges(txn: &Transaction) -> StoreResult<()> {
+    for op in &txn.ops {
+        let (key, end) = match op {
+            TxOp::Write { key, off, data } => (key, off.checked_add(data.len() as u64)),
+            TxOp::Truncate { key, size } => (key, Some(*size)),
+            _ => continue,
+        };
+        if end.is_none_or(|e| e > MAX_OBJECT_SIZE) {
+            return Err(StoreError::io(
+                "queueing a transaction",
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "a write or truncate of {} reaches past the largest object size {MAX_OBJECT_SIZE}",
+                        key_str(key)
+                    ),
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Check that every step names an existing collection, following the
 /// collection creates and removes of earlier steps and queued transactions.
-fn check_collections(colls: &BTreeSet<CollId>, txn: &Transaction) -> StoreResult<BTreeSet<CollId>> {
-    let mut after = colls.clone();
+/// Returns the new set if the transaction changes it.
+fn check_collections(
+    colls: &BTreeSet<CollId>,
+    txn: &Transaction,
+) -> StoreResult<Option<BTreeSet<CollId>>> {
+    let mut changed: Option<BTreeSet<CollId>> = None;
     for op in &txn.ops {
         let c = match op {
             TxOp::CreateCollection(c) => {
-                after.insert(*c);
+                changed.get_or_insert_with(|| colls.clone()).insert(*c);
                 continue;
             }
             TxOp::RemoveCollection(c) => {
-                after.remove(c);
+                changed.get_or_insert_with(|| colls.clone()).remove(c);
                 continue;
             }
             TxOp::Touch(k)
@@ -730,11 +839,11 @@ fn check_collections(colls: &BTreeSet<CollId>, txn: &Transaction) -> StoreResult
             TxOp::Clone { to, .. } => to.coll,
             TxOp::CollMetaSet { coll, .. } | TxOp::CollMetaRm { coll, .. } => *coll,
         };
-        if !after.contains(&c) {
+        if !changed.as_ref().unwrap_or(colls).contains(&c) {
             return Err(StoreError::NoCollection(c));
         }
     }
-    Ok(after)
+    Ok(changed)
 }
 
 fn fail_callbacks(err: &StoreError, on_commit: Option<Callback>, on_applied: Callback) {
@@ -744,56 +853,112 @@ fn fail_callbacks(err: &StoreError, on_commit: Option<Callback>, on_applied: Cal
     on_applied(Err(err.clone()));
 }
 
-fn journal_loop(inner: Arc<Inner>, rx: mpsc::Receiver<Pending>, atx: mpsc::Sender<Committed>) {
+/// A batch on its way from the journal writer to the syncer: the file it was
+/// written to and the journal's size, or why it was not written.
+struct Written {
+    batch: Vec<Pending>,
+    res: Result<(Arc<File>, u64), StoreError>,
+}
+
+/// Journal writer: takes every transaction queued so far and appends their
+/// records with one `writev` loop. It never runs callbacks, so they stay in
+/// seq order in the syncer.
+fn journal_loop(inner: Arc<Inner>, rx: mpsc::Receiver<Pending>, stx: mpsc::Sender<Written>) {
+    let mut broken: Option<StoreError> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(p) = rx.try_recv() {
             batch.push(p);
         }
-        if inner.crashed.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
-            let err = inner.failed_err();
-            for p in batch {
-                fail_callbacks(&err, Some(p.on_commit), p.on_applied);
-            }
-            continue;
-        }
-        let first_seq = batch[0].seq;
-        let last_seq = batch[batch.len() - 1].seq;
-        let bufs: Vec<Bytes> = batch
-            .iter()
-            .flat_map(|p| p.rec.bufs.iter().cloned())
-            .collect();
-        let res = {
-            let mut j = inner.journal.lock();
-            j.append(first_seq, batch.len() as u64, &bufs)
-                .map(|_| j.total_bytes())
+        let res = if let Some(e) = &broken {
+            Err(e.clone())
+        } else if inner.crashed.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
+            Err(inner.failed_err())
+        } else {
+            let bufs: Vec<Bytes> = batch
+                .iter()
+                .flat_map(|p| p.rec.bufs.iter().cloned())
+                .collect();
+            let r = inner
+                .journal
+                .lock()
+                .write(batch[0].seq, batch.len() as u64, &bufs);
+            r.map_err(|e| {
+                let e = StoreError::Failed(format!("journal write failed: {e}"));
+                broken = Some(e.clone());
+                e
+            })
         };
-        drop(bufs);
-        let total = match res {
-            Ok(t) => t,
-            Err(e) => {
-                inner.fail(format!("journal write failed: {e}"));
+        if stx.send(Written { batch, res }).is_err() {
+            return;
+        }
+    }
+}
+
+/// Journal syncer: one `fdatasync` for every batch written so far (it
+/// overlaps the writer's next `writev`), then `on_commit` in seq order and
+/// hand-off to the apply thread. The first failure fails the store: that
+/// batch's and every later callback gets `Err`.
+fn sync_loop(inner: Arc<Inner>, srx: mpsc::Receiver<Written>, atx: mpsc::Sender<Committed>) {
+    while let Ok(first) = srx.recv() {
+        let mut group = vec![first];
+        while let Ok(w) = srx.try_recv() {
+            group.push(w);
+        }
+        let mut synced: Vec<*const File> = Vec::new();
+        let mut total = 0;
+        for w in &mut group {
+            let Ok((file, t)) = &w.res else { break };
+            total = *t;
+            if synced.contains(&Arc::as_ptr(file)) {
+                continue;
+            }
+            if let Err(e) = file.sync_data() {
+                w.res = Err(StoreError::Failed(format!("journal sync failed: {e}")));
+                break;
+            }
+            // The journal is read only by replay: drop its now clean pages
+            // so they do not crowd out object data in the page cache.
+            // SAFETY: posix_fadvise on a valid fd; advice only.
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            synced.push(Arc::as_ptr(file));
+        }
+        for w in group {
+            let ok = match &w.res {
+                Ok(_) => {
+                    !inner.failed.load(Ordering::Acquire) && !inner.crashed.load(Ordering::Acquire)
+                }
+                Err(StoreError::Failed(why)) if !inner.crashed.load(Ordering::Acquire) => {
+                    inner.fail(why.clone());
+                    false
+                }
+                Err(_) => false,
+            };
+            if !ok {
                 let err = inner.failed_err();
-                for p in batch {
+                for p in w.batch {
+                    inner.release(p.reserved);
                     fail_callbacks(&err, Some(p.on_commit), p.on_applied);
                 }
                 continue;
             }
-        };
-        {
-            let mut p = inner.progress.lock();
-            p.committed = last_seq;
-            inner.progress_cv.notify_all();
-        }
-        for p in batch {
-            (p.on_commit)(Ok(()));
-            let c = Committed {
-                seq: p.seq,
-                txn: p.txn,
-                on_applied: p.on_applied,
-            };
-            if let Err(mpsc::SendError(c)) = atx.send(c) {
-                (c.on_applied)(Err(inner.failed_err()));
+            {
+                let mut pr = inner.progress.lock();
+                pr.committed = w.batch[w.batch.len() - 1].seq;
+                inner.progress_cv.notify_all();
+            }
+            for p in w.batch {
+                (p.on_commit)(Ok(()));
+                let c = Committed {
+                    seq: p.seq,
+                    txn: p.txn,
+                    reserved: p.reserved,
+                    on_applied: p.on_applied,
+                };
+                if let Err(mpsc::SendError(c)) = atx.send(c) {
+                    inner.release(c.reserved);
+                    (c.on_applied)(Err(inner.failed_err()));
+                }
             }
         }
         if total > inner.cfg.journal_max_bytes {
@@ -805,18 +970,24 @@ fn journal_loop(inner: Arc<Inner>, rx: mpsc::Receiver<Pending>, atx: mpsc::Sende
 fn apply_loop(inner: Arc<Inner>, rx: mpsc::Receiver<Committed>) {
     while let Ok(c) = rx.recv() {
         if inner.crashed.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
+            inner.release(c.reserved);
             (c.on_applied)(Err(inner.failed_err()));
             continue;
         }
         let res = {
-            let mut meta = inner.meta.write();
+            let _gate = inner.apply_gate.lock();
+            let _shards: Vec<_> = txn_shards(&c.txn)
+                .into_iter()
+                .map(|i| inner.shards[i].write())
+                .collect();
             let mut ctx = ApplyCtx {
                 root: &inner.root,
                 replay: None,
                 crashed: Some(&inner.crashed),
             };
-            apply_txn(&mut ctx, &mut meta, c.seq, &c.txn)
+            apply_txn(&mut ctx, &inner.meta, c.seq, &c.txn)
         };
+        inner.release(c.reserved);
         match res {
             Ok(true) => {
                 {
@@ -925,13 +1096,18 @@ impl ApplyCtx<'_> {
 /// Apply one transaction's steps in order to `meta` and the object files.
 /// Returns `Ok(false)` if a simulated crash stopped it part way.
 ///
+/// The caller holds the write locks of every object shard the transaction
+/// touches (readers of those objects wait) and the apply gate (checkpoints
+/// wait); each step takes the table's write lock only for its metadata
+/// change, so readers of other objects are not held up by file I/O.
+///
 /// Steps never fail on logical grounds (the transaction is already durable):
 /// steps on an object create it, except `Remove`; a clone from a missing
 /// object removes the target; steps on a missing collection are skipped (the
 /// queue refuses them up front).
 fn apply_txn(
     ctx: &mut ApplyCtx,
-    meta: &mut MetaTable,
+    meta: &RwLock<MetaTable>,
     seq: u64,
     txn: &Transaction,
 ) -> io::Result<bool> {
@@ -941,7 +1117,7 @@ fn apply_txn(
         }
         apply_op(ctx, meta, op)?;
     }
-    meta.seq = seq;
+    meta.write().seq = seq;
     Ok(true)
 }
 
@@ -949,31 +1125,62 @@ fn missing_coll(c: CollId) {
     log::warn!("transaction step on missing collection {c:?} skipped");
 }
 
-fn apply_op(ctx: &mut ApplyCtx, meta: &mut MetaTable, op: &TxOp) -> io::Result<()> {
+/// `(id, size)` of the object, created if absent; `None` if its collection
+/// is missing.
+fn id_size(meta: &mut MetaTable, k: &ObjectKey) -> Option<(u64, u64)> {
+    match meta.get_or_create(k) {
+        Some((o, _)) => Some((o.id, o.size)),
+        None => {
+            missing_coll(k.coll);
+            None
+        }
+    }
+}
+
+/// Run `f` on the object (created if absent) under the table's write lock.
+fn with_obj(meta: &RwLock<MetaTable>, k: &ObjectKey, f: impl FnOnce(&mut super::meta::ObjMeta)) {
+    match meta.write().get_or_create(k) {
+        Some((o, _)) => f(o),
+        None => missing_coll(k.coll),
+    }
+}
+
+fn apply_op(ctx: &mut ApplyCtx, meta: &RwLock<MetaTable>, op: &TxOp) -> io::Result<()> {
     match op {
         TxOp::CreateCollection(c) => {
-            meta.colls.entry(*c).or_default();
+            meta.write().colls.entry(*c).or_default();
         }
         TxOp::RemoveCollection(c) => {
-            if let Some(cm) = meta.colls.remove(c) {
-                for o in cm.objects.values().flat_map(|s| s.values()) {
-                    meta.used -= o.size;
-                    data::remove_file(&obj_path(ctx.root, o.id))?;
+            let ids: Vec<u64> = {
+                let mut m = meta.write();
+                match m.colls.remove(c) {
+                    Some(cm) => {
+                        let objs: Vec<_> = cm.objects.values().flat_map(|s| s.values()).collect();
+                        m.used -= objs.iter().map(|o| o.size).sum::<u64>();
+                        objs.iter().map(|o| o.id).collect()
+                    }
+                    None => Vec::new(),
                 }
+            };
+            for id in ids {
+                data::remove_file(&obj_path(ctx.root, id))?;
             }
         }
         TxOp::Touch(k) => {
-            if meta.get_or_create(k).is_none() {
-                missing_coll(k.coll);
-            }
+            id_size(&mut meta.write(), k);
         }
         TxOp::Write { key, off, data } => {
-            let Some((o, _)) = meta.get_or_create(key) else {
-                missing_coll(key.coll);
+            let end = off + data.len() as u64;
+            let Some((id, size)) = ({
+                let mut m = meta.write();
+                let r = id_size(&mut m, key);
+                if r.is_some_and(|(_, size)| end > size) {
+                    m.set_size(key, end);
+                }
+                r
+            }) else {
                 return Ok(());
             };
-            let (id, size) = (o.id, o.size);
-            let end = off + data.len() as u64;
             let f = ctx.file(id, size)?;
             if data.is_empty() {
                 if end > size {
@@ -982,16 +1189,11 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &mut MetaTable, op: &TxOp) -> io::Result<(
             } else {
                 f.write_all_at(data, *off)?;
             }
-            if end > size {
-                meta.set_size(key, end);
-            }
         }
         TxOp::Zero { key, off, len } => {
-            let Some((o, _)) = meta.get_or_create(key) else {
-                missing_coll(key.coll);
+            let Some((id, size)) = id_size(&mut meta.write(), key) else {
                 return Ok(());
             };
-            let (id, size) = (o.id, o.size);
             let end = off.saturating_add(*len).min(size);
             if *off < end {
                 let f = ctx.file(id, size)?;
@@ -999,17 +1201,21 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &mut MetaTable, op: &TxOp) -> io::Result<(
             }
         }
         TxOp::Truncate { key, size: new } => {
-            let Some((o, _)) = meta.get_or_create(key) else {
-                missing_coll(key.coll);
+            let Some((id, size)) = ({
+                let mut m = meta.write();
+                let r = id_size(&mut m, key);
+                if r.is_some() {
+                    m.set_size(key, *new);
+                }
+                r
+            }) else {
                 return Ok(());
             };
-            let (id, size) = (o.id, o.size);
-            let f = ctx.file(id, size)?;
-            f.set_len(*new)?;
-            meta.set_size(key, *new);
+            ctx.file(id, size)?.set_len(*new)?;
         }
         TxOp::Remove(k) => {
-            if let Some(o) = meta.remove(k) {
+            let old = meta.write().remove(k);
+            if let Some(o) = old {
                 data::remove_file(&obj_path(ctx.root, o.id))?;
             }
         }
@@ -1017,62 +1223,56 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &mut MetaTable, op: &TxOp) -> io::Result<(
             if from == to {
                 return Ok(());
             }
-            let src = meta
-                .get(from)
-                .map(|o| (o.id, o.size, o.attrs.clone(), o.omap.clone()));
-            if let Some(old) = meta.remove(to) {
-                data::remove_file(&obj_path(ctx.root, old.id))?;
-            }
-            let Some((sid, ssize, attrs, omap)) = src else {
-                return Ok(());
-            };
-            let Some((o, _)) = meta.get_or_create(to) else {
-                missing_coll(to.coll);
-                return Ok(());
-            };
-            o.attrs = attrs;
-            o.omap = omap;
-            let tid = o.id;
-            meta.set_size(to, ssize);
-            ctx.clone_data(sid, ssize, tid)?;
-        }
-        TxOp::SetAttrs { key, attrs } => match meta.get_or_create(key) {
-            Some((o, _)) => o
-                .attrs
-                .extend(attrs.iter().map(|(k, v)| (k.clone(), v.clone()))),
-            None => missing_coll(key.coll),
-        },
-        TxOp::RmAttr { key, name } => match meta.get_or_create(key) {
-            Some((o, _)) => {
-                o.attrs.remove(name);
-            }
-            None => missing_coll(key.coll),
-        },
-        TxOp::OmapSet { key, entries } => match meta.get_or_create(key) {
-            Some((o, _)) => o
-                .omap
-                .extend(entries.iter().map(|(k, v)| (k.clone(), v.clone()))),
-            None => missing_coll(key.coll),
-        },
-        TxOp::OmapRmKeys { key, keys } => match meta.get_or_create(key) {
-            Some((o, _)) => {
-                for k in keys {
-                    o.omap.remove(k);
+            let (old, copy) = {
+                let mut m = meta.write();
+                let src = m
+                    .get(from)
+                    .map(|o| (o.id, o.size, o.attrs.clone(), o.omap.clone()));
+                let old = m.remove(to);
+                let mut copy = None;
+                if let Some((sid, ssize, attrs, omap)) = src {
+                    if let Some((o, _)) = m.get_or_create(to) {
+                        o.attrs = attrs;
+                        o.omap = omap;
+                        copy = Some((sid, ssize, o.id));
+                        m.set_size(to, ssize);
+                    } else {
+                        missing_coll(to.coll);
+                    }
                 }
+                (old, copy)
+            };
+            if let Some(o) = old {
+                data::remove_file(&obj_path(ctx.root, o.id))?;
             }
-            None => missing_coll(key.coll),
-        },
-        TxOp::OmapClear(key) => match meta.get_or_create(key) {
-            Some((o, _)) => o.omap.clear(),
-            None => missing_coll(key.coll),
-        },
-        TxOp::CollMetaSet { coll, entries } => match meta.colls.get_mut(coll) {
+            if let Some((sid, ssize, tid)) = copy {
+                ctx.clone_data(sid, ssize, tid)?;
+            }
+        }
+        TxOp::SetAttrs { key, attrs } => with_obj(meta, key, |o| {
+            o.attrs
+                .extend(attrs.iter().map(|(k, v)| (k.clone(), v.clone())))
+        }),
+        TxOp::RmAttr { key, name } => with_obj(meta, key, |o| {
+            o.attrs.remove(name);
+        }),
+        TxOp::OmapSet { key, entries } => with_obj(meta, key, |o| {
+            o.omap
+                .extend(entries.iter().map(|(k, v)| (k.clone(), v.clone())))
+        }),
+        TxOp::OmapRmKeys { key, keys } => with_obj(meta, key, |o| {
+            for k in keys {
+                o.omap.remove(k);
+            }
+        }),
+        TxOp::OmapClear(key) => with_obj(meta, key, |o| o.omap.clear()),
+        TxOp::CollMetaSet { coll, entries } => match meta.write().colls.get_mut(coll) {
             Some(c) => c
                 .meta
                 .extend(entries.iter().map(|(k, v)| (k.clone(), v.clone()))),
             None => missing_coll(*coll),
         },
-        TxOp::CollMetaRm { coll, keys } => match meta.colls.get_mut(coll) {
+        TxOp::CollMetaRm { coll, keys } => match meta.write().colls.get_mut(coll) {
             Some(c) => {
                 for k in keys {
                     c.meta.remove(k);
@@ -1084,6 +1284,48 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &mut MetaTable, op: &TxOp) -> io::Result<(
     Ok(())
 }
 
+/// Object shards: a reader of an object holds its shard's read lock for the
+/// whole read, the apply thread holds the write locks of every shard a
+/// transaction touches for the whole transaction, so no read sees part of a
+/// transaction's effect on an object, and reads of other objects go on.
+const SHARDS: usize = 64;
+
+fn shard_of(k: &ObjectKey) -> usize {
+    let mut h = crc32c::crc32c(k.name.as_bytes());
+    h = crc32c::crc32c_append(h, &k.coll.pool.to_le_bytes());
+    h = crc32c::crc32c_append(h, &k.coll.pg.to_le_bytes());
+    h = crc32c::crc32c_append(h, &k.snap.to_le_bytes());
+    h as usize % SHARDS
+}
+
+/// The shards a transaction touches, sorted (the lock order).
+fn txn_shards(txn: &Transaction) -> Vec<usize> {
+    let mut v = Vec::new();
+    for op in &txn.ops {
+        match op {
+            TxOp::RemoveCollection(_) => return (0..SHARDS).collect(),
+            TxOp::CreateCollection(_) | TxOp::CollMetaSet { .. } | TxOp::CollMetaRm { .. } => {}
+            TxOp::Clone { from, to } => {
+                v.push(shard_of(from));
+                v.push(shard_of(to));
+            }
+            TxOp::Touch(k)
+            | TxOp::Remove(k)
+            | TxOp::OmapClear(k)
+            | TxOp::Write { key: k, .. }
+            | TxOp::Zero { key: k, .. }
+            | TxOp::Truncate { key: k, .. }
+            | TxOp::SetAttrs { key: k, .. }
+            | TxOp::RmAttr { key: k, .. }
+            | TxOp::OmapSet { key: k, .. }
+            | TxOp::OmapRmKeys { key: k, .. } => v.push(shard_of(k)),
+        }
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 impl ObjectStore for FileStore {
     fn queue_transaction(
         &self,
@@ -1093,6 +1335,7 @@ impl ObjectStore for FileStore {
     ) -> StoreResult<()> {
         let inner = &self.inner;
         inner.usable()?;
+        check_ranges(&txn)?;
         let payload = codec::encode_payload(&txn);
         if payload.len > u64::from(MAX_PAYLOAD_LEN) {
             return Err(StoreError::io(
@@ -1106,9 +1349,17 @@ impl ObjectStore for FileStore {
                 ),
             ));
         }
-        inner.check_space(&txn, payload.len)?;
+        let need = inner.space_need(&txn, payload.len);
+        let avail = match need {
+            Some(_) => Some(inner.available()?),
+            None => None,
+        };
         let mut s = inner.submit.lock();
         let after = check_collections(&s.colls, &txn)?;
+        if let (Some(need), Some(avail)) = (need, avail) {
+            inner.check_space(need, avail)?;
+        }
+        let reserved = need.unwrap_or(0);
         let Some(tx) = s.tx.clone() else {
             return Err(inner.failed_err());
         };
@@ -1118,31 +1369,34 @@ impl ObjectStore for FileStore {
             seq,
             rec,
             txn,
+            reserved,
             on_commit,
             on_applied,
         };
+        inner.reserved.fetch_add(reserved, Ordering::AcqRel);
         if tx.send(p).is_err() {
+            inner.release(reserved);
             return Err(inner.failed_err());
         }
         s.next_seq += 1;
-        s.colls = after;
+        if let Some(after) = after {
+            s.colls = after;
+        }
         Ok(())
     }
 
     fn read(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<Bytes> {
         self.inner.usable()?;
-        // Holding the table's read lock across the pread keeps a transaction
-        // being applied (under the write lock) from showing half its effects.
-        let meta = self.inner.meta.read();
-        let o = meta
-            .get(key)
-            .ok_or_else(|| StoreError::NotFound(key_str(key)))?;
-        let end = off.saturating_add(len).min(o.size);
+        // Holding the shard across the pread keeps a transaction being
+        // applied to this object from showing half its effects.
+        let _shard = self.inner.shards[shard_of(key)].read();
+        let (id, size) = self.inner.id_size(key)?;
+        let end = off.saturating_add(len).min(size);
         if off >= end {
             return Ok(Bytes::new());
         }
         let mut buf = vec![0u8; (end - off) as usize];
-        let path = obj_path(&self.inner.root, o.id);
+        let path = obj_path(&self.inner.root, id);
         if let Some(f) =
             data::open_ro(&path).map_err(io_err(format!("opening {}", path.display())))?
         {
@@ -1154,30 +1408,21 @@ impl ObjectStore for FileStore {
 
     fn stat(&self, key: &ObjectKey) -> StoreResult<u64> {
         self.inner.usable()?;
-        let meta = self.inner.meta.read();
-        meta.get(key)
-            .map(|o| o.size)
-            .ok_or_else(|| StoreError::NotFound(key_str(key)))
+        self.inner.with_obj(key, |o| o.size)
     }
 
     fn exists(&self, key: &ObjectKey) -> bool {
-        self.inner.usable().is_ok() && self.inner.meta.read().get(key).is_some()
+        self.inner.usable().is_ok() && self.inner.with_obj(key, |_| ()).is_ok()
     }
 
     fn getattrs(&self, key: &ObjectKey) -> StoreResult<BTreeMap<String, Bytes>> {
         self.inner.usable()?;
-        let meta = self.inner.meta.read();
-        meta.get(key)
-            .map(|o| o.attrs.clone())
-            .ok_or_else(|| StoreError::NotFound(key_str(key)))
+        self.inner.with_obj(key, |o| o.attrs.clone())
     }
 
     fn omap_get(&self, key: &ObjectKey) -> StoreResult<BTreeMap<String, Bytes>> {
         self.inner.usable()?;
-        let meta = self.inner.meta.read();
-        meta.get(key)
-            .map(|o| o.omap.clone())
-            .ok_or_else(|| StoreError::NotFound(key_str(key)))
+        self.inner.with_obj(key, |o| o.omap.clone())
     }
 
     fn list_objects(&self, coll: CollId) -> StoreResult<Vec<ObjectKey>> {

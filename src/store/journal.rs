@@ -6,7 +6,8 @@
 //! last record. A closed segment was fully synced before the rotation.
 //!
 //! Appends are group commits: every record queued so far is written with one
-//! `writev` loop and made durable with one `fdatasync`.
+//! `writev` loop; the caller makes a run of such writes durable with one
+//! `fdatasync` (on its own thread, so the next write overlaps the sync).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
@@ -17,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use super::Transaction;
 use super::codec::{self, DecodeError, RECORD_HEADER_LEN};
 use super::data::fsync_dir;
+use crate::sync::Arc;
 
 const PREFIX: &str = "journal.";
 
@@ -59,7 +61,7 @@ pub fn create_segment(root: &Path, start: u64) -> io::Result<File> {
 /// The appending side of the journal.
 pub struct JournalWriter {
     root: PathBuf,
-    file: File,
+    file: Arc<File>,
     /// Start seq of the current segment.
     start: u64,
     /// Bytes in the current segment.
@@ -73,7 +75,7 @@ pub struct JournalWriter {
 impl JournalWriter {
     /// Start appending to a fresh segment beginning at `next_seq`.
     pub fn create(root: &Path, next_seq: u64) -> io::Result<Self> {
-        let file = create_segment(root, next_seq)?;
+        let file = Arc::new(create_segment(root, next_seq)?);
         Ok(Self {
             root: root.to_path_buf(),
             file,
@@ -89,10 +91,17 @@ impl JournalWriter {
         self.bytes + self.older.iter().map(|(_, b)| b).sum::<u64>()
     }
 
-    /// Append records (already in seq order, starting at `next_seq`) and
-    /// `fdatasync` once. On error the segment may hold a partial record; the
-    /// caller must stop appending (replay treats it as a torn tail).
-    pub fn append(&mut self, first_seq: u64, count: u64, bufs: &[Bytes]) -> io::Result<()> {
+    /// Append records (already in seq order, starting at `next_seq`) with one
+    /// `writev` loop. Returns the file they went to, which the caller must
+    /// `fdatasync` before calling them committed, and the journal's total
+    /// size. On error the segment may hold a partial record; the caller must
+    /// stop appending (replay treats it as a torn tail).
+    pub fn write(
+        &mut self,
+        first_seq: u64,
+        count: u64,
+        bufs: &[Bytes],
+    ) -> io::Result<(Arc<File>, u64)> {
         if first_seq != self.next_seq {
             return Err(io::Error::other(format!(
                 "journal sequence gap: expected {}, got {first_seq}",
@@ -100,18 +109,17 @@ impl JournalWriter {
             )));
         }
         let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
-        write_all_bufs(&mut self.file, bufs)?;
-        self.file.sync_data()?;
+        write_all_bufs(&self.file, bufs)?;
         self.bytes += len;
         self.next_seq += count;
-        Ok(())
+        Ok((self.file.clone(), self.total_bytes()))
     }
 
     /// Start a new segment at the next seq; returns the seq below which every
     /// record is in an older segment. No-op if the current one is empty.
     pub fn rotate(&mut self) -> io::Result<u64> {
         if self.bytes > 0 {
-            let file = create_segment(&self.root, self.next_seq)?;
+            let file = Arc::new(create_segment(&self.root, self.next_seq)?);
             self.older.push((self.start, self.bytes));
             self.file = file;
             self.start = self.next_seq;
@@ -123,7 +131,7 @@ impl JournalWriter {
     /// Swap the segment's file handle, to inject I/O errors in tests.
     #[cfg(test)]
     pub fn replace_file_for_test(&mut self, file: File) {
-        self.file = file;
+        self.file = Arc::new(file);
     }
 
     /// Delete older segments whose records are all `<= covered`.
@@ -148,7 +156,7 @@ impl JournalWriter {
     }
 }
 
-fn write_all_bufs(f: &mut File, bufs: &[Bytes]) -> io::Result<()> {
+fn write_all_bufs(mut f: &File, bufs: &[Bytes]) -> io::Result<()> {
     const MAX_IOV: usize = 512;
     let mut idx = 0;
     let mut off = 0;

@@ -376,7 +376,7 @@ proptest! {
         journal_max in prop_oneof![Just(2048u64), Just(32 << 10), Just(64 << 20)],
         steps in proptest::collection::vec(step_strategy(), 1..40),
     ) {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = super::tests::scratch_dir();
         FileStore::mkfs(dir.path()).unwrap();
         let cfg = StoreConfig {
             journal_max_bytes: journal_max,

@@ -17,12 +17,25 @@ fn key(name: &str) -> ObjectKey {
     }
 }
 
+/// A directory for a test store, on tmpfs when the machine has one:
+/// checkpoints call syncfs, which on a shared disk waits for every other
+/// writer's dirty data. What the tests check (process state lost, page cache
+/// kept) behaves the same on tmpfs.
+pub(super) fn scratch_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    }
+}
+
 fn new_store() -> (tempfile::TempDir, Arc<FileStore>) {
     new_store_with(StoreConfig::default())
 }
 
 fn new_store_with(cfg: StoreConfig) -> (tempfile::TempDir, Arc<FileStore>) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch_dir();
     FileStore::mkfs(dir.path()).unwrap();
     let s = FileStore::open(dir.path(), StoreConfig::default()).unwrap();
     run(&s, vec![TxOp::CreateCollection(COLL)]).unwrap();
@@ -437,7 +450,7 @@ fn test_mkfs_on_existing_store_fails() {
 
 #[test]
 fn test_open_non_store_dir_is_corrupt_with_hint() {
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch_dir();
 
     let r = FileStore::open(d.path(), StoreConfig::default());
 
@@ -588,7 +601,7 @@ fn test_replay_torn_tail_at_every_offset_keeps_good_prefix() {
     let seg_name = seg.file_name().unwrap().to_owned();
 
     for cut in last.start..last.end {
-        let work = tempfile::tempdir().unwrap();
+        let work = scratch_dir();
         copy_dir(pristine.path(), work.path());
         let f = data::open_rw(&work.path().join(&seg_name)).unwrap();
         f.set_len(cut as u64).unwrap();
@@ -606,7 +619,7 @@ fn test_replay_flipped_byte_in_last_record_keeps_good_prefix() {
     let seg_name = seg.file_name().unwrap().to_owned();
 
     for pos in last.clone() {
-        let work = tempfile::tempdir().unwrap();
+        let work = scratch_dir();
         copy_dir(pristine.path(), work.path());
         let p = work.path().join(&seg_name);
         let mut raw = std::fs::read(&p).unwrap();
@@ -688,4 +701,293 @@ fn test_crash_leaves_no_orphan_object_files() {
             .count();
     }
     assert_eq!(files, 0);
+}
+
+#[test]
+fn test_write_past_max_object_size_is_refused_up_front() {
+    let (_d, s) = new_store();
+
+    let r = s.queue_transaction(
+        Transaction {
+            ops: vec![write("o", u64::MAX - 1, b"xy")],
+        },
+        nop(),
+        nop(),
+    );
+
+    assert!(matches!(r, Err(StoreError::Io { .. })), "{r:?}");
+    s.wait_applied().unwrap();
+    assert!(!s.exists(&key("o")));
+}
+
+#[test]
+fn test_reads_during_applies_never_see_half_a_transaction() {
+    let (_d, s) = new_store();
+    const HALF: usize = 32 << 10;
+    let fill = |v: u8| {
+        vec![
+            write("o", 0, &[v; HALF]),
+            TxOp::SetAttrs {
+                key: key("o"),
+                attrs: map(&[("v", &v.to_string())]),
+            },
+            write("o", HALF as u64, &[v; HALF]),
+        ]
+    };
+    run(&s, fill(0)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (s, stop) = (s.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                let d = s.read(&key("o"), 0, u64::MAX).unwrap();
+                assert!(d.iter().all(|&b| b == d[0]), "torn read");
+                reads += 1;
+            }
+            reads
+        })
+    };
+
+    for v in 1..=200u8 {
+        s.queue_transaction(Transaction { ops: fill(v) }, nop(), nop())
+            .unwrap();
+    }
+    s.wait_applied().unwrap();
+    stop.store(true, Ordering::Release);
+
+    assert!(reader.join().unwrap() > 0);
+    assert_eq!(read_all(&s, "o"), vec![200u8; 2 * HALF]);
+}
+
+/// Transactions whose replay over newer data files is the hard case:
+/// a clone followed by writes to its source, a shrink then grow, a zero,
+/// and a remove then re-create.
+fn replay_sensitive_txns() -> Vec<Vec<TxOp>> {
+    let snap = ObjectKey {
+        snap: 3,
+        ..key("src")
+    };
+    vec![
+        vec![write("src", 0, b"original"), write("gone", 0, b"old")],
+        vec![
+            TxOp::Clone {
+                from: key("src"),
+                to: snap,
+            },
+            write("src", 0, b"CHANGED!"),
+        ],
+        vec![
+            TxOp::Truncate {
+                key: key("src"),
+                size: 2,
+            },
+            TxOp::Truncate {
+                key: key("src"),
+                size: 6,
+            },
+            TxOp::Zero {
+                key: key("src"),
+                off: 0,
+                len: 1,
+            },
+        ],
+        vec![TxOp::Remove(key("gone")), write("gone", 4, b"new")],
+    ]
+}
+
+fn check_replay_sensitive(s: &FileStore) {
+    let snap = ObjectKey {
+        snap: 3,
+        ..key("src")
+    };
+    assert_eq!(&s.read(&snap, 0, 100).unwrap()[..], b"original");
+    assert_eq!(read_all(s, "src"), b"\0H\0\0\0\0");
+    assert_eq!(read_all(s, "gone"), b"\0\0\0\0new");
+}
+
+/// Copy every file of `dir` whose name starts with `prefix` into `to`.
+fn save_files(dir: &Path, prefix: &str, to: &Path) {
+    for ent in std::fs::read_dir(dir).unwrap() {
+        let ent = ent.unwrap();
+        if ent.file_name().to_str().unwrap().starts_with(prefix) {
+            std::fs::copy(ent.path(), to.join(ent.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn test_crash_after_snapshot_before_trim_skips_covered_records() {
+    let (d, s) = new_store();
+    for t in replay_sensitive_txns() {
+        run(&s, t).unwrap();
+    }
+    let saved = scratch_dir();
+    save_files(d.path(), "journal.", saved.path());
+
+    s.sync().unwrap();
+    s.crash();
+    // The segments the checkpoint deleted come back, as if it crashed before
+    // deleting them.
+    save_files(saved.path(), "journal.", d.path());
+    let s = FileStore::open(d.path(), StoreConfig::default()).unwrap();
+
+    check_replay_sensitive(&s);
+}
+
+#[test]
+fn test_crash_before_snapshot_rename_replays_over_newer_files() {
+    let (d, s) = new_store();
+    let mut txns = replay_sensitive_txns().into_iter();
+    // The clone's source data predates the snapshot, so replay cannot
+    // rewrite it before the clone.
+    run(&s, txns.next().unwrap()).unwrap();
+    s.sync().unwrap();
+    let saved = scratch_dir();
+    save_files(d.path(), "meta.snapshot", saved.path());
+    for t in txns {
+        run(&s, t).unwrap();
+    }
+    save_files(d.path(), "journal.", saved.path());
+
+    s.sync().unwrap();
+    s.crash();
+    // Old snapshot and journal, data files as the finished checkpoint left
+    // them: the state of a crash after syncfs but before the rename.
+    for (_, seg) in journal::list_segments(d.path()).unwrap() {
+        std::fs::remove_file(seg).unwrap();
+    }
+    save_files(saved.path(), "", d.path());
+    let s = FileStore::open(d.path(), StoreConfig::default()).unwrap();
+
+    check_replay_sensitive(&s);
+}
+
+#[test]
+fn test_dropping_last_handle_in_a_callback_does_not_hang() {
+    let (d, s) = new_store();
+    let (go_tx, go_rx) = channel::<()>();
+    let (done_tx, done_rx) = channel();
+    let held = s.clone();
+
+    s.queue_transaction(
+        Transaction {
+            ops: vec![write("o", 0, b"x")],
+        },
+        Box::new(move |_| {
+            // Wait until the test's handle is gone, so this drop is the last.
+            go_rx.recv_timeout(WAIT).unwrap();
+            drop(held);
+            done_tx.send(()).unwrap();
+        }),
+        nop(),
+    )
+    .unwrap();
+    drop(s);
+    go_tx.send(()).unwrap();
+
+    done_rx.recv_timeout(WAIT).unwrap();
+    // The threads finish on their own (applying the write) and then release
+    // the lock; until then a second open must be refused.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match FileStore::open(d.path(), StoreConfig::default()) {
+            Ok(s) => {
+                assert_eq!(read_all(&s, "o"), b"x");
+                break;
+            }
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::yield_now()
+            }
+            Err(e) => panic!("reopen failed: {e}"),
+        }
+    }
+}
+
+#[test]
+fn test_space_used_follows_object_sizes() {
+    let (d, s) = new_store();
+    let snap = ObjectKey {
+        snap: 1,
+        ..key("a")
+    };
+    run(
+        &s,
+        vec![
+            write("a", 0, &[1; 100]),
+            write("b", 0, &[1; 50]),
+            TxOp::Clone {
+                from: key("a"),
+                to: snap,
+            },
+            TxOp::Truncate {
+                key: key("b"),
+                size: 10,
+            },
+        ],
+    )
+    .unwrap();
+    run(&s, vec![TxOp::Remove(key("a"))]).unwrap();
+
+    assert_eq!(s.space().unwrap().used, 110);
+    s.close().unwrap();
+    let s = FileStore::open(d.path(), StoreConfig::default()).unwrap();
+    assert_eq!(s.space().unwrap().used, 110);
+}
+
+#[test]
+fn test_clone_from_missing_source_removes_target() {
+    let (_d, s) = new_store();
+    run(&s, vec![write("to", 0, b"stale")]).unwrap();
+
+    run(
+        &s,
+        vec![TxOp::Clone {
+            from: key("absent"),
+            to: key("to"),
+        }],
+    )
+    .unwrap();
+
+    assert!(!s.exists(&key("to")));
+}
+
+#[test]
+fn test_no_space_counts_queued_but_unapplied_transactions() {
+    const KIB100: usize = 100 << 10;
+    // Each 100 KiB write needs about 200 KiB (journal record and data
+    // file): room for two above the reserve, not three.
+    let (_d, s) = new_store_with(StoreConfig {
+        fake_available_bytes: Some((64 << 20) + 5 * KIB100 as u64),
+        ..StoreConfig::default()
+    });
+    let (go_tx, go_rx) = channel::<()>();
+    let q = |name: &str, on_commit: Callback| {
+        s.queue_transaction(
+            Transaction {
+                ops: vec![write(name, 0, &[1; KIB100])],
+            },
+            on_commit,
+            nop(),
+        )
+    };
+    // The first commit callback holds the journal, so nothing gets applied.
+    q(
+        "a",
+        Box::new(move |_| {
+            let _ = go_rx.recv_timeout(WAIT);
+        }),
+    )
+    .unwrap();
+    q("b", nop()).unwrap();
+
+    let third = q("c", nop());
+
+    assert!(
+        matches!(third, Err(StoreError::NoSpace { .. })),
+        "{third:?}"
+    );
+    go_tx.send(()).unwrap();
+    s.wait_applied().unwrap();
+    q("d", nop()).unwrap();
 }
