@@ -197,6 +197,23 @@ impl Rbd {
         image::directory::children(self, parent).await
     }
 
+    /// Run a management request forwarded to this process for image `spec`
+    /// (its head): the admin socket's entry point. See [`Image::execute`].
+    pub async fn execute(
+        self: &Arc<Self>,
+        spec: &ImageSpec,
+        id: RequestId,
+        op: &ManagementOp,
+        progress: &dyn ProgressSink,
+        cancel: &CancelToken,
+    ) -> Result<()> {
+        if spec.snap.is_some() {
+            return Err(RbdError::ReadOnly(spec.to_string()));
+        }
+        let img = self.open(&spec.pool, &spec.image, None).await?;
+        img.execute(id, op, progress, cancel).await
+    }
+
     pub(crate) fn registry(&self) -> &Mutex<HashMap<(u64, String), Weak<ImageCtx>>> {
         &self.open
     }

@@ -249,4 +249,13 @@ mod tests {
         bad[0] = 2;
         assert!(ObjectMap::decode(&bad).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn test_objectmap_decode_of_arbitrary_bytes_never_panics(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)
+        ) {
+            let _ = ObjectMap::decode(&bytes);
+        }
+    }
 }

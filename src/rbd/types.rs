@@ -93,6 +93,21 @@ impl Default for RbdConfig {
 pub const MIN_ORDER: u8 = 12;
 pub const MAX_ORDER: u8 = 25;
 
+/// Most objects an image may have (its object map keeps a byte per object in
+/// memory): 2^28, i.e. 1 PiB with 4 MiB objects.
+pub const MAX_OBJECTS: u64 = 1 << 28;
+
+/// Check that an image of `size` bytes with objects of order `order` fits.
+pub fn check_size(size: u64, order: u8) -> Result<(), crate::rbd::RbdError> {
+    if size.div_ceil(1u64 << order) > MAX_OBJECTS {
+        return Err(crate::rbd::RbdError::InvalidArgument(format!(
+            "image size {size} needs more than {MAX_OBJECTS} objects of {} bytes - use a larger object size or a smaller image",
+            1u64 << order
+        )));
+    }
+    Ok(())
+}
+
 /// Options of `create` and `clone`.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct CreateOptions {

@@ -20,7 +20,7 @@ use crate::rbd::error::{RbdError, Result};
 use crate::rbd::io::striper;
 use crate::rbd::object_map::ObjectMap;
 use crate::rbd::spec::ImageSpec;
-use crate::rbd::types::{CreateOptions, Features, MAX_ORDER, MIN_ORDER};
+use crate::rbd::types::{CreateOptions, Features, MAX_ORDER, MIN_ORDER, check_size};
 
 /// Check and complete the features asked for, as `rbd create` does.
 pub(crate) fn resolve_features(f: Features) -> Result<Features> {
@@ -52,6 +52,7 @@ pub async fn create(
             "order {order} is outside {MIN_ORDER}..={MAX_ORDER}"
         )));
     }
+    check_size(size, order)?;
     let features = resolve_features(opts.features.unwrap_or(rbd.config().default_features))?;
     let ioctx = directory::pool_ioctx(rbd, pool)?;
     let hdr = Header {

@@ -14,6 +14,7 @@
 use super::codec::{Decoder, Encoder};
 use crate::rados::{SnapContext, SnapId};
 use crate::rbd::error::Result;
+use crate::rbd::types::{MAX_OBJECTS, MAX_ORDER, MIN_ORDER};
 
 const VERSION: u8 = 1;
 
@@ -132,8 +133,12 @@ impl Header {
             });
         }
         d.finish()?;
-        if !(1..64).contains(&order) {
+        if !(MIN_ORDER..=MAX_ORDER).contains(&order) {
             return Err(d.err(format!("bad order {order}")));
+        }
+        let too_big = |sz: u64| sz.div_ceil(1u64 << order) > MAX_OBJECTS;
+        if too_big(size) || snaps.iter().any(|s| too_big(s.size)) {
+            return Err(d.err("size beyond the largest image"));
         }
         Ok(Header {
             size,
@@ -247,6 +252,28 @@ mod tests {
             let mut bad = good.clone();
             bad[i] ^= 0x40;
             assert!(Header::decode(&bad).is_err(), "flip at {i}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn test_header_decode_of_arbitrary_bytes_never_panics(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)
+        ) {
+            let _ = Header::decode(&bytes);
+        }
+
+        #[test]
+        fn test_header_decode_of_arbitrary_body_with_valid_checksum_never_panics(
+            mut body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)
+        ) {
+            // Past the checksum, so the field decoders themselves are exercised.
+            if let Some(v) = body.first_mut() {
+                *v = VERSION;
+            }
+            let crc = crc32c::crc32c(&body);
+            body.extend_from_slice(&crc.to_le_bytes());
+            let _ = Header::decode(&body);
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::rbd::io::striper;
 use crate::rbd::object_map::NONEXISTENT;
 use crate::rbd::operation::remove_object;
 use crate::rbd::throttle;
-use crate::rbd::types::ProgressSink;
+use crate::rbd::types::{ProgressSink, check_size};
 
 pub async fn resize(
     ctx: &ImageCtx,
@@ -41,6 +41,7 @@ pub(crate) async fn run(
 ) -> Result<()> {
     let _gate = ctx.io_gate.write().await;
     let hdr = ctx.header();
+    check_size(size, hdr.order)?;
     let map_oid = names::object_map_oid(ctx.id(), SNAP_HEAD);
     let new_count = striper::object_count(size, hdr.order);
     if size >= hdr.size {

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use super::{TEST_ORDER, reopen, setup, test_config};
+use super::{TEST_ORDER, assert_bytes, reopen, setup, test_config};
 use crate::rbd::{CancelToken, CreateOptions, ImageSpec, NoProgress, RbdError};
 
 const OBJ: u64 = 1 << TEST_ORDER;
@@ -22,9 +22,9 @@ async fn test_image_new_reads_zeros_and_stores_nothing() {
 
     let img = rbd.open("rbd", "a", None).await.unwrap();
 
-    assert_eq!(
-        img.read(0, 10 * OBJ).await.unwrap(),
-        vec![0u8; 10 * OBJ as usize]
+    assert_bytes(
+        &img.read(0, 10 * OBJ).await.unwrap(),
+        &vec![0u8; 10 * OBJ as usize],
     );
     assert_eq!(img.du().await.unwrap().entries[0].used_size, 0);
 }
@@ -38,7 +38,7 @@ async fn test_image_write_across_objects_reads_back() {
 
     img.write(OBJ - 5, Bytes::from(data.clone())).await.unwrap();
 
-    assert_eq!(img.read(OBJ - 5, data.len() as u64).await.unwrap(), data);
+    assert_bytes(&img.read(OBJ - 5, data.len() as u64).await.unwrap(), &data);
     assert_eq!(img.du().await.unwrap().entries[0].used_size, 5 * OBJ);
 }
 
@@ -100,9 +100,9 @@ async fn test_snapshot_keeps_old_content_after_head_write() {
         .unwrap();
 
     let snap = rbd.open("rbd", "a", Some("s")).await.unwrap();
-    assert_eq!(
-        snap.read(0, 2 * OBJ).await.unwrap(),
-        vec![1u8; 2 * OBJ as usize]
+    assert_bytes(
+        &snap.read(0, 2 * OBJ).await.unwrap(),
+        &vec![1u8; 2 * OBJ as usize],
     );
     assert_eq!(img.read(10, 1).await.unwrap()[0], 2);
 }
@@ -348,7 +348,7 @@ async fn test_rename_moves_the_name_and_keeps_the_data() {
 
     assert_eq!(rbd.list("rbd").await.unwrap(), vec!["b".to_string()]);
     let img = rbd.open("rbd", "b", None).await.unwrap();
-    assert_eq!(img.read(0, 2).await.unwrap(), &b"hi"[..]);
+    assert_bytes(&img.read(0, 2).await.unwrap(), b"hi");
     assert!(rbd.open("rbd", "a", None).await.is_err());
 }
 
@@ -369,8 +369,8 @@ async fn test_reopen_from_objects_sees_everything() {
 
     let img = rbd.open("rbd", "a", None).await.unwrap();
     let snap = rbd.open("rbd", "a", Some("s")).await.unwrap();
-    assert_eq!(img.read(5, 3).await.unwrap(), &b"XYZ"[..]);
-    assert_eq!(snap.read(5, 3).await.unwrap(), &b"abc"[..]);
+    assert_bytes(&img.read(5, 3).await.unwrap(), b"XYZ");
+    assert_bytes(&snap.read(5, 3).await.unwrap(), b"abc");
     assert!(img.snap_list().await.unwrap()[0].protected);
 }
 
@@ -392,9 +392,9 @@ async fn test_rollback_makes_head_identical_to_snapshot() {
 
     let snap = rbd.open("rbd", "a", Some("s")).await.unwrap();
     assert_eq!(img.size(), 4 * OBJ);
-    assert_eq!(
-        img.read(0, 4 * OBJ).await.unwrap(),
-        snap.read(0, 4 * OBJ).await.unwrap()
+    assert_bytes(
+        &img.read(0, 4 * OBJ).await.unwrap(),
+        &snap.read(0, 4 * OBJ).await.unwrap(),
     );
 }
 
@@ -420,7 +420,7 @@ async fn test_object_map_rebuild_restores_a_lost_map() {
 
     img.object_map_rebuild().await.unwrap();
 
-    assert_eq!(img.read(OBJ, 1).await.unwrap(), &b"q"[..]);
+    assert_bytes(&img.read(OBJ, 1).await.unwrap(), b"q");
 }
 
 #[tokio::test]
@@ -480,7 +480,7 @@ async fn test_open_with_missing_object_map_still_reads_everything() {
 
     let img = rbd.open("rbd", "a", None).await.unwrap();
 
-    assert_eq!(img.read(2 * OBJ, 4).await.unwrap(), &b"kept"[..]);
+    assert_bytes(&img.read(2 * OBJ, 4).await.unwrap(), b"kept");
     img.write(0, Bytes::from_static(b"new")).await.unwrap();
     img.object_map_rebuild().await.unwrap();
     assert_eq!(img.du().await.unwrap().entries[0].used_size, 2 * OBJ);
@@ -518,4 +518,21 @@ async fn test_info_of_fresh_clone_names_its_parent_and_overlap() {
     assert_eq!(info.size, 3 * OBJ);
     assert_eq!(info.objects, 3);
     assert_eq!(info.block_name_prefix, format!("rbd_data.{}", info.id));
+}
+
+#[tokio::test]
+async fn test_create_or_grow_beyond_max_objects_is_einval() {
+    let (rbd, _mem, _c) = setup().await;
+
+    let err = rbd
+        .create("rbd", "huge", u64::MAX, &opts())
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.errno(), libc::EINVAL);
+    rbd.create("rbd", "a", OBJ, &opts()).await.unwrap();
+    let img = rbd.open("rbd", "a", None).await.unwrap();
+    let err = img.resize(u64::MAX, false, &NoProgress).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EINVAL);
+    assert_eq!(img.size(), OBJ);
 }

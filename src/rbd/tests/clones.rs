@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::{TEST_ORDER, reopen, setup, setup_interleaved, test_config};
+use super::{TEST_ORDER, assert_bytes, reopen, setup, setup_interleaved, test_config};
 use crate::rbd::{
     CancelToken, CreateOptions, ImageSpec, NoProgress, ProgressSink, Rbd, RbdConfig, RbdError,
 };
@@ -51,9 +51,9 @@ async fn test_clone_reads_parent_data_and_write_copies_up_whole_object() {
 
     let mut want = pdata.clone();
     want[10..13].copy_from_slice(b"new");
-    assert_eq!(c.read(0, 4 * OBJ).await.unwrap(), want);
+    assert_bytes(&c.read(0, 4 * OBJ).await.unwrap(), &want);
     assert_eq!(c.du().await.unwrap().entries[0].used_size, OBJ);
-    assert_eq!(p.read(0, 4 * OBJ).await.unwrap(), pdata, "parent untouched");
+    assert_bytes(&p.read(0, 4 * OBJ).await.unwrap(), &pdata);
 }
 
 #[tokio::test]
@@ -131,7 +131,7 @@ async fn test_flatten_skips_objects_absent_in_parent_without_io() {
         1,
         "only one object is copied up"
     );
-    assert_eq!(c.read(5 * OBJ, OBJ).await.unwrap(), pattern(4, OBJ));
+    assert_bytes(&c.read(5 * OBJ, OBJ).await.unwrap(), &pattern(4, OBJ));
     assert!(c.parent().is_none());
     assert_eq!(c.du().await.unwrap().entries[0].used_size, OBJ);
 }
@@ -184,7 +184,7 @@ async fn test_flatten_cancelled_part_way_then_resumed_completes() {
         (5..16).contains(&copied),
         "copied {copied} objects before stopping"
     );
-    assert_eq!(c.read(0, 16 * OBJ).await.unwrap(), pdata);
+    assert_bytes(&c.read(0, 16 * OBJ).await.unwrap(), &pdata);
 
     counting.reset();
     c.flatten(&NoProgress, &CancelToken::new()).await.unwrap();
@@ -195,7 +195,7 @@ async fn test_flatten_cancelled_part_way_then_resumed_completes() {
         "done objects are skipped"
     );
     assert!(c.parent().is_none());
-    assert_eq!(c.read(0, 16 * OBJ).await.unwrap(), pdata);
+    assert_bytes(&c.read(0, 16 * OBJ).await.unwrap(), &pdata);
 }
 
 #[tokio::test]
@@ -220,10 +220,10 @@ async fn test_deep_flatten_frees_snapshots_and_parent_snapshot_can_go() {
 
     let cs = rbd.open("rbd", "c", Some("cs")).await.unwrap();
     assert!(cs.parent().is_none());
-    assert_eq!(cs.read(0, 4 * OBJ).await.unwrap(), pdata);
+    assert_bytes(&cs.read(0, 4 * OBJ).await.unwrap(), &pdata);
     let mut want = pdata.clone();
     want[OBJ as usize..OBJ as usize + 5].copy_from_slice(b"after");
-    assert_eq!(c.read(0, 4 * OBJ).await.unwrap(), want);
+    assert_bytes(&c.read(0, 4 * OBJ).await.unwrap(), &want);
 }
 
 /// Flatten's copyups are slowed down so that user writes to the same objects,
@@ -431,4 +431,57 @@ async fn test_snapshots_taken_during_writes_are_point_in_time_per_region() {
     for w in 0..writers {
         assert_eq!(head[(w * OBJ + 64) as usize], rounds);
     }
+}
+
+/// An open leaf keeps its parent chain cached; when the middle image is
+/// flattened and the grandparent snapshot it used goes away, the leaf must
+/// not read through the stale chain.
+#[tokio::test]
+async fn test_open_leaf_reads_right_after_middle_flatten_and_grandparent_snap_removal() {
+    let (rbd, _mem, _c) = setup().await;
+    rbd.create("rbd", "g", 2 * OBJ, &opts()).await.unwrap();
+    let g = rbd.open("rbd", "g", None).await.unwrap();
+    g.write(0, Bytes::from(pattern(12, 2 * OBJ))).await.unwrap();
+    snap_and_clone(&rbd, "g", "p").await;
+    snap_and_clone(&rbd, "p", "l").await;
+    let l = rbd.open("rbd", "l", None).await.unwrap();
+    assert_bytes(&l.read(0, 2 * OBJ).await.unwrap(), &pattern(12, 2 * OBJ));
+    let p = rbd.open("rbd", "p", None).await.unwrap();
+
+    p.flatten(&NoProgress, &CancelToken::new()).await.unwrap();
+    g.snap_unprotect("s").await.unwrap();
+    g.snap_remove("s").await.unwrap();
+
+    assert_bytes(&l.read(0, 2 * OBJ).await.unwrap(), &pattern(12, 2 * OBJ));
+}
+
+#[tokio::test]
+async fn test_clone_into_another_pool_reads_lists_and_flattens() {
+    let (rbd, _mem, _c) = setup().await;
+    rbd.rados().pool_create("other", None).await.unwrap();
+    rbd.create("rbd", "p", 2 * OBJ, &opts()).await.unwrap();
+    rbd.open("rbd", "p", None)
+        .await
+        .unwrap()
+        .write(0, Bytes::from(pattern(13, 2 * OBJ)))
+        .await
+        .unwrap();
+    let p = rbd.open("rbd", "p", None).await.unwrap();
+    p.snap_create("s").await.unwrap();
+    p.snap_protect("s").await.unwrap();
+
+    rbd.clone_image(&spec("rbd/p@s"), &spec("other/c"), &opts())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        rbd.children(&spec("rbd/p@s")).await.unwrap(),
+        vec![spec("other/c")]
+    );
+    let c = rbd.open("other", "c", None).await.unwrap();
+    assert_eq!(c.parent().unwrap().pool, "rbd");
+    assert_bytes(&c.read(0, 2 * OBJ).await.unwrap(), &pattern(13, 2 * OBJ));
+    c.flatten(&NoProgress, &CancelToken::new()).await.unwrap();
+    p.snap_unprotect("s").await.unwrap();
+    assert_bytes(&c.read(0, 2 * OBJ).await.unwrap(), &pattern(13, 2 * OBJ));
 }

@@ -182,3 +182,17 @@ pub fn reopen(mem: &Arc<MemRados>, config: RbdConfig) -> (Arc<Rbd>, Arc<Counting
     let counting = Counting::new(mem.clone());
     (Rbd::new(Rados::new(counting.clone()), config), counting)
 }
+
+/// Assert two byte strings are equal, reporting where they first differ
+/// rather than printing both.
+#[track_caller]
+pub fn assert_bytes(got: &[u8], want: &[u8]) {
+    if got != want {
+        let first = got.iter().zip(want).position(|(a, b)| a != b);
+        panic!(
+            "bytes differ: {} bytes read, {} expected, first difference at {first:?}",
+            got.len(),
+            want.len()
+        );
+    }
+}

@@ -7,6 +7,8 @@
 //! simulated crash between an object-map update and its data write leaves a
 //! map claiming an object that does not exist; nothing may read differently.
 
+use std::collections::HashMap;
+
 use bytes::Bytes;
 use proptest::prelude::*;
 
@@ -16,7 +18,8 @@ use crate::rados::mem::MemRados;
 use crate::rbd::image::names;
 use crate::rbd::object_map::{EXISTS, ObjectMap};
 use crate::rbd::{
-    CancelToken, CreateOptions, ImageSpec, NoProgress, ProgressSink, Rbd, RbdConfig, RbdError,
+    CancelToken, CreateOptions, Image, ImageSpec, NoProgress, ProgressSink, Rbd, RbdConfig,
+    RbdError,
 };
 use crate::sync::Arc;
 
@@ -196,8 +199,23 @@ fn expect_errno<T: std::fmt::Debug>(r: Result<T, RbdError>, errno: i32, what: &s
     }
 }
 
+/// Head handles kept open across steps, as the FUSE daemon keeps them, so
+/// every cache an open image has (header, object maps, parent chains) must
+/// stay right while other images change.
+type Handles = HashMap<String, Arc<Image>>;
+
+async fn head(rbd: &Arc<Rbd>, handles: &mut Handles, name: &str) -> Arc<Image> {
+    if let Some(h) = handles.get(name) {
+        return h.clone();
+    }
+    let h = rbd.open("rbd", name, None).await.unwrap();
+    handles.insert(name.to_string(), h.clone());
+    h
+}
+
 async fn apply(
     rbd: &mut Arc<Rbd>,
+    handles: &mut Handles,
     mem: &Arc<MemRados>,
     config: &RbdConfig,
     m: &mut Model,
@@ -233,7 +251,7 @@ async fn apply(
             }
             let off = scale(off, size);
             let len = (len as u64).min(size - off);
-            let h = rbd.open("rbd", &m.images[i].name, None).await.unwrap();
+            let h = head(rbd, handles, &m.images[i].name).await;
             h.write(off, Bytes::from(vec![byte; len as usize]))
                 .await
                 .unwrap();
@@ -244,7 +262,7 @@ async fn apply(
             let size = m.images[i].data.len() as u64;
             let off = scale(off, size);
             let len = len as u64;
-            let h = rbd.open("rbd", &m.images[i].name, None).await.unwrap();
+            let h = head(rbd, handles, &m.images[i].name).await;
             if matches!(op, Op::Discard { .. }) {
                 h.discard(off, len).await.unwrap();
             } else {
@@ -260,7 +278,7 @@ async fn apply(
         } => {
             let Some(i) = m.pick(img) else { return };
             let new = scale(size, 12 * OBJ);
-            let h = rbd.open("rbd", &m.images[i].name, None).await.unwrap();
+            let h = head(rbd, handles, &m.images[i].name).await;
             let r = h.resize(new, allow_shrink, &NoProgress).await;
             if new < m.images[i].data.len() as u64 && !allow_shrink {
                 expect_errno(r, libc::EINVAL, "shrink without flag");
@@ -276,7 +294,7 @@ async fn apply(
             }
             let name = format!("s{}", m.next_snap);
             m.next_snap += 1;
-            let h = rbd.open("rbd", &m.images[i].name, None).await.unwrap();
+            let h = head(rbd, handles, &m.images[i].name).await;
             h.snap_create(&name).await.unwrap();
             let data = m.images[i].data.clone();
             m.images[i].snaps.push(MSnap {
@@ -298,7 +316,7 @@ async fn apply(
             let iname = m.images[i].name.clone();
             let sname = m.images[i].snaps[s].name.clone();
             let protected = m.images[i].snaps[s].protected;
-            let h = rbd.open("rbd", &iname, None).await.unwrap();
+            let h = head(rbd, handles, &iname).await;
             match op {
                 Op::SnapRemove { .. } => {
                     let r = h.snap_remove(&sname).await;
@@ -364,7 +382,7 @@ async fn apply(
         }
         Op::Flatten { img, cancel_after } => {
             let Some(i) = m.pick(img) else { return };
-            let h = rbd.open("rbd", &m.images[i].name, None).await.unwrap();
+            let h = head(rbd, handles, &m.images[i].name).await;
             let sink = CancelAfter {
                 token: CancelToken::new(),
                 after: cancel_after.map_or(u64::MAX, u64::from),
@@ -382,6 +400,7 @@ async fn apply(
         }
         Op::Remove { img } => {
             let Some(i) = m.pick(img) else { return };
+            handles.remove(&m.images[i].name);
             let r = rbd.remove("rbd", &m.images[i].name, &NoProgress).await;
             if !m.images[i].snaps.is_empty() {
                 expect_errno(r, libc::ENOTEMPTY, "remove with snapshots");
@@ -391,11 +410,12 @@ async fn apply(
             }
         }
         Op::Reopen => {
+            handles.clear();
             *rbd = reopen(mem, config.clone()).0;
         }
         Op::CrashAfterMapUpdate { img, target, obj } => {
             let Some(i) = m.pick(img) else { return };
-            let h = rbd.open("rbd", &m.images[i].name, None).await.unwrap();
+            let h = head(rbd, handles, &m.images[i].name).await;
             let snaps = h.snap_list().await.unwrap();
             let t = target as usize % (snaps.len() + 1);
             let (snap, size) = match snaps.get(t) {
@@ -412,19 +432,20 @@ async fn apply(
                 .await
                 .unwrap();
             drop(h);
+            handles.clear();
             *rbd = reopen(mem, config.clone()).0;
             if snap == SNAP_HEAD {
                 // The interrupted write is issued again after the restart.
                 let objno = obj as u64 % count;
                 let off = objno * OBJ + (obj as u64 % OBJ).min(size - objno * OBJ - 1);
-                let h = rbd.open("rbd", &m.images[i].name, None).await.unwrap();
+                let h = head(rbd, handles, &m.images[i].name).await;
                 h.write(off, Bytes::from_static(b"@")).await.unwrap();
                 m.images[i].data[off as usize] = b'@';
             }
         }
         Op::RebuildObjectMap { img } => {
             let Some(i) = m.pick(img) else { return };
-            let h = rbd.open("rbd", &m.images[i].name, None).await.unwrap();
+            let h = head(rbd, handles, &m.images[i].name).await;
             h.object_map_rebuild().await.unwrap();
         }
     }
@@ -432,7 +453,7 @@ async fn apply(
 
 /// Every image and snapshot reads as the model says: in full, and over a
 /// range chosen by `sel`.
-async fn check(rbd: &Arc<Rbd>, m: &Model, sel: u16) {
+async fn check(rbd: &Arc<Rbd>, handles: &mut Handles, m: &Model, sel: u16) {
     let mut listed = rbd.list("rbd").await.unwrap();
     listed.sort();
     let mut want: Vec<String> = m.images.iter().map(|i| i.name.clone()).collect();
@@ -459,7 +480,7 @@ async fn check(rbd: &Arc<Rbd>, m: &Model, sel: u16) {
                 "range of {what}"
             );
         }
-        let h = rbd.open("rbd", &img.name, None).await.unwrap();
+        let h = head(rbd, handles, &img.name).await;
         assert_eq!(
             h.parent().is_some(),
             img.parent.is_some(),
@@ -482,9 +503,11 @@ fn run_case(ops: Vec<(Op, u16)>, copy_on_read: bool) {
         };
         let mut rbd = reopen(&mem, config.clone()).0;
         let mut m = Model::default();
+        let mut handles = Handles::new();
         // Start with one image with data, so short sequences reach clones.
         apply(
             &mut rbd,
+            &mut handles,
             &mem,
             &config,
             &mut m,
@@ -496,6 +519,7 @@ fn run_case(ops: Vec<(Op, u16)>, copy_on_read: bool) {
         .await;
         apply(
             &mut rbd,
+            &mut handles,
             &mem,
             &config,
             &mut m,
@@ -508,8 +532,8 @@ fn run_case(ops: Vec<(Op, u16)>, copy_on_read: bool) {
         )
         .await;
         for (op, sel) in &ops {
-            apply(&mut rbd, &mem, &config, &mut m, op).await;
-            check(&rbd, &m, *sel).await;
+            apply(&mut rbd, &mut handles, &mem, &config, &mut m, op).await;
+            check(&rbd, &mut handles, &m, *sel).await;
         }
     });
 }
