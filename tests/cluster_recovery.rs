@@ -246,3 +246,49 @@ fn test_cluster_pg_below_min_size_refuses_io_until_osd_returns() {
     block_on(io.write("o", &SnapContext::empty(), 0, Bytes::from_static(b"x"))).unwrap();
     c.shutdown().unwrap();
 }
+
+#[test]
+fn test_recovery_pg_whose_newest_copy_is_down_refuses_io_until_it_returns() {
+    // size 2, min_size 1, an object on osd.1 and osd.2: written while osd.2
+    // is down, then osd.2 up and osd.1 down. osd.2 alone must not serve its
+    // stale copy; once osd.1 is back, the write is there on both.
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = cluster(dir.path(), 3, 3000);
+    let rados = Rados::new(c.clone());
+    let p = block_on(
+        rados
+            .backend()
+            .pool_create("rbd", Some(2), Some(1), Some(8)),
+    )
+    .unwrap();
+    let io = rados.ioctx_by_id(p.id);
+    let map = c.osdmap();
+    let name = (0..)
+        .map(|i| format!("o{i}"))
+        .find(|n| {
+            let pg = rbdfs::osd::placement::object_pg(n, 8);
+            let mut up = map.pg_up_set(&p, pg);
+            up.sort();
+            up == [1, 2]
+        })
+        .unwrap();
+    block_on(io.write(&name, &SnapContext::empty(), 0, Bytes::from_static(b"old"))).unwrap();
+    c.set_osd_up(2, false).unwrap();
+    block_on(io.write(&name, &SnapContext::empty(), 0, Bytes::from_static(b"new"))).unwrap();
+    c.set_osd_up(1, false).unwrap();
+    c.set_osd_up(2, true).unwrap();
+
+    let stale = block_on(io.read(&name, SNAP_HEAD, 0, 3));
+
+    assert!(
+        matches!(stale, Err(rbdfs::rados::RadosError::Busy(ref m)) if m.contains("incomplete")),
+        "{stale:?}"
+    );
+    c.set_osd_up(1, true).unwrap();
+    assert_eq!(
+        block_on(io.read(&name, SNAP_HEAD, 0, 3)),
+        Ok(Bytes::from_static(b"new"))
+    );
+    common::assert_replicas_identical(&c);
+    c.shutdown().unwrap();
+}

@@ -88,9 +88,11 @@ impl StoreOpener for FileStoreOpener {
     fn open(&self, path: &Path) -> StoreResult<OpenedStore> {
         let store = FileStore::open(path, StoreConfig::default())?;
         let closing = store.clone();
+        let crashing = store.clone();
         Ok(OpenedStore {
             store,
             close: Box::new(move || closing.close()),
+            crash: Box::new(move || crashing.crash()),
         })
     }
 }

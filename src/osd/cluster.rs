@@ -36,7 +36,7 @@ use super::osdmap::{OSDMAP_FILE, OsdId, OsdMap, PoolEntry};
 use super::peering::peer_all;
 use super::pg::PgEvent;
 use super::placement::object_pg;
-use super::store_open::{CloseFn, MemStoreOpener, StoreOpener};
+use super::store_open::{CloseFn, CrashFn, MemStoreOpener, StoreOpener};
 use super::tracker::{Admit, FlushTracker, Gate, Leave, Reply};
 use crate::rados::{
     BoxFuture, PoolId, PoolInfo, RadosBackend, RadosError, ReadOp, ReadResult, Result, SNAP_HEAD,
@@ -144,7 +144,7 @@ struct Inner {
     config: ClusterConfig,
     shared: Arc<Shared>,
     osds: Vec<Arc<Osd>>,
-    closers: Mutex<Vec<CloseFn>>,
+    closers: Mutex<Vec<(CloseFn, CrashFn)>>,
     gate: Arc<Gate<ClientOp>>,
     /// Serialises map changes.
     map_change: Mutex<()>,
@@ -230,7 +230,7 @@ impl Cluster {
                 osd: info.id,
                 source,
             })?;
-            closers.push(opened.close);
+            closers.push((opened.close, opened.crash));
             osds.push(Osd::start(
                 info.id,
                 opened.store,
@@ -330,7 +330,7 @@ impl Cluster {
         }
         let closers = std::mem::take(&mut *self.inner.closers.lock());
         let mut first_err = None;
-        for (i, close) in closers.into_iter().enumerate() {
+        for (i, (close, _)) in closers.into_iter().enumerate() {
             if let Err(source) = close() {
                 first_err.get_or_insert(OsdError::Store {
                     osd: i as OsdId,
@@ -340,6 +340,23 @@ impl Cluster {
         }
         self.inner.lock.lock().take();
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Cluster {
+    /// Simulate power loss, for tests: every store stops where it is without
+    /// syncing (transactions not yet journaled are lost), the OSDs stop and
+    /// the directory lock is released so the cluster can be opened again.
+    /// Every write acknowledged before the call must survive the reopen.
+    pub fn simulate_crash(&self) {
+        let closers = std::mem::take(&mut *self.inner.closers.lock());
+        for (_, crash) in closers {
+            crash();
+        }
+        for o in &self.inner.osds {
+            o.stop();
+        }
+        self.inner.lock.lock().take();
     }
 }
 

@@ -110,3 +110,43 @@ impl<'a> Decoder<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::super::object_info::{ObjectInfo, SnapSet};
+    use super::super::pg_log::{PgInfo, PgLogEntry};
+
+    proptest! {
+        #[test]
+        fn test_decoders_on_random_bytes_return_without_panicking(
+            b in proptest::collection::vec(any::<u8>(), 0..200)
+        ) {
+            let _ = PgLogEntry::decode(&b);
+            let _ = PgInfo::decode(&b);
+            let _ = SnapSet::decode(&b);
+            let _ = ObjectInfo::decode(&b);
+        }
+
+        #[test]
+        fn test_decoders_on_mutated_records_return_without_panicking(
+            flips in proptest::collection::vec((0usize..64, any::<u8>()), 1..4)
+        ) {
+            let ss = SnapSet {
+                seq: 9,
+                clones: vec![super::super::object_info::CloneRecord {
+                    id: 3,
+                    snaps: vec![1, 2, 3],
+                    size: 10,
+                }],
+            };
+            let mut b = ss.encode().to_vec();
+            for (i, v) in flips {
+                let n = b.len();
+                b[i % n] = v;
+            }
+            let _ = SnapSet::decode(&b);
+        }
+    }
+}

@@ -118,8 +118,18 @@ impl Osd {
 
     /// The PG, loaded from the store or created empty there.
     pub fn ensure_pg(&self, id: PgId) -> OsdResult<Arc<Mutex<Pg>>> {
+        self.load_pg(id, true)?
+            .ok_or_else(|| OsdError::io("creating a pg", std::io::Error::other("not created")))
+    }
+
+    /// The PG if this OSD holds a copy of it (loading it from the store).
+    pub fn find_pg(&self, id: PgId) -> OsdResult<Option<Arc<Mutex<Pg>>>> {
+        self.load_pg(id, false)
+    }
+
+    fn load_pg(&self, id: PgId, create: bool) -> OsdResult<Option<Arc<Mutex<Pg>>>> {
         if let Some(pg) = self.pg(id) {
-            return Ok(pg);
+            return Ok(Some(pg));
         }
         let store_err = |source| OsdError::Store {
             osd: self.id,
@@ -133,6 +143,8 @@ impl Osd {
                     why: format!("pg log: {e}"),
                 })
             })?
+        } else if !create {
+            return Ok(None);
         } else {
             let log = PgLog::default();
             let mut t = Transaction::new();
@@ -146,7 +158,7 @@ impl Osd {
         };
         let pg = Arc::new(Mutex::new(Pg::new(id, log)));
         self.pgs.lock().insert(id, pg.clone());
-        Ok(pg)
+        Ok(Some(pg))
     }
 
     fn handle(self: &Arc<Self>, id: PgId, events: Vec<PgEvent>) {

@@ -181,7 +181,12 @@ fn worker<K: Hash + Eq + Clone, T>(shard: &Shard<K, T>, handler: &Handler<K, T>)
             None => continue,
         };
         drop(st);
-        handler(&key, batch);
+        // A bug in one op must not wedge the PG (its slot would stay busy
+        // forever): the replies it held are dropped, answering their callers.
+        let run = std::panic::AssertUnwindSafe(|| handler(&key, batch));
+        if std::panic::catch_unwind(run).is_err() {
+            log::error!("an op handler panicked; its ops were dropped");
+        }
         st = shard.state.lock();
         let more = match st.slots.get_mut(&key) {
             Some(slot) => {

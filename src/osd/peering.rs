@@ -4,8 +4,10 @@
 //! ```text
 //!  for each PG:  ensure every acting OSD has it (load or create)
 //!     │
-//!     ├─ authoritative = acting OSD with the newest last_update
-//!     │    (the primary on a tie)
+//!     ├─ newest copy only on a down OSD?  incomplete: refuse I/O until it
+//!     │    is back (serving an older copy would lose acknowledged writes)
+//!     ├─ authoritative = up OSD (acting or stray) with the newest
+//!     │    last_update (the primary on a tie)
 //!     ├─ primary behind it?  recover primary from it
 //!     └─ each replica behind the primary?  recover it from the primary
 //!
@@ -28,6 +30,7 @@ use super::PgId;
 use super::daemon::{Osd, queue_and_wait};
 use super::error::{OsdError, OsdResult};
 use super::osdmap::{OsdId, OsdMap};
+use super::pg_log::Eversion;
 use crate::store::{ObjectKey, ObjectStore, StoreResult, Transaction, TxOp};
 use crate::sync::Arc;
 
@@ -41,7 +44,7 @@ pub(crate) fn peer_all(osds: &[Arc<Osd>], map: &OsdMap) -> OsdResult<()> {
                 pg,
             };
             let acting = map.pg_acting(&pool.info, pg);
-            peer_pg(osds, id, &acting, map.epoch)?;
+            peer_pg(osds, map, id, &acting)?;
             for o in acting {
                 serving.entry(o).or_default().insert(id);
             }
@@ -62,35 +65,56 @@ fn osd(osds: &[Arc<Osd>], id: OsdId) -> OsdResult<&Arc<Osd>> {
     osds.get(id as usize).ok_or(OsdError::NoSuchOsd(id))
 }
 
-fn peer_pg(osds: &[Arc<Osd>], id: PgId, acting: &[OsdId], epoch: u64) -> OsdResult<()> {
+fn peer_pg(osds: &[Arc<Osd>], map: &OsdMap, id: PgId, acting: &[OsdId]) -> OsdResult<()> {
     let Some(&primary) = acting.first() else {
         return Ok(());
     };
-    let mut last = BTreeMap::new();
     for &o in acting {
-        let pg = osd(osds, o)?.ensure_pg(id)?;
-        let pg = pg.lock();
-        debug_assert!(pg.is_idle(), "peering a busy pg");
-        last.insert(o, pg.log.info.last_update);
+        osd(osds, o)?.ensure_pg(id)?;
     }
-    let auth = acting
+    // Every copy of the PG, up or down, acting or stray (Ceph learns of the
+    // down ones from past intervals; here their PG info is at hand).
+    let mut copies: BTreeMap<OsdId, (Eversion, bool)> = BTreeMap::new();
+    for o in osds {
+        if let Some(pg) = o.find_pg(id)? {
+            let up = map.osd(o.id).is_some_and(|i| i.up);
+            copies.insert(o.id, (pg.lock().log.info.last_update, up));
+        }
+    }
+    let newest = copies.values().map(|c| c.0).max().unwrap_or_default();
+    let auth = copies
         .iter()
-        .copied()
-        .max_by_key(|o| (last[o], *o == primary))
-        .unwrap_or(primary);
-    if last[&auth] > last[&primary] {
-        recover(osd(osds, primary)?, osd(osds, auth)?, id)?;
-    }
-    for &r in &acting[1..] {
-        if last[&r] != last[&auth] {
-            recover(osd(osds, r)?, osd(osds, primary)?, id)?;
+        .filter(|(_, c)| c.1)
+        .max_by_key(|(o, c)| (c.0, **o == primary))
+        .map(|(o, c)| (*o, c.0));
+    let incomplete = match auth {
+        Some((_, v)) if v == newest => None,
+        _ => copies.iter().find(|(_, c)| c.0 == newest).map(|(o, _)| *o),
+    };
+    if let Some(holder) = incomplete {
+        log::warn!(
+            "pg {}.{:x} is incomplete: its newest copy ({newest}) is on osd.{holder}, which is down; \
+             I/O waits for it to come back",
+            id.pool,
+            id.pg
+        );
+    } else if let Some((auth, v)) = auth {
+        if v > copies[&primary].0 {
+            recover(osd(osds, primary)?, osd(osds, auth)?, id)?;
+        }
+        for &r in &acting[1..] {
+            if copies[&r].0 != v {
+                recover(osd(osds, r)?, osd(osds, primary)?, id)?;
+            }
         }
     }
     for &o in acting {
         if let Some(pg) = osd(osds, o)?.pg(id) {
             let mut pg = pg.lock();
+            debug_assert!(pg.is_idle(), "peering a busy pg");
             pg.acting = acting.to_vec();
-            pg.epoch = epoch;
+            pg.epoch = map.epoch;
+            pg.incomplete = incomplete;
         }
     }
     Ok(())

@@ -120,6 +120,9 @@ pub(crate) struct Pg {
     pub acting: Vec<OsdId>,
     /// Map epoch of the last peering: the epoch of new log entries.
     pub epoch: u64,
+    /// Set by peering when the newest copy is on this down OSD: client ops
+    /// are refused until it returns.
+    pub incomplete: Option<OsdId>,
     next_tid: u64,
     projected: HashMap<String, Projected>,
     inflight: BTreeMap<u64, InFlight>,
@@ -334,18 +337,22 @@ fn apply_step(head: &ObjectKey, st: &mut ObjState, t: &mut Vec<TxOp>, op: &Write
         WriteOp::WriteFull { data } => {
             check_extent(0, data.len() as u64)?;
             ensure_exists(head, st, t);
-            t.push(TxOp::Truncate {
-                key: head.clone(),
-                size: 0,
-            });
-            if !data.is_empty() {
+            let len = data.len() as u64;
+            if len > 0 {
                 t.push(TxOp::Write {
                     key: head.clone(),
                     off: 0,
                     data: data.clone(),
                 });
             }
-            st.size = data.len() as u64;
+            // Only a shrink needs a truncate: the write covers the rest.
+            if len < st.size {
+                t.push(TxOp::Truncate {
+                    key: head.clone(),
+                    size: len,
+                });
+            }
+            st.size = len;
         }
         WriteOp::Zero { off, len } => {
             let end = check_extent(*off, *len)?;
@@ -436,6 +443,7 @@ impl Pg {
             log,
             acting: Vec::new(),
             epoch: 0,
+            incomplete: None,
             next_tid: 1,
             projected: HashMap::new(),
             inflight: BTreeMap::new(),
@@ -490,11 +498,19 @@ impl Pg {
         }
     }
 
+    /// Primary of the PG and able to serve it.
     fn is_primary(&self, osd: &Osd) -> bool {
-        self.acting.first() == Some(&osd.id)
+        self.acting.first() == Some(&osd.id) && self.incomplete.is_none()
     }
 
     fn not_primary(&self, osd: &Osd) -> RadosError {
+        if let Some(holder) = self.incomplete {
+            return RadosError::Busy(format!(
+                "pg {}.{:x} is incomplete: its newest copy is on osd.{holder}, which is down; \
+                 bring osd.{holder} back up",
+                self.id.pool, self.id.pg
+            ));
+        }
         RadosError::Io(format!(
             "osd.{} is not the primary of pg {}.{:x} (acting {:?})",
             osd.id, self.id.pool, self.id.pg, self.acting

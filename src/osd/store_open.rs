@@ -13,10 +13,14 @@ use crate::sync::{Arc, Mutex};
 /// Syncs and releases a store (called once, by `Cluster::shutdown`).
 pub type CloseFn = Box<dyn FnOnce() -> StoreResult<()> + Send>;
 
-/// An open store and how to close it cleanly.
+/// Simulates power loss of a store, for tests: nothing more is synced.
+pub type CrashFn = Box<dyn FnOnce() + Send>;
+
+/// An open store, how to close it cleanly and how to crash it (tests).
 pub struct OpenedStore {
     pub store: Arc<dyn ObjectStore>,
     pub close: CloseFn,
+    pub crash: CrashFn,
 }
 
 /// Makes and opens OSD stores.
@@ -83,6 +87,8 @@ impl StoreOpener for MemStoreOpener {
         Ok(OpenedStore {
             store,
             close: Box::new(|| Ok(())),
+            // Memory does not lose power: everything queued survives.
+            crash: Box::new(|| {}),
         })
     }
 }

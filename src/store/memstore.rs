@@ -162,7 +162,10 @@ impl MemStore {
                 TxOp::Zero { key, off, len } => {
                     let o = obj(colls, &key);
                     let size = o.data.len() as u64;
-                    let (a, b) = (off.min(size) as usize, (off + len).min(size) as usize);
+                    let (a, b) = (
+                        off.min(size) as usize,
+                        off.saturating_add(len).min(size) as usize,
+                    );
                     o.data[a..b].fill(0);
                 }
                 TxOp::Truncate { key, size } => obj(colls, &key).data.resize(size as usize, 0),

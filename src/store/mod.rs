@@ -17,6 +17,8 @@ use bytes::Bytes;
 
 use crate::rados::{PoolId, SnapId};
 
+pub mod memstore;
+
 /// A placement group's collection of objects (Ceph's `coll_t`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CollId {
@@ -201,7 +203,6 @@ mod codec;
 mod data;
 mod file_store;
 mod journal;
-pub mod memstore;
 mod meta;
 
 pub use file_store::{FileStore, StoreConfig};
