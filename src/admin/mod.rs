@@ -22,7 +22,12 @@ mod tests {
     struct Echo;
 
     impl Handler for Echo {
-        fn handle(&self, args: serde_json::Value, p: ProgressTx) -> BoxFuture<'static, Outcome> {
+        fn handle(
+            &self,
+            _id: u64,
+            args: serde_json::Value,
+            p: ProgressTx,
+        ) -> BoxFuture<'static, Outcome> {
             Box::pin(async move {
                 for i in 1..=3 {
                     p.send("Echo", i, 3);
@@ -92,7 +97,12 @@ mod tests {
     struct Counting(std::sync::atomic::AtomicU32);
 
     impl Handler for Counting {
-        fn handle(&self, _: serde_json::Value, _: ProgressTx) -> BoxFuture<'static, Outcome> {
+        fn handle(
+            &self,
+            _: u64,
+            _: serde_json::Value,
+            _: ProgressTx,
+        ) -> BoxFuture<'static, Outcome> {
             let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
             Box::pin(async move { Ok(serde_json::json!(n)) })
         }

@@ -54,7 +54,13 @@ pub type Outcome = Result<serde_json::Value, (i32, String)>;
 
 /// What the daemon does with a request's arguments.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, args: serde_json::Value, progress: ProgressTx) -> BoxFuture<'static, Outcome>;
+    /// Run request `id` (the client's id, the same on its retries).
+    fn handle(
+        &self,
+        id: u64,
+        args: serde_json::Value,
+        progress: ProgressTx,
+    ) -> BoxFuture<'static, Outcome>;
 }
 
 #[derive(Default)]
@@ -211,7 +217,7 @@ async fn run_request(
         id,
         tx: Some(tx.clone()),
     };
-    let outcome = handler.handle(req.args, progress).await;
+    let outcome = handler.handle(id, req.args, progress).await;
     let ev = result_event(id, outcome);
     {
         let mut r = requests.lock();

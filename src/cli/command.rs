@@ -12,7 +12,10 @@ use crate::fuse::FsError;
 use crate::fuse::fs::ImageFs;
 use crate::fuse::jobs::JobState;
 use crate::rados::RadosError;
-use crate::rbd::{CancelToken, CreateOptions, Image, ImageSpec, ProgressSink, Rbd, RbdError};
+use crate::rbd::{
+    CancelToken, CreateOptions, Image, ImageSpec, ManagementOp, ProgressSink, Rbd, RbdError,
+    RequestId,
+};
 use crate::sync::Arc;
 
 /// A verb with its arguments, as the CLI parsed them (specs still text, so a
@@ -315,6 +318,48 @@ pub struct Ctx {
     pub store: String,
     /// The mount point, when run inside the daemon.
     pub mountpoint: Option<String>,
+    /// The admin request this command came in (daemon only): management
+    /// operations run through the image's lock owner under this id, so a
+    /// retried request is answered rather than run twice.
+    pub request: Option<u64>,
+}
+
+/// Run management operation `op` on the head `spec`: through the lock owner's
+/// request path when the command was forwarded (`ctx.request`), else directly.
+async fn manage(
+    ctx: &Ctx,
+    spec: &ImageSpec,
+    op: ManagementOp,
+    progress: &dyn ProgressSink,
+    context: &str,
+) -> Result<Output, CmdError> {
+    let result = match ctx.request {
+        Some(id) => {
+            let id = RequestId {
+                client_id: id,
+                seq: 0,
+            };
+            ctx.rbd
+                .execute(spec, id, &op, progress, &CancelToken::new())
+                .await
+        }
+        None => {
+            let image = open(ctx, spec).await?;
+            match &op {
+                ManagementOp::Resize { size, allow_shrink } => {
+                    image.resize(*size, *allow_shrink, progress).await
+                }
+                ManagementOp::SnapCreate { name } => image.snap_create(name).await,
+                ManagementOp::SnapRemove { name } => image.snap_remove(name).await,
+                ManagementOp::SnapProtect { name } => image.snap_protect(name).await,
+                ManagementOp::SnapUnprotect { name } => image.snap_unprotect(name).await,
+                ManagementOp::SnapRollback { name } => image.snap_rollback(name, progress).await,
+                ManagementOp::Flatten => image.flatten(progress, &CancelToken::new()).await,
+            }
+        }
+    };
+    result.map_err(rbd_err(context))?;
+    Ok(Output::Nothing)
 }
 
 fn parse_spec(text: &str) -> Result<ImageSpec, CmdError> {
@@ -527,12 +572,11 @@ pub async fn execute(
             allow_shrink,
         } => {
             let spec = parse_head(spec)?;
-            let image = open(ctx, &spec).await?;
-            image
-                .resize(*size, *allow_shrink, &sink)
-                .await
-                .map_err(rbd_err("resize failed"))?;
-            Ok(Output::Nothing)
+            let op = ManagementOp::Resize {
+                size: *size,
+                allow_shrink: *allow_shrink,
+            };
+            manage(ctx, &spec, op, &sink, "resize failed").await
         }
         Command::Rm { spec } => {
             let spec = parse_head(spec)?;
@@ -558,13 +602,9 @@ pub async fn execute(
             Ok(Output::Nothing)
         }
         Command::SnapCreate { spec } => {
-            let (head, snap) = parse_snap(spec)?;
-            open(ctx, &head)
-                .await?
-                .snap_create(&snap)
-                .await
-                .map_err(rbd_err("failed to create snapshot"))?;
-            Ok(Output::Nothing)
+            let (head, name) = parse_snap(spec)?;
+            let op = ManagementOp::SnapCreate { name };
+            manage(ctx, &head, op, &sink, "failed to create snapshot").await
         }
         Command::SnapLs { spec } => {
             let spec = parse_head(spec)?;
@@ -587,40 +627,24 @@ pub async fn execute(
             ))
         }
         Command::SnapRm { spec } => {
-            let (head, snap) = parse_snap(spec)?;
-            open(ctx, &head)
-                .await?
-                .snap_remove(&snap)
-                .await
-                .map_err(rbd_err("failed to remove snapshot"))?;
-            Ok(Output::Nothing)
+            let (head, name) = parse_snap(spec)?;
+            let op = ManagementOp::SnapRemove { name };
+            manage(ctx, &head, op, &sink, "failed to remove snapshot").await
         }
         Command::SnapProtect { spec } => {
-            let (head, snap) = parse_snap(spec)?;
-            open(ctx, &head)
-                .await?
-                .snap_protect(&snap)
-                .await
-                .map_err(rbd_err("protecting snap failed"))?;
-            Ok(Output::Nothing)
+            let (head, name) = parse_snap(spec)?;
+            let op = ManagementOp::SnapProtect { name };
+            manage(ctx, &head, op, &sink, "protecting snap failed").await
         }
         Command::SnapUnprotect { spec } => {
-            let (head, snap) = parse_snap(spec)?;
-            open(ctx, &head)
-                .await?
-                .snap_unprotect(&snap)
-                .await
-                .map_err(rbd_err("unprotecting snap failed"))?;
-            Ok(Output::Nothing)
+            let (head, name) = parse_snap(spec)?;
+            let op = ManagementOp::SnapUnprotect { name };
+            manage(ctx, &head, op, &sink, "unprotecting snap failed").await
         }
         Command::SnapRollback { spec } => {
-            let (head, snap) = parse_snap(spec)?;
-            open(ctx, &head)
-                .await?
-                .snap_rollback(&snap, &sink)
-                .await
-                .map_err(rbd_err("rollback failed"))?;
-            Ok(Output::Nothing)
+            let (head, name) = parse_snap(spec)?;
+            let op = ManagementOp::SnapRollback { name };
+            manage(ctx, &head, op, &sink, "rollback failed").await
         }
         Command::Clone { parent, child } => {
             let (phead, psnap) = parse_snap(parent)?;
@@ -652,12 +676,7 @@ pub async fn execute(
                             spec.to_string(),
                         )));
                     }
-                    let image = open(ctx, &spec).await?;
-                    image
-                        .flatten(&sink, &CancelToken::new())
-                        .await
-                        .map_err(rbd_err("flatten error"))?;
-                    Ok(Output::Nothing)
+                    manage(ctx, &spec, ManagementOp::Flatten, &sink, "flatten error").await
                 }
             }
         }

@@ -171,6 +171,7 @@ pub fn run_command(store_dir: &Path, cmd: &Command, printer: &Printer) -> Result
             fs: None,
             store: store_dir.display().to_string(),
             mountpoint: None,
+            request: None,
         };
         let result = execute(&ctx, cmd, printer).await;
         drop(ctx);

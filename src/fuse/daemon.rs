@@ -50,8 +50,16 @@ impl command::Progress for ProgressTx {
 }
 
 impl Handler for AdminHandler {
-    fn handle(&self, args: serde_json::Value, progress: ProgressTx) -> BoxFuture<'static, Outcome> {
-        let ctx = self.ctx.clone();
+    fn handle(
+        &self,
+        id: u64,
+        args: serde_json::Value,
+        progress: ProgressTx,
+    ) -> BoxFuture<'static, Outcome> {
+        let ctx = Ctx {
+            request: Some(id),
+            ..self.ctx.clone()
+        };
         Box::pin(async move {
             let cmd: Command = serde_json::from_value(args)
                 .map_err(|e| (libc::EINVAL, format!("unknown request: {e}")))?;
@@ -220,6 +228,7 @@ fn serve(
         fs: Some(fs.clone()),
         store: store_dir.display().to_string(),
         mountpoint: Some(mnt.display().to_string()),
+        request: None,
     };
     let admin = {
         let _guard = rt.enter();
