@@ -170,3 +170,35 @@ fn test_daemon_mode_returns_when_ready_and_sigterm_unmounts_cleanly() {
     let log = std::fs::read_to_string(store.join("rbdfs.log")).unwrap();
     assert!(log.contains("closed cleanly"), "log: {log}");
 }
+
+#[test]
+fn test_export_to_stdout_and_import_from_stdin_while_mounted() {
+    use std::io::Write;
+    // Arrange: an image with content, written through the mount.
+    let w = World::new();
+    let src = w.path("rbd/src");
+    let content = pattern(11, (5 << 20) + 123);
+    std::fs::write(&src, &content).unwrap();
+
+    // Act: export to a pipe, import from a pipe.
+    let exported = w.cli_output(&["export", "rbd/src", "-"]);
+    let mut child = std::process::Command::new(crate::harness::rbdfs_bin())
+        .arg("--store")
+        .arg(&w.store)
+        .args(["import", "-", "rbd/dst"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&content).unwrap();
+    let status = child.wait().unwrap();
+
+    // Assert
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    assert!(exported.stdout == content, "exported bytes differ");
+    assert!(status.success(), "import failed: {status}");
+    assert!(std::fs::read(w.path("rbd/dst")).unwrap() == content);
+}

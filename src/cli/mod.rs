@@ -139,6 +139,16 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// Run a store command: in the daemon when one holds the store, else here.
 pub fn run_command(store_dir: &Path, cmd: &Command, printer: &Printer) -> Result<Output, CmdError> {
     if let Some(client) = AdminClient::probe(&store_dir.join(SOCKET_NAME)) {
+        if let Some(out) = stream_through_mount(&client, cmd, printer)? {
+            return Ok(out);
+        }
+        return call_daemon(&client, cmd, printer);
+    }
+    run_locally(store_dir, cmd, printer)
+}
+
+fn call_daemon(client: &AdminClient, cmd: &Command, printer: &Printer) -> Result<Output, CmdError> {
+    {
         let args = serde_json::to_value(cmd).map_err(|e| CmdError::Invalid(e.to_string()))?;
         let out = client
             .call(&cmd.verb(), args, &mut |what, done, total| {
@@ -155,6 +165,131 @@ pub fn run_command(store_dir: &Path, cmd: &Command, printer: &Printer) -> Result
             ),
         });
     }
+}
+
+/// Export to stdout / import from stdin while a daemon holds the store: the
+/// bytes go through the mount (the daemon cannot reach this process's stdio),
+/// the namespace changes through the daemon. `None` for every other command.
+fn stream_through_mount(
+    client: &AdminClient,
+    cmd: &Command,
+    printer: &Printer,
+) -> Result<Option<Output>, CmdError> {
+    use std::io::{Read, Write};
+    let (spec, export) = match cmd {
+        Command::Export { spec, path } if path == "-" => (spec, true),
+        Command::Import { path, spec, .. } if path == "-" => (spec, false),
+        _ => return Ok(None),
+    };
+    let parsed: crate::rbd::ImageSpec = spec
+        .parse()
+        .map_err(|e: crate::rbd::RbdError| CmdError::Invalid(e.to_string()))?;
+    let mnt = match call_daemon(client, &Command::Status { spec: None }, printer)? {
+        Output::Status(s) => s.mountpoint,
+        _ => None,
+    }
+    .ok_or_else(|| CmdError::Errno {
+        errno: libc::EIO,
+        message: "the daemon holding the store reports no mount point".into(),
+    })?;
+    let name = match &parsed.snap {
+        Some(s) => format!("{}@{s}", parsed.image),
+        None => parsed.image.clone(),
+    };
+    let file = Path::new(&mnt).join(&parsed.pool).join(name);
+    let io_err = |context: String| move |source| CmdError::Io { context, source };
+    let mut buf = vec![0u8; 4 << 20];
+    if export {
+        let mut f = std::fs::File::open(&file).map_err(io_err(format!("export error: {spec}")))?;
+        let total = f.metadata().map(|m| m.len().div_ceil(4 << 20)).unwrap_or(0);
+        let mut out = std::io::stdout().lock();
+        let mut done = 0;
+        loop {
+            let n = f
+                .read(&mut buf)
+                .map_err(io_err(format!("export error: reading {spec}")))?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])
+                .map_err(io_err("export error: writing stdout".into()))?;
+            done += 1;
+            command::Progress::update(printer, "Exporting image", done, total.max(done));
+        }
+        out.flush()
+            .map_err(io_err("export error: writing stdout".into()))?;
+        return Ok(Some(Output::Nothing));
+    }
+    if parsed.snap.is_some() {
+        return Err(CmdError::Invalid(format!(
+            "{spec} names a snapshot; import into an image"
+        )));
+    }
+    let order = match cmd {
+        Command::Import { order, .. } => *order,
+        _ => None,
+    };
+    let create = Command::Create {
+        spec: spec.clone(),
+        size: 0,
+        order,
+    };
+    call_daemon(client, &create, printer)?;
+    let copied = (|| -> Result<(), CmdError> {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .map_err(io_err(format!("import error: {spec}")))?;
+        let mut input = std::io::stdin().lock();
+        let (mut done, mut off) = (0, 0u64);
+        loop {
+            let n = read_full(&mut input, &mut buf)
+                .map_err(io_err("import error: reading stdin".into()))?;
+            if n == 0 {
+                break;
+            }
+            // Zero chunks stay holes: the image is thin.
+            if buf[..n].iter().any(|b| *b != 0) {
+                use std::os::unix::fs::FileExt;
+                f.write_all_at(&buf[..n], off)
+                    .map_err(io_err(format!("import error: writing {spec}")))?;
+            }
+            off += n as u64;
+            done += 1;
+            command::Progress::update(printer, "Importing image", done, done);
+        }
+        f.set_len(off)
+            .map_err(io_err(format!("import error: sizing {spec}")))?;
+        f.sync_all()
+            .map_err(io_err(format!("import error: syncing {spec}")))
+    })();
+    if let Err(e) = copied {
+        // Nothing half-done: a failed import leaves no image behind.
+        let _ = call_daemon(
+            client,
+            &Command::Rm { spec: spec.clone() },
+            &Printer::new(None, false),
+        );
+        return Err(e);
+    }
+    Ok(Some(Output::Nothing))
+}
+
+/// Read until `buf` is full or the input ends; the bytes read.
+fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn run_locally(store_dir: &Path, cmd: &Command, printer: &Printer) -> Result<Output, CmdError> {
     let rt = runtime().map_err(|source| CmdError::Io {
         context: "starting the runtime".into(),
         source,
