@@ -148,23 +148,19 @@ pub fn run_command(store_dir: &Path, cmd: &Command, printer: &Printer) -> Result
 }
 
 fn call_daemon(client: &AdminClient, cmd: &Command, printer: &Printer) -> Result<Output, CmdError> {
-    {
-        let args = serde_json::to_value(cmd).map_err(|e| CmdError::Invalid(e.to_string()))?;
-        let out = client
-            .call(&cmd.verb(), args, &mut |what, done, total| {
-                command::Progress::update(printer, what, done, total)
-            })
-            .map_err(|e| CmdError::Errno {
-                errno: e.errno(),
-                message: e.to_string(),
-            })?;
-        return serde_json::from_value(out).map_err(|e| CmdError::Errno {
-            errno: libc::EPROTO,
-            message: format!(
-                "the daemon's answer is not understood ({e}); use the same rbdfs binary"
-            ),
-        });
-    }
+    let args = serde_json::to_value(cmd).map_err(|e| CmdError::Invalid(e.to_string()))?;
+    let out = client
+        .call(&cmd.verb(), args, &mut |what, done, total| {
+            command::Progress::update(printer, what, done, total)
+        })
+        .map_err(|e| CmdError::Errno {
+            errno: e.errno(),
+            message: e.to_string(),
+        })?;
+    serde_json::from_value(out).map_err(|e| CmdError::Errno {
+        errno: libc::EPROTO,
+        message: format!("the daemon's answer is not understood ({e}); use the same rbdfs binary"),
+    })
 }
 
 /// Export to stdout / import from stdin while a daemon holds the store: the
