@@ -145,3 +145,26 @@ fn test_bad_xattrs_and_namespace_ops_fail_with_clear_errno_and_change_nothing() 
     assert_eq!(snapshot_state(&w), before);
     assert!(!w.path("rbd/c").exists());
 }
+
+#[test]
+fn test_unlink_or_cli_rm_of_an_attached_image_is_ebusy_and_keeps_it() {
+    // Arrange: an image with data, attached to a loop device.
+    let mut w = World::new();
+    let vm = w.path("rbd/vm");
+    run(
+        "truncate",
+        &[std::ffi::OsStr::new("-s"), "16M".as_ref(), vm.as_os_str()],
+    );
+    std::fs::write(&vm, pattern(2, 1 << 20)).unwrap();
+    let dev = w.losetup(&vm, &[]);
+
+    // Act
+    let unlink = std::fs::remove_file(&vm).unwrap_err();
+    let rm = w.cli_output(&["rm", "rbd/vm"]);
+
+    // Assert
+    assert_eq!(unlink.raw_os_error(), Some(libc::EBUSY));
+    assert_eq!(rm.status.code(), Some(libc::EBUSY));
+    w.detach(&dev);
+    assert!(std::fs::read(&vm).unwrap()[..1 << 20] == pattern(2, 1 << 20)[..]);
+}
