@@ -7,7 +7,6 @@ use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use super::size::format_size;
 use crate::fuse::FsError;
 use crate::fuse::fs::ImageFs;
 use crate::fuse::jobs::JobState;
@@ -940,11 +939,6 @@ async fn import_data(
     }
     image.flush().await.map_err(rbd_err("import error"))?;
     Ok(Output::Nothing)
-}
-
-/// `rbd`'s size column: `1 GiB`.
-pub fn size_col(bytes: u64) -> String {
-    format_size(bytes)
 }
 
 #[cfg(test)]

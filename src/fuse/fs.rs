@@ -702,20 +702,18 @@ impl ImageFs {
                 self.rbd.remove(pool, image, &NoProgress).await?;
                 log::info!("removed image {pool}/{image} through the mount");
             }
-            Node::Snap { snap, .. } => {
+            Node::Snap { pool, image, snap } => {
                 let head = self
                     .open_node(&Node::Image {
                         pool: pool.clone(),
-                        image: match &node {
-                            Node::Snap { image, .. } => image.clone(),
-                            _ => unreachable!("matched a snapshot node"),
-                        },
+                        image: image.clone(),
                     })
                     .await?;
                 head.snap_remove(snap).await?;
                 log::info!("removed snapshot {} through the mount", node.display());
             }
-            _ => unreachable!("parse_file_name returns file nodes"),
+            // parse_file_name only returns file nodes.
+            Node::Root | Node::Pool(_) => return Err(FsError::IsADirectory(node.display())),
         }
         let mut t = self.inodes.lock();
         if let Some(i) = t.by_node.remove(&node) {
