@@ -202,3 +202,34 @@ fn test_export_to_stdout_and_import_from_stdin_while_mounted() {
     assert!(status.success(), "import failed: {status}");
     assert!(std::fs::read(w.path("rbd/dst")).unwrap() == content);
 }
+
+#[test]
+fn test_seek_data_and_seek_hole_see_the_images_holes() {
+    use std::os::fd::AsRawFd;
+    // Arrange: 64 MiB image, 4 KiB of data at 9 MiB (in the object at 8..12 MiB).
+    let w = World::new();
+    let img = w.path("rbd/sparse");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&img)
+        .unwrap();
+    f.set_len(64 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &pattern(4, 4096), 9 << 20).unwrap();
+    f.sync_all().unwrap();
+
+    // Act
+    // SAFETY: lseek on a descriptor we own.
+    let (data, hole) = unsafe {
+        (
+            libc::lseek(f.as_raw_fd(), 0, libc::SEEK_DATA),
+            libc::lseek(f.as_raw_fd(), 8 << 20, libc::SEEK_HOLE),
+        )
+    };
+
+    // Assert: object granularity, as the object map knows it.
+    assert_eq!(data, 8 << 20);
+    assert_eq!(hole, 12 << 20);
+}
