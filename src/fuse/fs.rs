@@ -22,6 +22,7 @@ use bytes::Bytes;
 
 use super::errno::FsError;
 use super::jobs::{JobState, Jobs};
+use super::xattr::{self, SetRequest};
 use crate::rbd::{CreateOptions, Image, ImageSpec, NoProgress, Rbd, RbdError};
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
 
@@ -31,8 +32,7 @@ pub type FsResult<T> = Result<T, FsError>;
 /// Inode number of the root directory (fixed by FUSE).
 pub const ROOT_INO: u64 = 1;
 
-/// Prefix of every extended attribute the mount serves.
-pub const XATTR_PREFIX: &str = "user.rbd.";
+pub use super::xattr::PREFIX as XATTR_PREFIX;
 
 /// `fallocate` mode bits (linux/falloc.h).
 pub const FALLOC_FL_KEEP_SIZE: i32 = 0x01;
@@ -250,25 +250,6 @@ fn parse_file_name(pool: &str, name: &OsStr) -> FsResult<Node> {
             snap,
         },
     })
-}
-
-fn parse_flag(name: &str, value: &[u8]) -> FsResult<bool> {
-    match value {
-        b"1" | b"1\n" => Ok(true),
-        b"0" | b"0\n" => Ok(false),
-        _ => Err(FsError::InvalidValue {
-            name: name.into(),
-            reason: "use 1 or 0".into(),
-        }),
-    }
-}
-
-fn value_str<'a>(name: &str, value: &'a [u8]) -> FsResult<&'a str> {
-    let s = std::str::from_utf8(value).map_err(|_| FsError::InvalidValue {
-        name: name.into(),
-        reason: "not UTF-8".into(),
-    })?;
-    Ok(s.strip_suffix('\n').unwrap_or(s))
 }
 
 impl ImageFs {
@@ -797,16 +778,7 @@ impl ImageFs {
     // ---- extended attributes ----
 
     fn xattr_names(&self, node: &Node, image: &Image) -> Vec<&'static str> {
-        let mut names = vec!["id", "size", "object_size", "features"];
-        match node {
-            Node::Image { .. } => names.extend(["flatten", "snap"]),
-            Node::Snap { .. } => names.extend(["protected", "clone"]),
-            _ => {}
-        }
-        if image.parent().is_some() {
-            names.push("parent");
-        }
-        names
+        xattr::names(matches!(node, Node::Snap { .. }), image.parent().is_some())
     }
 
     /// Names of the extended attributes of `ino`, each with the prefix.
@@ -874,103 +846,39 @@ impl ImageFs {
         Ok(text.into_bytes())
     }
 
-    /// Set extended attribute `name` of `ino`: the control interface.
+    /// Set extended attribute `name` of `ino`: the control interface. The
+    /// request is parsed in full before anything changes.
     pub async fn setxattr(&self, ino: u64, name: &str, value: &[u8]) -> FsResult<()> {
         let node = self.node(ino)?;
-        let Some(key) = name.strip_prefix(XATTR_PREFIX) else {
-            return Err(FsError::Unsupported(format!(
-                "extended attribute {name} (only {XATTR_PREFIX}* are served)"
-            )));
-        };
         let Some(spec) = node.spec() else {
+            if !name.starts_with(XATTR_PREFIX) {
+                return Err(FsError::Unsupported(format!("extended attribute {name}")));
+            }
             return Err(FsError::InvalidValue {
                 name: name.into(),
                 reason: "directories have no rbd attributes".into(),
             });
         };
-        let is_snap = spec.snap.is_some();
-        let invalid = |reason: &str| FsError::InvalidValue {
-            name: name.into(),
-            reason: reason.into(),
-        };
-        match key {
-            "id" | "size" | "object_size" | "features" | "parent" => {
-                Err(FsError::ReadOnlyAttribute(name.into()))
-            }
-            "flatten" => {
-                if is_snap {
-                    return Err(FsError::ReadOnlySnapshot(spec.to_string()));
+        match xattr::parse_set(&spec, name, value)? {
+            SetRequest::StartFlatten => self.start_flatten(&spec).await.map(|_| ()),
+            SetRequest::CancelFlatten => match self.jobs.get(&spec.to_string()) {
+                Some(j) if j.state().is_running() => {
+                    j.cancel();
+                    log::info!("flatten of {spec} cancelled through the mount");
+                    Ok(())
                 }
-                match value_str(name, value)? {
-                    "1" => self.start_flatten(&spec).await.map(|_| ()),
-                    "cancel" => match self.jobs.get(&spec.to_string()) {
-                        Some(j) if j.state().is_running() => {
-                            j.cancel();
-                            log::info!("flatten of {spec} cancelled through the mount");
-                            Ok(())
-                        }
-                        _ => Err(invalid("no flatten of this image is running")),
-                    },
-                    _ => Err(invalid("use 1 to start a flatten or cancel to stop it")),
-                }
-            }
-            "snap" => {
-                if is_snap {
-                    return Err(FsError::ReadOnlySnapshot(spec.to_string()));
-                }
-                let snap = value_str(name, value)?;
-                crate::rbd::spec::validate_name(&spec.at_snap(snap).to_string(), "snapshot", snap)
-                    .map_err(|e| invalid(&e.to_string()))?;
-                let image = self.open_node(&node).await?;
-                image.snap_create(snap).await?;
+                _ => Err(FsError::InvalidValue {
+                    name: name.into(),
+                    reason: "no flatten of this image is running".into(),
+                }),
+            },
+            SetRequest::SnapCreate(snap) => {
+                self.open_node(&node).await?.snap_create(&snap).await?;
                 log::info!("created snapshot {spec}@{snap} through the mount");
                 Ok(())
             }
-            "protected" => {
-                let Some(snap) = &spec.snap else {
-                    return Err(invalid("only snapshot files can be protected"));
-                };
-                let on = parse_flag(name, value)?;
-                let head = self
-                    .open_node(&Node::Image {
-                        pool: spec.pool.clone(),
-                        image: spec.image.clone(),
-                    })
-                    .await?;
-                let was = head
-                    .snap_list()
-                    .await?
-                    .into_iter()
-                    .find(|s| &s.name == snap)
-                    .map(|s| s.protected)
-                    .ok_or_else(|| FsError::NotFound(spec.to_string()))?;
-                // Setting the state it already has is not an error for a file
-                // attribute (unlike `rbd snap protect` twice).
-                if was == on {
-                    return Ok(());
-                }
-                if on {
-                    head.snap_protect(snap).await?;
-                } else {
-                    head.snap_unprotect(snap).await?;
-                }
-                log::info!("snapshot {spec} protected={on} through the mount");
-                Ok(())
-            }
-            "clone" => {
-                if !is_snap {
-                    return Err(invalid("clone is set on a snapshot file (image@snap)"));
-                }
-                let text = value_str(name, value)?;
-                if !text.contains('/') {
-                    return Err(invalid("use POOL/CHILD"));
-                }
-                let child: ImageSpec = text
-                    .parse()
-                    .map_err(|e: RbdError| invalid(&e.to_string()))?;
-                if child.snap.is_some() {
-                    return Err(invalid("the child is an image, not a snapshot"));
-                }
+            SetRequest::Protect(on) => self.set_protected(&spec, on).await,
+            SetRequest::Clone(child) => {
                 if !self.pool_exists(&child.pool)? {
                     return Err(FsError::NotFound(format!("pool {}", child.pool)));
                 }
@@ -980,10 +888,36 @@ impl ImageFs {
                 log::info!("cloned {spec} to {child} through the mount");
                 Ok(())
             }
-            _ => Err(invalid(
-                "unknown attribute; see getfattr -d -m - for the list",
-            )),
         }
+    }
+
+    /// Protect or unprotect snapshot `spec`. Setting the state it already has
+    /// is not an error for a file attribute (unlike `rbd snap protect` twice).
+    async fn set_protected(&self, spec: &ImageSpec, on: bool) -> FsResult<()> {
+        let snap = spec.snap.as_deref().unwrap_or_default();
+        let head = self
+            .open_node(&Node::Image {
+                pool: spec.pool.clone(),
+                image: spec.image.clone(),
+            })
+            .await?;
+        let was = head
+            .snap_list()
+            .await?
+            .into_iter()
+            .find(|s| s.name == snap)
+            .map(|s| s.protected)
+            .ok_or_else(|| FsError::NotFound(spec.to_string()))?;
+        if was == on {
+            return Ok(());
+        }
+        if on {
+            head.snap_protect(snap).await?;
+        } else {
+            head.snap_unprotect(snap).await?;
+        }
+        log::info!("snapshot {spec} protected={on} through the mount");
+        Ok(())
     }
 
     /// removexattr: the attributes are computed, not stored.
