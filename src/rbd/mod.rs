@@ -10,6 +10,21 @@
 //! - [`io`]: the data path: striper, reads through the parent chain, copyup;
 //! - [`object_map`], [`exclusive_lock`], [`throttle`].
 //!
+//! Objects of one pool (all state lives in them; nothing is kept elsewhere):
+//! ```text
+//! rbd_directory                 omap name_<name> -> id, id_<id> -> name
+//! rbd_id.<name>                 data: the image id (12 hex digits)
+//! rbd_header.<id>               data: versioned, checksummed header record
+//!                               (size, order, features, snap_seq, snapshots
+//!                               with size/parent overlap/protected, parent)
+//! rbd_object_map.<id>[.<snap:016x>]  data: u8 version, u64 count, 1 byte/object
+//! rbd_data.<id>.<objno:016x>    image data, present only where written
+//! rbd_children                  omap <parent id>.<snap:016x>.<child pool:016x>.<child id>
+//!                               (in the parent's pool)
+//! ```
+//! Snapshots are self-managed snapshots of the pool: head writes carry the
+//! image's SnapContext, snapshot reads are object reads at the snapshot id.
+//!
 //! Everything users see goes through [`Rbd`] (one per process) and the
 //! [`Image`] handles it hands out. The registry in [`Rbd`] keeps one image
 //! context per open image, so every user in the process (FUSE, admin socket
@@ -25,7 +40,7 @@ pub mod spec;
 pub mod throttle;
 pub mod types;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 
@@ -57,6 +72,20 @@ pub struct Rbd {
     layout_epoch: AtomicU64,
     /// This process's client id (for lock ownership and request ids).
     client_id: u64,
+    /// (pool, name) being created, cloned or renamed to in this process.
+    naming: Mutex<HashSet<(String, String)>>,
+}
+
+/// Holds a name while an image is created under it (see `Rbd::name_guard`).
+pub(crate) struct NameGuard<'a> {
+    rbd: &'a Rbd,
+    key: (String, String),
+}
+
+impl Drop for NameGuard<'_> {
+    fn drop(&mut self) {
+        self.rbd.naming.lock().remove(&self.key);
+    }
 }
 
 impl Rbd {
@@ -68,6 +97,7 @@ impl Rbd {
             open: Mutex::new(HashMap::new()),
             layout_epoch: AtomicU64::new(0),
             client_id: image::new_client_id(),
+            naming: Mutex::new(HashSet::new()),
         })
     }
 
@@ -212,6 +242,16 @@ impl Rbd {
         }
         let img = self.open(&spec.pool, &spec.image, None).await?;
         img.execute(id, op, progress, cancel).await
+    }
+
+    /// Reserve `pool/name` in this process while an image is created under it,
+    /// so that a half-made image is never mistaken for a crash leftover.
+    pub(crate) fn name_guard(&self, pool: &str, name: &str) -> Result<NameGuard<'_>> {
+        let key = (pool.to_string(), name.to_string());
+        if !self.naming.lock().insert(key.clone()) {
+            return Err(RbdError::ImageExists(format!("{pool}/{name}")));
+        }
+        Ok(NameGuard { rbd: self, key })
     }
 
     pub(crate) fn registry(&self) -> &Mutex<HashMap<(u64, String), Weak<ImageCtx>>> {

@@ -5,7 +5,9 @@
 //! ```text
 //! u8 version=1 | u64 object_count | object_count x u8 state
 //! ```
-//! with one byte per object (`NONEXISTENT` = 0, `EXISTS` = 1), so one object's
+//! with one byte per object (`NONEXISTENT` = 0, `EXISTS` = 1, `EXISTS_CLEAN` =
+//! 3: exists and unchanged since the last snapshot, as librbd's fast-diff
+//! states), so one object's
 //! state is updated by a one-byte write at `HEADER_LEN + objno` without a
 //! read-modify-write of its neighbours.
 //!
@@ -30,6 +32,10 @@ const VERSION: u8 = 1;
 pub const HEADER_LEN: u64 = 9;
 pub const NONEXISTENT: u8 = 0;
 pub const EXISTS: u8 = 1;
+/// Exists, and not written since the newest snapshot was taken (the head map
+/// turns every `EXISTS` into this when a snapshot is taken; a write turns it
+/// back). `du` counts only `EXISTS` objects per snapshot: what changed.
+pub const EXISTS_CLEAN: u8 = 3;
 
 /// An in-memory object map.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -65,6 +71,28 @@ impl ObjectMap {
         self.states
             .get(objno as usize)
             .is_some_and(|&s| s != NONEXISTENT)
+    }
+
+    /// The state of `objno` (`NONEXISTENT` past the end).
+    pub fn state(&self, objno: u64) -> u8 {
+        self.states
+            .get(objno as usize)
+            .copied()
+            .unwrap_or(NONEXISTENT)
+    }
+
+    /// Mark every existing object clean (a snapshot was just taken).
+    pub fn mark_clean(&mut self) {
+        for s in &mut self.states {
+            if *s == EXISTS {
+                *s = EXISTS_CLEAN;
+            }
+        }
+    }
+
+    /// Number of objects written since the previous snapshot (`EXISTS`).
+    pub fn count_dirty(&self) -> u64 {
+        self.states.iter().filter(|&&s| s == EXISTS).count() as u64
     }
 
     pub fn set(&mut self, objno: u64, state: u8) {
@@ -105,7 +133,10 @@ impl ObjectMap {
             )));
         }
         let states = d.bytes(n as usize)?.to_vec();
-        if let Some(bad) = states.iter().find(|&&s| s > EXISTS) {
+        if let Some(bad) = states
+            .iter()
+            .find(|&&s| ![NONEXISTENT, EXISTS, EXISTS_CLEAN].contains(&s))
+        {
             return Err(d.err(format!("bad object state {bad}")));
         }
         Ok(ObjectMap { states })
@@ -243,7 +274,7 @@ mod tests {
             assert!(ObjectMap::decode(&good[..cut]).is_err(), "cut {cut}");
         }
         let mut bad = good.clone();
-        bad[HEADER_LEN as usize] = 7;
+        bad[HEADER_LEN as usize] = 2;
         assert!(ObjectMap::decode(&bad).is_err());
         bad = good;
         bad[0] = 2;

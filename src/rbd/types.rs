@@ -171,7 +171,9 @@ pub struct DuEntry {
     pub snap: Option<String>,
     pub snap_id: Option<SnapId>,
     pub provisioned_size: u64,
-    /// Objects that exist in this snapshot (or the head) times the object size.
+    /// Objects written since the previous snapshot (for the head: since the
+    /// newest snapshot) times the object size, as `rbd du` with fast-diff
+    /// reports: the sum over all entries is the space the image uses.
     pub used_size: u64,
 }
 

@@ -44,7 +44,7 @@ pub async fn clone_image(
         });
     }
     let pioctx = directory::pool_ioctx(rbd, &parent.pool)?;
-    let pid = directory::image_id(&pioctx, &parent.pool, &parent.image).await?;
+    let pid = directory::listed_image_id(&pioctx, &parent.pool, &parent.image).await?;
     // Read the header from the store: the parent may be open elsewhere, but its
     // snapshot table is what was persisted.
     let phdr = directory::read_header(&pioctx, &pid).await?;
@@ -77,6 +77,7 @@ pub async fn clone_image(
         parent: Some(link.clone()),
     };
     create::create_image(
+        rbd,
         &cioctx,
         &child.pool,
         &child.image,

@@ -64,36 +64,22 @@ pub async fn create(
         snaps: Vec::new(),
         parent: None,
     };
-    create_image(&ioctx, pool, name, hdr, None).await
+    create_image(rbd, &ioctx, pool, name, hdr, None).await
 }
 
 /// The steps shared by `create` and `clone`; `child_of` = (parent pool ioctx,
 /// link) adds the children record.
 pub(crate) async fn create_image(
+    rbd: &Rbd,
     ioctx: &IoCtx,
     pool: &str,
     name: &str,
     hdr: Header,
     child_of: Option<(&IoCtx, &ParentLink)>,
 ) -> Result<()> {
+    let _busy = rbd.name_guard(pool, name)?;
     let id = new_image_id();
-    let id_oid = names::id_oid(name);
-    ioctx
-        .operate_write(
-            &id_oid,
-            &SnapContext::empty(),
-            vec![
-                WriteOp::Create { exclusive: true },
-                WriteOp::WriteFull {
-                    data: Bytes::copy_from_slice(id.as_bytes()),
-                },
-            ],
-        )
-        .await
-        .map_err(|e| match e {
-            RadosError::Exists => RbdError::ImageExists(format!("{pool}/{name}")),
-            e => RbdError::rados(&id_oid, e),
-        })?;
+    claim_name(rbd, ioctx, pool, name, &id).await?;
     let header_oid = names::header_oid(&id);
     ioctx
         .operate_write(
@@ -115,4 +101,89 @@ pub(crate) async fn create_image(
         directory::children_add(pioctx, &link.image_id, link.snap_id, ioctx.pool_id(), &id).await?;
     }
     directory::dir_add(ioctx, name, &id).await
+}
+
+/// Claim `name` for image `id` (exclusive create of `rbd_id.<name>`). The
+/// caller holds the in-process name guard, so an `rbd_id.<name>` that is not
+/// in the directory under this name is a leftover of a crashed create, clone
+/// or rename: it is cleaned up and the claim retried once.
+pub(crate) async fn claim_name(
+    rbd: &Rbd,
+    ioctx: &IoCtx,
+    pool: &str,
+    name: &str,
+    id: &str,
+) -> Result<()> {
+    let id_oid = names::id_oid(name);
+    for attempt in 0..2 {
+        let r = ioctx
+            .operate_write(
+                &id_oid,
+                &SnapContext::empty(),
+                vec![
+                    WriteOp::Create { exclusive: true },
+                    WriteOp::WriteFull {
+                        data: Bytes::copy_from_slice(id.as_bytes()),
+                    },
+                ],
+            )
+            .await;
+        match r {
+            Ok(()) => return Ok(()),
+            Err(RadosError::Exists) if attempt == 0 => {
+                if !remove_leftover(rbd, ioctx, pool, name).await? {
+                    break;
+                }
+            }
+            Err(RadosError::Exists) => break,
+            Err(e) => return Err(RbdError::rados(&id_oid, e)),
+        }
+    }
+    Err(RbdError::ImageExists(format!("{pool}/{name}")))
+}
+
+/// If `rbd_id.<name>` is a leftover (its image is not listed under `name`),
+/// remove it, and with it the pieces of an image that never got listed.
+/// Returns false when `name` is a real, listed image.
+async fn remove_leftover(rbd: &Rbd, ioctx: &IoCtx, pool: &str, name: &str) -> Result<bool> {
+    let id = match directory::image_id(ioctx, pool, name).await {
+        Ok(id) => id,
+        Err(RbdError::ImageNotFound(_)) => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    match directory::image_name(ioctx, &id).await? {
+        Some(listed) if listed == name => return Ok(false),
+        Some(_) => {}
+        None => {
+            log::warn!("{pool}/{name}: removing the leftovers of an interrupted create (id {id})");
+            if let Ok(hdr) = directory::read_header(ioctx, &id).await
+                && let Some(link) = &hdr.parent
+            {
+                let pioctx = rbd.rados().ioctx_by_id(link.pool_id);
+                directory::children_remove(
+                    &pioctx,
+                    &link.image_id,
+                    link.snap_id,
+                    ioctx.pool_id(),
+                    &id,
+                )
+                .await?;
+            }
+            for oid in [
+                names::object_map_oid(&id, SNAP_HEAD),
+                names::header_oid(&id),
+            ] {
+                remove_if_present(ioctx, &oid).await?;
+            }
+        }
+    }
+    remove_if_present(ioctx, &names::id_oid(name)).await?;
+    Ok(true)
+}
+
+async fn remove_if_present(ioctx: &IoCtx, oid: &str) -> Result<()> {
+    match ioctx.remove(oid, &SnapContext::empty()).await {
+        Ok(()) | Err(RadosError::NotFound) => Ok(()),
+        Err(e) => Err(RbdError::rados(oid, e)),
+    }
 }

@@ -42,6 +42,17 @@ pub(crate) async fn image_id(ioctx: &IoCtx, pool: &str, name: &str) -> Result<St
     }
 }
 
+/// The id of image `name` like [`image_id`], except that an `rbd_id.<name>`
+/// whose image is listed under another name (left behind by an interrupted
+/// rename) does not count: `ImageNotFound`.
+pub(crate) async fn listed_image_id(ioctx: &IoCtx, pool: &str, name: &str) -> Result<String> {
+    let id = image_id(ioctx, pool, name).await?;
+    match image_name(ioctx, &id).await? {
+        Some(listed) if listed != name => Err(RbdError::ImageNotFound(format!("{pool}/{name}"))),
+        _ => Ok(id),
+    }
+}
+
 /// The name of image `id` from the directory, if it is listed.
 pub(crate) async fn image_name(ioctx: &IoCtx, id: &str) -> Result<Option<String>> {
     let key = names::dir_id_key(id);
@@ -228,7 +239,7 @@ pub async fn children(rbd: &Rbd, parent: &ImageSpec) -> Result<Vec<ImageSpec>> {
     parent.validate()?;
     let snap_name = parent.snap.as_deref().ok_or(RbdError::SnapNameMissing)?;
     let ioctx = pool_ioctx(rbd, &parent.pool)?;
-    let id = image_id(&ioctx, &parent.pool, &parent.image).await?;
+    let id = listed_image_id(&ioctx, &parent.pool, &parent.image).await?;
     let hdr = read_header(&ioctx, &id).await?;
     let snap = hdr
         .snap_by_name(snap_name)

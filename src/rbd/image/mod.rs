@@ -77,7 +77,12 @@ pub struct ImageCtx {
     pub(crate) io_gate: tokio::sync::RwLock<()>,
     object_locks: Vec<tokio::sync::Mutex<()>>,
     pub(crate) lock: ExclusiveLock,
+    /// Objects with a recorded copyup intent (see `io::copyup::settle`).
+    pending_copyups: Mutex<std::collections::HashSet<u64>>,
 }
+
+/// Prefix of the copyup-intent keys in the header object's omap.
+const COPYUP_INTENT_PREFIX: &str = "copyup.";
 
 impl ImageCtx {
     pub(crate) fn new(rbd: Arc<Rbd>, l: Loaded) -> Self {
@@ -108,6 +113,7 @@ impl ImageCtx {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             lock: ExclusiveLock::new(client),
+            pending_copyups: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -200,7 +206,7 @@ impl ImageCtx {
     pub(crate) async fn set_head_state(&self, objno: u64, state: u8) -> Result<()> {
         {
             let m = self.head_map.lock();
-            if objno >= m.len() || m.exists(objno) == (state != 0) {
+            if objno >= m.len() || m.state(objno) == state {
                 return Ok(());
             }
         }
@@ -250,19 +256,72 @@ impl ImageCtx {
         Ok(view)
     }
 
+    pub(crate) fn copyup_pending(&self, objno: u64) -> bool {
+        self.pending_copyups.lock().contains(&objno)
+    }
+
+    /// Record (durably) that a multi-write copyup of `objno` is under way.
+    pub(crate) async fn copyup_intent_set(&self, objno: u64) -> Result<()> {
+        let oid = names::header_oid(&self.id);
+        let mut entries = std::collections::BTreeMap::new();
+        entries.insert(format!("{COPYUP_INTENT_PREFIX}{objno:016x}"), Bytes::new());
+        self.ioctx
+            .operate_write(
+                &oid,
+                &SnapContext::empty(),
+                vec![WriteOp::OmapSet { entries }],
+            )
+            .await
+            .map_err(|e| RbdError::rados(&oid, e))?;
+        self.pending_copyups.lock().insert(objno);
+        Ok(())
+    }
+
+    /// The copyup of `objno` is complete.
+    pub(crate) async fn copyup_intent_clear(&self, objno: u64) -> Result<()> {
+        let oid = names::header_oid(&self.id);
+        self.ioctx
+            .operate_write(
+                &oid,
+                &SnapContext::empty(),
+                vec![WriteOp::OmapRmKeys {
+                    keys: vec![format!("{COPYUP_INTENT_PREFIX}{objno:016x}")],
+                }],
+            )
+            .await
+            .map_err(|e| RbdError::rados(&oid, e))?;
+        self.pending_copyups.lock().remove(&objno);
+        Ok(())
+    }
+
+    /// Load the copyup intents a crash left behind and finish those copyups.
+    pub(crate) async fn settle_copyups(&self) -> Result<()> {
+        let oid = names::header_oid(&self.id);
+        let keys = self
+            .ioctx
+            .omap_get_all(&oid)
+            .await
+            .map_err(|e| RbdError::rados(&oid, e))?;
+        let objs: Vec<u64> = keys
+            .keys()
+            .filter_map(|k| k.strip_prefix(COPYUP_INTENT_PREFIX))
+            .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
+            .collect();
+        self.pending_copyups.lock().extend(objs.iter().copied());
+        for objno in objs {
+            let _obj = self.object_lock(objno).lock().await;
+            crate::rbd::io::copyup::settle(self, objno).await?;
+        }
+        Ok(())
+    }
+
     /// Load the parent chains of the head and the snapshots (so `info` can
     /// name the parents). A broken chain is logged, not fatal: the image can
     /// still be inspected and removed.
     pub(crate) async fn preload_parents(&self) {
         let h = self.header();
-        // Collected before the awaits: an iterator holding a closure across an
-        // await makes the future not `Send` for every lifetime (rustc #110338),
-        // and the FUSE adapter and admin socket spawn these futures.
-        let links: Vec<_> = std::iter::once(&h.parent)
-            .chain(h.snaps.iter().map(|s| &s.parent))
-            .flatten()
-            .cloned()
-            .collect();
+        let mut links: Vec<ParentLink> = h.parent.iter().cloned().collect();
+        links.extend(h.snaps.iter().filter_map(|s| s.parent.clone()));
         for link in &links {
             if let Err(e) = self.parent_view(link).await {
                 log::warn!("image {}: cannot load its parent chain: {e}", self.spec());
@@ -370,14 +429,14 @@ impl ImageCtx {
                 snap: Some(s.name.clone()),
                 snap_id: Some(s.id),
                 provisioned_size: s.size,
-                used_size: maps.get(&s.id).map_or(0, |m| m.count_existing()) * osz,
+                used_size: maps.get(&s.id).map_or(0, |m| m.count_dirty()) * osz,
             })
             .collect();
         entries.push(DuEntry {
             snap: None,
             snap_id: None,
             provisioned_size: h.size,
-            used_size: self.head_map.lock().count_existing() * osz,
+            used_size: self.head_map.lock().count_dirty() * osz,
         });
         DuInfo { entries }
     }

@@ -16,7 +16,7 @@ use crate::sync::Arc;
 pub async fn open_ctx(rbd: &Arc<Rbd>, pool: &str, name: &str) -> Result<Arc<ImageCtx>> {
     crate::rbd::spec::ImageSpec::new(pool, name).validate()?;
     let ioctx = directory::pool_ioctx(rbd, pool)?;
-    let id = directory::image_id(&ioctx, pool, name).await?;
+    let id = directory::listed_image_id(&ioctx, pool, name).await?;
     let key = (ioctx.pool_id(), id.clone());
     if let Some(ctx) = rbd.registry().lock().get(&key).and_then(|w| w.upgrade()) {
         return Ok(ctx);
@@ -43,6 +43,7 @@ pub async fn open_ctx(rbd: &Arc<Rbd>, pool: &str, name: &str) -> Result<Arc<Imag
         },
     ));
     ctx.preload_parents().await;
+    ctx.settle_copyups().await?;
     let mut reg = rbd.registry().lock();
     reg.retain(|_, w| w.strong_count() > 0);
     if let Some(existing) = reg.get(&key).and_then(|w| w.upgrade()) {

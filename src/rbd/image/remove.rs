@@ -7,7 +7,7 @@
 //!    |
 //!  REMOVE_OBJECT_MAP -> REMOVE_CHILD_RECORD (clones) -> REMOVE_HEADER
 //!    |
-//!  REMOVE_ID -> REMOVE_FROM_DIRECTORY
+//!  REMOVE_FROM_DIRECTORY -> REMOVE_ID
 //! ```
 //! Every step tolerates what an interrupted earlier run already removed, so
 //! `remove` can simply be run again.
@@ -38,7 +38,7 @@ pub async fn remove(
 ) -> Result<()> {
     ImageSpec::new(pool, name).validate()?;
     let ioctx = directory::pool_ioctx(rbd, pool)?;
-    let id = directory::image_id(&ioctx, pool, name).await?;
+    let id = directory::listed_image_id(&ioctx, pool, name).await?;
     if rbd
         .registry()
         .lock()
@@ -90,8 +90,10 @@ pub async fn remove(
         Err(RbdError::ImageNotFound(_)) => {}
         Err(e) => return Err(e),
     }
-    remove_ignoring_absent(&ioctx, &names::id_oid(name)).await?;
+    // Unlist before dropping the id: a crash in between leaves an unlisted
+    // image whose id still resolves, so running remove again finishes it.
     directory::dir_remove(&ioctx, name, &id).await?;
+    remove_ignoring_absent(&ioctx, &names::id_oid(name)).await?;
     progress.update(1, 1);
     Ok(())
 }

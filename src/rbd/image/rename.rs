@@ -1,9 +1,12 @@
-//! Renaming an image: claim the new `rbd_id.<to>`, move the directory entry,
-//! drop `rbd_id.<from>`. The header and data keep their id-based names.
+//! Renaming an image: claim the new `rbd_id.<to>`, switch the directory entry
+//! in one atomic update, drop `rbd_id.<from>`. The header and data keep their
+//! id-based names.
 
 use bytes::Bytes;
 
-use super::{directory, names};
+use std::collections::BTreeMap;
+
+use super::{create, directory, names};
 use crate::rados::{RadosError, SnapContext, WriteOp};
 use crate::rbd::Rbd;
 use crate::rbd::error::{RbdError, Result};
@@ -13,29 +16,37 @@ pub async fn rename(rbd: &Rbd, pool: &str, from: &str, to: &str) -> Result<()> {
     ImageSpec::new(pool, from).validate()?;
     ImageSpec::new(pool, to).validate()?;
     let ioctx = directory::pool_ioctx(rbd, pool)?;
-    let id = directory::image_id(&ioctx, pool, from).await?;
+    let id = directory::listed_image_id(&ioctx, pool, from).await?;
     if from == to {
         return Ok(());
     }
-    let to_oid = names::id_oid(to);
+    let _busy = rbd.name_guard(pool, to)?;
+    create::claim_name(rbd, &ioctx, pool, to, &id).await?;
+    // One atomic directory update, so a crash never leaves the image
+    // unlisted (a leftover rbd_id.<from> or rbd_id.<to> is harmless and
+    // cleaned up by the next create of that name).
+    let mut set = BTreeMap::new();
+    set.insert(
+        names::dir_name_key(to),
+        Bytes::copy_from_slice(id.as_bytes()),
+    );
+    set.insert(
+        names::dir_id_key(&id),
+        Bytes::copy_from_slice(to.as_bytes()),
+    );
     ioctx
         .operate_write(
-            &to_oid,
+            names::DIRECTORY,
             &SnapContext::empty(),
             vec![
-                WriteOp::Create { exclusive: true },
-                WriteOp::WriteFull {
-                    data: Bytes::copy_from_slice(id.as_bytes()),
+                WriteOp::OmapRmKeys {
+                    keys: vec![names::dir_name_key(from)],
                 },
+                WriteOp::OmapSet { entries: set },
             ],
         )
         .await
-        .map_err(|e| match e {
-            RadosError::Exists => RbdError::ImageExists(format!("{pool}/{to}")),
-            e => RbdError::rados(&to_oid, e),
-        })?;
-    directory::dir_remove(&ioctx, from, &id).await?;
-    directory::dir_add(&ioctx, to, &id).await?;
+        .map_err(|e| RbdError::rados(names::DIRECTORY, e))?;
     let from_oid = names::id_oid(from);
     match ioctx.remove(&from_oid, &SnapContext::empty()).await {
         Ok(()) | Err(RadosError::NotFound) => {}

@@ -28,11 +28,17 @@
 //! snapshots with different overlaps. It is only done while the object exists
 //! nowhere in the child (not at the head, in no snapshot): once it exists
 //! anywhere, every snapshot that needs parent data for it already has it
-//! (invariant kept by doing every first creation through here). Object maps of
+//! (invariant kept by doing every first creation through here; objects no
+//! ancestor has are created without a copyup, as reading the parent and
+//! reading nothing agree for them). Object maps of
 //! the snapshots and the head are marked before the writes (crash-safety rule).
-//! A crash between the runs of a multi-run copyup (only after shrinks) can
-//! leave a later snapshot seeing an earlier run's content; the single-run case
-//! is one or two atomic writes and is crash-safe.
+//! A copyup that needs more than one write before the user's (snapshots with
+//! different overlaps, or a head that differs from the newest run) records an
+//! intent in the header object's omap first and clears it last. A crash in
+//! between leaves the intent; `settle` (run at open, and before any I/O to an
+//! object with a pending intent) finishes the history: every writing step
+//! raises the object's snapshot sequence to its own snap context's, strictly
+//! increasing, so the object's sequence tells which steps landed.
 
 use bytes::Bytes;
 
@@ -84,6 +90,15 @@ pub async fn exists_anywhere(ctx: &ImageCtx, hdr: &Header, objno: u64) -> Result
 /// snapshot nor the head covers it with a parent overlap, or no ancestor has
 /// the object (decided from the object maps, without I/O).
 pub async fn plan(ctx: &ImageCtx, hdr: &Header, objno: u64) -> Result<Option<Plan>> {
+    plan_inner(ctx, hdr, objno, true).await
+}
+
+async fn plan_inner(
+    ctx: &ImageCtx,
+    hdr: &Header,
+    objno: u64,
+    check_presence: bool,
+) -> Result<Option<Plan>> {
     let osz = hdr.object_size();
     let start = objno * osz;
     let head_limit = limit(&hdr.parent, start, osz);
@@ -106,7 +121,7 @@ pub async fn plan(ctx: &ImageCtx, hdr: &Header, objno: u64) -> Result<Option<Pla
     if !view.may_have(objno, link.overlap) {
         return Ok(None);
     }
-    if exists_anywhere(ctx, hdr, objno).await? {
+    if check_presence && exists_anywhere(ctx, hdr, objno).await? {
         return Ok(None);
     }
     Ok(Some(Plan {
@@ -126,6 +141,65 @@ pub async fn execute(
     plan: Plan,
     user_ops: Vec<WriteOp>,
 ) -> Result<()> {
+    run_steps(ctx, hdr, objno, plan, user_ops, None).await
+}
+
+/// Finish a copyup of `objno` that was interrupted (crash, I/O error) after
+/// its intent was recorded: the steps the object's snapshot sequence shows as
+/// done are skipped, the rest are run. The caller holds the object's lock
+/// stripe. A no-op unless an intent for `objno` is pending.
+pub async fn settle(ctx: &ImageCtx, objno: u64) -> Result<()> {
+    if !ctx.copyup_pending(objno) {
+        return Ok(());
+    }
+    let hdr = ctx.header();
+    let oid = names::data_oid(ctx.id(), objno);
+    let info = match ctx.ioctx.list_snaps(&oid).await {
+        Ok(info) => Some(info),
+        Err(RadosError::NotFound) => None,
+        Err(e) => return Err(RbdError::rados(oid, e)),
+    };
+    let plan = plan_inner(ctx, &hdr, objno, false).await?;
+    match (info, plan) {
+        (Some(info), Some(plan)) => {
+            let head_exists = info
+                .clones
+                .iter()
+                .any(|c| c.cloneid == crate::rados::SNAP_HEAD);
+            log::info!("{oid}: finishing an interrupted copyup");
+            run_steps(
+                ctx,
+                &hdr,
+                objno,
+                plan,
+                Vec::new(),
+                Some((info.seq, head_exists)),
+            )
+            .await
+        }
+        // Nothing was written (a fresh copyup will happen when needed), or
+        // the object no longer needs one.
+        _ => ctx.copyup_intent_clear(objno).await,
+    }
+}
+
+/// One write of a copyup's history: the content a run of snapshots (or the
+/// head) must see, written under `snapc`.
+struct Step {
+    snapc: SnapContext,
+    content: Option<Bytes>,
+}
+
+/// The copyup itself; `resume` = (snapshot sequence, head exists) of the
+/// object after an interrupted run.
+async fn run_steps(
+    ctx: &ImageCtx,
+    hdr: &Header,
+    objno: u64,
+    plan: Plan,
+    user_ops: Vec<WriteOp>,
+    resume: Option<(SnapId, bool)>,
+) -> Result<()> {
     let osz = hdr.object_size();
     let read_len = plan.overlap.saturating_sub(objno * osz).min(osz);
     let data = plan.view.read(objno, 0, read_len, plan.overlap).await?;
@@ -140,6 +214,21 @@ pub async fn execute(
         }
     }
     let head = content(plan.head_limit);
+    let mut steps = Vec::new();
+    let mut written: Vec<SnapId> = Vec::new();
+    for (snaps, c) in &runs {
+        steps.push(Step {
+            snapc: SnapContext {
+                seq: written.last().copied().unwrap_or(0),
+                snaps: written.iter().rev().copied().collect(),
+            },
+            content: c.clone(),
+        });
+        written.extend(snaps);
+    }
+    // More than one write before the user's own: a crash in between would
+    // leave a history no rerun could see is incomplete, so record an intent.
+    let multi = !runs.is_empty() && (runs.len() > 1 || runs[0].1 != head);
 
     for (snaps, c) in &runs {
         if c.is_some() {
@@ -149,6 +238,9 @@ pub async fn execute(
         }
     }
     ctx.set_head_state(objno, EXISTS).await?;
+    if multi && resume.is_none() {
+        ctx.copyup_intent_set(objno).await?;
+    }
 
     let oid = names::data_oid(ctx.id(), objno);
     let send = |snapc: SnapContext, ops: Vec<WriteOp>| {
@@ -163,45 +255,57 @@ pub async fn execute(
             .await
             .map_err(|e| RbdError::rados(names::data_oid(ctx.id(), objno), e))
     };
+    // Steps whose snap context the object has already seen are done: each
+    // writing step raises the object's sequence to its own, strictly
+    // increasing from step to step.
+    let done = |seq: SnapId| resume.is_some_and(|(obs, _)| seq <= obs);
 
     let mut exists = false;
-    let mut wrote_any = false;
-    let mut written: Vec<SnapId> = Vec::new();
-    for (snaps, c) in runs.iter() {
-        let snapc = SnapContext {
-            seq: written.last().copied().unwrap_or(0),
-            snaps: written.iter().rev().copied().collect(),
-        };
-        match c {
+    let mut wrote_any = resume.is_some();
+    let mut last_content: Option<Bytes> = None;
+    for step in steps {
+        match &step.content {
             Some(d) => {
-                let mut ops = Vec::new();
-                if !exists {
-                    ops.push(WriteOp::Create { exclusive: true });
-                }
-                ops.push(WriteOp::WriteFull { data: d.clone() });
-                match send(snapc, ops).await {
-                    Ok(()) => {
-                        exists = true;
-                        wrote_any = true;
+                if done(step.snapc.seq) {
+                    exists = true;
+                } else {
+                    let mut ops = Vec::new();
+                    if !exists {
+                        ops.push(WriteOp::Create { exclusive: true });
                     }
-                    Err(RadosError::Exists) if !wrote_any => {
-                        return plain(user_ops).await;
+                    ops.push(WriteOp::WriteFull { data: d.clone() });
+                    match send(step.snapc.clone(), ops).await {
+                        Ok(()) => {
+                            exists = true;
+                            wrote_any = true;
+                        }
+                        Err(RadosError::Exists) if !wrote_any => {
+                            return plain(user_ops).await;
+                        }
+                        Err(e) => return Err(RbdError::rados(&oid, e)),
                     }
-                    Err(e) => return Err(RbdError::rados(&oid, e)),
                 }
             }
             None if exists => {
-                send(snapc, vec![WriteOp::Remove])
-                    .await
-                    .map_err(|e| RbdError::rados(&oid, e))?;
+                if !done(step.snapc.seq) {
+                    send(step.snapc.clone(), vec![WriteOp::Remove])
+                        .await
+                        .map_err(|e| RbdError::rados(&oid, e))?;
+                }
                 exists = false;
             }
             None => {}
         }
-        written.extend(snaps);
+        last_content = step.content;
+    }
+    if let Some((obs, head_exists)) = resume
+        && hdr.snap_seq <= obs
+    {
+        // The head step itself landed.
+        exists = head_exists;
+        last_content = head.clone();
     }
 
-    let last_content = runs.last().and_then(|r| r.1.clone());
     let mut ops = Vec::new();
     match &head {
         Some(d) if exists && last_content.as_ref() == Some(d) => {}
@@ -225,6 +329,9 @@ pub async fn execute(
             }
             Err(e) => return Err(RbdError::rados(&oid, e)),
         }
+    }
+    if multi || resume.is_some() {
+        ctx.copyup_intent_clear(objno).await?;
     }
     if head_absent_after {
         ctx.set_head_state(objno, NONEXISTENT).await?;

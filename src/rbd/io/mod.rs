@@ -113,6 +113,10 @@ async fn read_object(
     } else {
         hdr.snap_by_id(snap).and_then(|s| s.parent.clone())
     };
+    if ctx.copyup_pending(e.objno) {
+        let _obj = ctx.object_lock(e.objno).lock().await;
+        copyup::settle(ctx, e.objno).await?;
+    }
     if may_copy_up && snap == SNAP_HEAD && link.is_some() && ctx.rbd.config().clone_copy_on_read {
         copy_on_read(ctx, hdr, e.objno).await?;
     }
@@ -139,6 +143,7 @@ async fn copy_on_read(ctx: &ImageCtx, hdr: &Header, objno: u64) -> Result<()> {
         return Ok(());
     }
     let _obj = ctx.object_lock(objno).lock().await;
+    copyup::settle(ctx, objno).await?;
     if let Some(plan) = copyup::plan(ctx, hdr, objno).await? {
         copyup::execute(ctx, hdr, objno, plan, Vec::new()).await?;
     }
@@ -220,10 +225,15 @@ pub(crate) async fn write_object(
     op: ObjectWrite,
 ) -> Result<()> {
     let _obj = ctx.object_lock(objno).lock().await;
+    copyup::settle(ctx, objno).await?;
     let oid = names::data_oid(ctx.id(), objno);
     let snapc = hdr.snapc();
     let has_parent = hdr.parent.is_some() || hdr.snaps.iter().any(|s| s.parent.is_some());
     if ctx.map_exists(SNAP_HEAD, objno) {
+        if !matches!(op, ObjectWrite::Remove) {
+            // EXISTS_CLEAN -> EXISTS: the object changes after the snapshot.
+            ctx.set_head_state(objno, EXISTS).await?;
+        }
         let mut ops = op.to_ops();
         if has_parent && !matches!(op, ObjectWrite::Remove) {
             ops.insert(0, WriteOp::AssertExists);

@@ -91,6 +91,7 @@ pub(crate) async fn run(
             let snapc = &snapc;
             async move {
                 let _obj = ctx.object_lock(objno).lock().await;
+                crate::rbd::io::copyup::settle(ctx, objno).await?;
                 let oid = names::data_oid(ctx.id(), objno);
                 if objno >= first_whole {
                     remove_object(ctx, &oid, snapc).await?;

@@ -4,6 +4,7 @@
 //!   BLOCK_WRITES -> FLUSH -> ALLOCATE_SNAP_ID (self-managed snap of the pool)
 //!      -> COPY_OBJECT_MAP (head map -> rbd_object_map.<id>.<snap>)
 //!      -> SAVE_HEADER (snapshot record: name, id, size, parent overlap; snap_seq)
+//!      -> MARK_HEAD_MAP_CLEAN (EXISTS -> EXISTS_CLEAN, for du's deltas)
 //!      -> UNBLOCK_WRITES
 //! ```
 //! The header write is the commit point: writes issued afterwards carry the
@@ -53,5 +54,16 @@ async fn run(ctx: &ImageCtx, name: &str, spec: String) -> Result<()> {
     });
     h.snap_seq = h.snap_seq.max(snap);
     ctx.snap_maps.lock().insert(snap, map);
-    ctx.save_header(h).await
+    ctx.save_header(h).await?;
+    // After the commit point: a crash before this only leaves the head map
+    // counting objects as changed that are not (du over-reports).
+    let mut head = ctx.head_map.lock().clone();
+    head.mark_clean();
+    head.save(
+        &ctx.ioctx,
+        &names::object_map_oid(ctx.id(), crate::rados::SNAP_HEAD),
+    )
+    .await?;
+    *ctx.head_map.lock() = head;
+    Ok(())
 }

@@ -536,3 +536,130 @@ async fn test_create_or_grow_beyond_max_objects_is_einval() {
     assert_eq!(err.errno(), libc::EINVAL);
     assert_eq!(img.size(), OBJ);
 }
+
+#[tokio::test]
+async fn test_create_after_crash_mid_create_cleans_up_and_succeeds() {
+    let (rbd, mem, counting) = setup().await;
+    counting.crash_after(1); // rbd_id.<name> is claimed, the header write fails
+    assert!(rbd.create("rbd", "a", OBJ, &opts()).await.is_err());
+    counting.crash_after(-1);
+    let (rbd, _c) = reopen(&mem, test_config());
+    assert!(rbd.list("rbd").await.unwrap().is_empty());
+
+    rbd.create("rbd", "a", OBJ, &opts()).await.unwrap();
+
+    assert_eq!(rbd.list("rbd").await.unwrap(), vec!["a".to_string()]);
+    assert_eq!(rbd.open("rbd", "a", None).await.unwrap().size(), OBJ);
+}
+
+#[tokio::test]
+async fn test_old_name_left_by_crashed_rename_neither_opens_nor_removes_the_image() {
+    let (rbd, mem, counting) = setup().await;
+    rbd.create("rbd", "a", OBJ, &opts()).await.unwrap();
+    rbd.open("rbd", "a", None)
+        .await
+        .unwrap()
+        .write(0, Bytes::from_static(b"data"))
+        .await
+        .unwrap();
+    // rename: read rbd_id.a, read the directory, claim rbd_id.b, switch the
+    // directory; the crash hits the removal of rbd_id.a.
+    counting.crash_after(4);
+    assert!(rbd.rename("rbd", "a", "b").await.is_err());
+    counting.crash_after(-1);
+    let (rbd, _c) = reopen(&mem, test_config());
+
+    assert_eq!(rbd.list("rbd").await.unwrap(), vec!["b".to_string()]);
+    assert_eq!(
+        rbd.open("rbd", "a", None).await.err().unwrap().errno(),
+        libc::ENOENT
+    );
+    assert_eq!(
+        rbd.remove("rbd", "a", &NoProgress)
+            .await
+            .unwrap_err()
+            .errno(),
+        libc::ENOENT
+    );
+    assert_bytes(
+        &rbd.open("rbd", "b", None)
+            .await
+            .unwrap()
+            .read(0, 4)
+            .await
+            .unwrap(),
+        b"data",
+    );
+    rbd.create("rbd", "a", OBJ, &opts()).await.unwrap();
+    assert_eq!(
+        rbd.list("rbd").await.unwrap(),
+        vec!["a".to_string(), "b".to_string()]
+    );
+}
+
+#[tokio::test]
+async fn test_du_reports_per_snapshot_deltas_like_fast_diff() {
+    let (rbd, _mem, _c) = setup().await;
+    rbd.create("rbd", "a", 8 * OBJ, &opts()).await.unwrap();
+    let img = rbd.open("rbd", "a", None).await.unwrap();
+    img.write(0, Bytes::from(vec![1u8; 2 * OBJ as usize]))
+        .await
+        .unwrap();
+    img.snap_create("s1").await.unwrap();
+    img.write(OBJ, Bytes::from(vec![2u8; 2 * OBJ as usize]))
+        .await
+        .unwrap();
+    img.snap_create("s2").await.unwrap();
+    img.write(7 * OBJ, Bytes::from_static(b"z")).await.unwrap();
+
+    let du = img.du().await.unwrap();
+
+    let used: Vec<u64> = du.entries.iter().map(|e| e.used_size / OBJ).collect();
+    // s1: objects 0 and 1 are new; s2: 1 and 2 changed; head: 7 changed.
+    assert_eq!(used, vec![2, 2, 1]);
+    assert!(du.entries.iter().all(|e| e.provisioned_size == 8 * OBJ));
+}
+
+/// The FUSE daemon and the admin socket run image calls on tokio tasks: every
+/// public future must be `Send` (this fails to compile otherwise).
+#[test]
+fn test_public_futures_are_send() {
+    fn send<T: Send>(_: &T) {}
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (rbd, _mem, _c) = setup().await;
+        rbd.create("rbd", "a", OBJ, &opts()).await.unwrap();
+        let img = rbd.open("rbd", "a", None).await.unwrap();
+        let (p, c) = (NoProgress, CancelToken::new());
+        send(&img.read(0, 1));
+        send(&img.write(0, Bytes::new()));
+        send(&img.discard(0, 1));
+        send(&img.write_zeroes(0, 1));
+        send(&img.flush());
+        send(&img.resize(OBJ, false, &p));
+        send(&img.snap_create("s"));
+        send(&img.snap_remove("s"));
+        send(&img.snap_protect("s"));
+        send(&img.snap_unprotect("s"));
+        send(&img.snap_rollback("s", &p));
+        send(&img.flatten(&p, &c));
+        send(&img.du());
+        send(&img.info());
+        send(&img.data_extents(0, 1));
+        send(&img.object_map_rebuild());
+        send(&rbd.create("rbd", "b", OBJ, &opts()));
+        send(&rbd.open("rbd", "a", None));
+        send(&rbd.remove("rbd", "a", &p));
+        send(&rbd.rename("rbd", "a", "b"));
+        send(&rbd.clone_image(&spec("a@s"), &spec("c"), &opts()));
+        send(&rbd.children(&spec("a@s")));
+        send(&rbd.list("rbd"));
+        send(&rbd.open_read_only("rbd", "a"));
+        send(&rbd.open_spec(&spec("a")));
+        let op = crate::rbd::ManagementOp::Flatten;
+        send(&img.execute(img.new_request_id(), &op, &p, &c));
+        send(&rbd.execute(&spec("a"), img.new_request_id(), &op, &p, &c));
+    });
+}

@@ -14,7 +14,9 @@ use crate::rados::{
     SnapId, WriteOp,
 };
 use crate::rbd::{Rbd, RbdConfig};
-use crate::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicI64;
+
+use crate::sync::{Arc, Mutex, Ordering};
 
 /// Counts the object operations `rbd/` issues, per kind and object-name prefix,
 /// on top of the in-memory store.
@@ -29,6 +31,9 @@ pub struct Counting {
     counts: Mutex<BTreeMap<String, u64>>,
     yields: u32,
     slow_copyup_yields: u32,
+    /// Operations still allowed before every further one fails as if the
+    /// process had crashed (negative: never).
+    crash_countdown: AtomicI64,
 }
 
 impl Counting {
@@ -42,7 +47,27 @@ impl Counting {
             counts: Mutex::new(BTreeMap::new()),
             yields,
             slow_copyup_yields,
+            crash_countdown: AtomicI64::new(-1),
         })
+    }
+
+    /// Let `ops` more operations through, then fail every one with an I/O
+    /// error: the image layer sees the object store vanish mid-operation.
+    pub fn crash_after(&self, ops: i64) {
+        self.crash_countdown.store(ops, Ordering::SeqCst);
+    }
+
+    /// True when the operation must fail because of an armed crash.
+    fn crashed(&self) -> bool {
+        let left = self.crash_countdown.load(Ordering::SeqCst);
+        if left < 0 {
+            return false;
+        }
+        if left == 0 {
+            return true;
+        }
+        self.crash_countdown.fetch_sub(1, Ordering::SeqCst);
+        false
     }
 
     /// Run `f` against the store after the configured number of yields.
@@ -91,6 +116,11 @@ impl RadosBackend for Counting {
         ops: Vec<ReadOp>,
     ) -> BoxFuture<'static, Result<Vec<ReadResult>>> {
         self.bump("read", oid);
+        if self.crashed() {
+            return Box::pin(std::future::ready(Err(crate::rados::RadosError::Io(
+                "injected crash".into(),
+            ))));
+        }
         let oid = oid.to_string();
         self.later(0, move |m| m.read_now(pool, &oid, snap, &ops))
     }
@@ -103,6 +133,11 @@ impl RadosBackend for Counting {
         ops: Vec<WriteOp>,
     ) -> BoxFuture<'static, Result<()>> {
         self.bump("write", oid);
+        if self.crashed() {
+            return Box::pin(std::future::ready(Err(crate::rados::RadosError::Io(
+                "injected crash".into(),
+            ))));
+        }
         let oid = oid.to_string();
         let whole = ops.iter().any(|o| matches!(o, WriteOp::WriteFull { .. }))
             && !ops.iter().any(|o| matches!(o, WriteOp::Write { .. }));
@@ -121,10 +156,20 @@ impl RadosBackend for Counting {
 
     fn snap_create(&self, pool: PoolId) -> BoxFuture<'static, Result<SnapId>> {
         self.bump("snap_create", "pool");
+        if self.crashed() {
+            return Box::pin(std::future::ready(Err(crate::rados::RadosError::Io(
+                "injected crash".into(),
+            ))));
+        }
         self.inner.snap_create(pool)
     }
 
     fn snap_remove(&self, pool: PoolId, snap: SnapId) -> BoxFuture<'static, Result<()>> {
+        if self.crashed() {
+            return Box::pin(std::future::ready(Err(crate::rados::RadosError::Io(
+                "injected crash".into(),
+            ))));
+        }
         self.inner.snap_remove(pool, snap)
     }
 
