@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::executor::block_on;
-use rbdfs::osd::{Cluster, ClusterConfig, CreateOptions, MemStoreOpener};
+use rbdfs::osd::{Cluster, ClusterConfig, CreateOptions, FileStoreOpener, MemStoreOpener};
 use rbdfs::rados::{RadosBackend, ReadOp, SNAP_HEAD, SnapContext, WriteOp};
+use rbdfs::store::StoreConfig;
 
 fn open(dir: &std::path::Path) -> Arc<Cluster> {
     let config = ClusterConfig {
@@ -28,11 +29,11 @@ fn open(dir: &std::path::Path) -> Arc<Cluster> {
 }
 
 #[test]
-fn test_cluster_reads_in_flight_see_every_earlier_write_of_the_object() {
+fn test_cluster_read_among_writes_in_flight_sees_exactly_the_writes_before_it() {
     // The backend queues an op before returning its future, so w0 r0 w1 r1 ...
-    // issued without waiting reach the primary in that order; a read must see
-    // at least the write just before it (it waits for in-flight writes of the
-    // object to be applied) and never go back in time.
+    // issued without waiting reach the primary in that order; read i must
+    // see exactly write i: it waits for the writes in flight before it to be
+    // applied, and the writes after it wait for it.
     let dir = tempfile::tempdir().unwrap();
     let c = open(dir.path());
     let pool = block_on(c.pool_create("rbd", Some(3), None, None))
@@ -59,14 +60,10 @@ fn test_cluster_reads_in_flight_see_every_earlier_write_of_the_object() {
     for w in writes {
         block_on(w).unwrap();
     }
-    let mut last = [0u32; 3];
     for (i, r) in reads {
         let got = block_on(r).unwrap().pop().unwrap().into_data();
         let v = u32::from_le_bytes(got[..4].try_into().unwrap());
-        assert!(v >= i, "read after write {i} saw {v}");
-        assert_eq!(v % 3, i % 3, "read of the wrong object");
-        assert!(v >= last[(i % 3) as usize], "reads of one object went back");
-        last[(i % 3) as usize] = v;
+        assert_eq!(v, i, "the read right after write {i} saw write {v}");
     }
     let r = block_on(c.read(pool, "o0", SNAP_HEAD, vec![ReadOp::Read { off: 0, len: 4 }]));
     assert_eq!(
@@ -150,6 +147,106 @@ fn test_cluster_map_changes_under_load_lose_no_write() {
             );
         }
     }
+    common::assert_replicas_identical(&c);
+    c.shutdown().unwrap();
+}
+
+#[test]
+fn test_cluster_with_osds_in_other_directories_reopens_with_its_data() {
+    // OSD directories may live anywhere (other disks): the map records them.
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let paths: Vec<_> = (0..3)
+        .map(|i| elsewhere.path().join(format!("disk{i}/osd")))
+        .collect();
+    let config = ClusterConfig::default();
+    Cluster::create(
+        &dir.path().join("c"),
+        CreateOptions {
+            osd_paths: paths.clone(),
+            config: config.clone(),
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    let c = Cluster::open(&dir.path().join("c"), config.clone()).unwrap();
+    let pool = block_on(c.pool_create("rbd", Some(3), None, Some(4)))
+        .unwrap()
+        .id;
+    block_on(c.write(
+        pool,
+        "o",
+        SnapContext::empty(),
+        vec![WriteOp::WriteFull {
+            data: Bytes::from_static(b"far away"),
+        }],
+    ))
+    .unwrap();
+    c.shutdown().unwrap();
+    drop(c);
+
+    let c = Cluster::open(&dir.path().join("c"), config).unwrap();
+
+    let map = c.osdmap();
+    assert_eq!(
+        map.osds.iter().map(|o| o.path.clone()).collect::<Vec<_>>(),
+        paths
+    );
+    assert!(
+        paths
+            .iter()
+            .all(|p| std::fs::read_dir(p).unwrap().next().is_some())
+    );
+    let r = block_on(c.read(pool, "o", SNAP_HEAD, vec![ReadOp::Read { off: 0, len: 64 }]));
+    assert_eq!(r.unwrap().pop().unwrap().into_data(), &b"far away"[..]);
+    c.shutdown().unwrap();
+}
+
+#[test]
+fn test_cluster_write_refused_for_space_is_no_space_and_changes_nothing() {
+    // Every store claims 80 MiB free and keeps 64 MiB in reserve: a 32 MiB
+    // write (journal record + data) cannot fit, a small one can.
+    let dir = tempfile::tempdir().unwrap();
+    let config = ClusterConfig {
+        store: Arc::new(FileStoreOpener {
+            config: StoreConfig {
+                fake_available_bytes: Some(80 << 20),
+                ..StoreConfig::default()
+            },
+        }),
+        ..ClusterConfig::default()
+    };
+    Cluster::create(
+        dir.path(),
+        CreateOptions {
+            config: config.clone(),
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    let c = Cluster::open(dir.path(), config).unwrap();
+    let pool = block_on(c.pool_create("rbd", Some(3), None, Some(4)))
+        .unwrap()
+        .id;
+    let write = |data: Bytes| {
+        block_on(c.write(
+            pool,
+            "o",
+            SnapContext::empty(),
+            vec![WriteOp::WriteFull { data }],
+        ))
+    };
+    write(Bytes::from_static(b"small")).unwrap();
+
+    let r = write(Bytes::from(vec![1u8; 32 << 20]));
+
+    assert!(
+        matches!(r, Err(rbdfs::rados::RadosError::NoSpace(_))),
+        "{r:?}"
+    );
+    let got = block_on(c.read(pool, "o", SNAP_HEAD, vec![ReadOp::Read { off: 0, len: 64 }]));
+    assert_eq!(got.unwrap().pop().unwrap().into_data(), &b"small"[..]);
+    write(Bytes::from_static(b"still works")).unwrap();
     common::assert_replicas_identical(&c);
     c.shutdown().unwrap();
 }

@@ -292,3 +292,50 @@ fn test_recovery_pg_whose_newest_copy_is_down_refuses_io_until_it_returns() {
     common::assert_replicas_identical(&c);
     c.shutdown().unwrap();
 }
+
+#[test]
+fn test_recovery_snap_removed_while_pg_incomplete_is_trimmed_after_it_peers() {
+    // An object with a clone lives on osd.1 and osd.2; while its PG is
+    // incomplete the snapshot is removed: the trim is owed (in the map) and
+    // runs once the PG peers again.
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = cluster(dir.path(), 3, 3000);
+    let rados = Rados::new(c.clone());
+    let p = block_on(
+        rados
+            .backend()
+            .pool_create("rbd", Some(2), Some(1), Some(8)),
+    )
+    .unwrap();
+    let io = rados.ioctx_by_id(p.id);
+    let map = c.osdmap();
+    let name = (0..)
+        .map(|i| format!("o{i}"))
+        .find(|n| {
+            let mut up = map.pg_up_set(&p, rbdfs::osd::placement::object_pg(n, 8));
+            up.sort();
+            up == [1, 2]
+        })
+        .unwrap();
+    block_on(io.write(&name, &SnapContext::empty(), 0, Bytes::from_static(b"a"))).unwrap();
+    let s1 = block_on(io.snap_create()).unwrap();
+    let snapc = SnapContext {
+        seq: s1,
+        snaps: vec![s1],
+    };
+    block_on(io.write(&name, &snapc, 0, Bytes::from_static(b"b"))).unwrap();
+    c.set_osd_up(2, false).unwrap();
+    block_on(io.write(&name, &snapc, 0, Bytes::from_static(b"c"))).unwrap();
+    c.set_osd_up(1, false).unwrap();
+    c.set_osd_up(2, true).unwrap();
+
+    block_on(io.snap_remove(s1)).unwrap();
+
+    assert_eq!(c.osdmap().pending_trims.len(), 1);
+    c.set_osd_up(1, true).unwrap();
+    assert!(c.osdmap().pending_trims.is_empty());
+    let snaps = block_on(io.list_snaps(&name)).unwrap();
+    assert_eq!(snaps.clones.len(), 1, "only the head is left: {snaps:?}");
+    common::assert_replicas_identical(&c);
+    c.shutdown().unwrap();
+}

@@ -32,11 +32,11 @@ use tokio::sync::oneshot;
 use super::PgId;
 use super::daemon::{Osd, Shared};
 use super::error::{OsdError, OsdResult};
-use super::osdmap::{OSDMAP_FILE, OsdId, OsdMap, PoolEntry};
+use super::osdmap::{OSDMAP_FILE, OsdId, OsdMap, PendingTrim, PoolEntry};
 use super::peering::peer_all;
 use super::pg::PgEvent;
 use super::placement::object_pg;
-use super::store_open::{CloseFn, CrashFn, MemStoreOpener, StoreOpener};
+use super::store_open::{CloseFn, CrashFn, FileStoreOpener, StoreOpener};
 use super::tracker::{Admit, FlushTracker, Gate, Leave, Reply};
 use crate::rados::{
     BoxFuture, PoolId, PoolInfo, RadosBackend, RadosError, ReadOp, ReadResult, Result, SNAP_HEAD,
@@ -70,7 +70,7 @@ impl Default for ClusterConfig {
             pg_log_max_entries: 3000,
             default_pool_size: 3,
             default_pg_num: 32,
-            store: MemStoreOpener::global(),
+            store: Arc::new(FileStoreOpener::default()),
         }
     }
 }
@@ -244,7 +244,7 @@ impl Cluster {
             o.set_peers(weak.clone());
         }
         peer_all(&osds, &map)?;
-        Ok(Arc::new(Cluster {
+        let cluster = Arc::new(Cluster {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 config,
@@ -255,7 +255,9 @@ impl Cluster {
                 map_change: Mutex::new(()),
                 lock: Mutex::new(Some(lock)),
             }),
-        }))
+        });
+        cluster.inner.retry_pending_trims()?;
+        Ok(cluster)
     }
 
     /// The cluster directory.
@@ -295,7 +297,8 @@ impl Cluster {
                 .ok_or(OsdError::NoSuchOsd(osd))?;
             o.up = up;
             Ok(())
-        })
+        })?;
+        self.inner.retry_pending_trims()
     }
 
     /// Mark an OSD in or out: out moves its PGs to other OSDs (backfilled).
@@ -308,7 +311,8 @@ impl Cluster {
                 .ok_or(OsdError::NoSuchOsd(osd))?;
             o.in_ = in_;
             Ok(())
-        })
+        })?;
+        self.inner.retry_pending_trims()
     }
 
     /// Test hook: stop replicating to `osd` (it is marked down and misses
@@ -586,22 +590,65 @@ impl Inner {
             other => other?,
         };
         let pg_num = map.pool(pool).map(|p| p.info.pg_num).unwrap_or_default();
-        let waits: Vec<_> = (0..pg_num)
-            .map(|pg| {
+        let trims = (0..pg_num)
+            .map(|pg| PendingTrim { pool, pg, snap })
+            .collect();
+        let failed = self.run_trims(trims);
+        if failed.is_empty() {
+            return Ok(());
+        }
+        // The snapshot is gone for readers already; the clones of the PGs
+        // that could not trim now are trimmed once they peer again.
+        log::warn!(
+            "snap {snap} of pool {pool}: {} PGs could not trim now; retried after peering",
+            failed.len()
+        );
+        self.change_map(false, |m| {
+            m.pending_trims.extend(failed);
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Trim PGs and wait; returns the trims that failed.
+    fn run_trims(&self, trims: Vec<PendingTrim>) -> Vec<PendingTrim> {
+        let waits: Vec<_> = trims
+            .into_iter()
+            .map(|t| {
                 let (tx, rx) = oneshot::channel();
                 self.submit(ClientOp {
-                    pool,
-                    target: Target::Pg(pg),
-                    kind: ClientKind::Trim { snap, tx },
+                    pool: t.pool,
+                    target: Target::Pg(t.pg),
+                    kind: ClientKind::Trim { snap: t.snap, tx },
                 });
-                rx
+                (t, rx)
             })
             .collect();
-        for rx in waits {
-            rx.blocking_recv()
-                .unwrap_or(Err(RadosError::ShuttingDown))?;
+        waits
+            .into_iter()
+            .filter_map(|(t, rx)| match rx.blocking_recv() {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => {
+                    log::warn!("trimming snap {} in pg {}.{:x}: {e}", t.snap, t.pool, t.pg);
+                    Some(t)
+                }
+                Err(_) => Some(t),
+            })
+            .collect()
+    }
+
+    /// Retry the trims the map still owes (after peering, and at open).
+    fn retry_pending_trims(&self) -> OsdResult<()> {
+        let pending = self.shared.map().pending_trims.clone();
+        if pending.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let failed = self.run_trims(pending.clone());
+        self.change_map(false, |m| {
+            m.pending_trims
+                .retain(|t| !pending.contains(t) || failed.contains(t));
+            Ok(())
+        })
     }
 
     fn list_objects(&self, pool: PoolId) -> Result<Vec<String>> {

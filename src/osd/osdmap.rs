@@ -55,6 +55,18 @@ pub struct OsdMap {
     pub osds: Vec<OsdInfo>,
     pub pools: Vec<PoolEntry>,
     pub next_pool_id: PoolId,
+    /// Snapshot trims that could not run when the snapshot was removed (the
+    /// PG was incomplete); retried after every peering until they succeed.
+    #[serde(default)]
+    pub pending_trims: Vec<PendingTrim>,
+}
+
+/// A snapshot trim still owed to one PG.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingTrim {
+    pub pool: PoolId,
+    pub pg: u32,
+    pub snap: SnapId,
 }
 
 impl OsdMap {
@@ -76,6 +88,7 @@ impl OsdMap {
             osds,
             pools: Vec::new(),
             next_pool_id: 1,
+            pending_trims: Vec::new(),
         }
     }
 

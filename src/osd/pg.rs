@@ -16,7 +16,9 @@
 //! ```
 //!
 //! Reads run on the primary's store directly, except that a read of an object
-//! with writes in flight waits ("wait for readable") until they are applied.
+//! with writes in flight waits ("wait for readable") until they are applied;
+//! writes to that object arriving after the waiting read queue behind it, so
+//! each read sees exactly the writes that came before it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -459,7 +461,9 @@ impl Pg {
                 ops,
                 reply,
             } => {
-                if self.projected.contains_key(&name) {
+                if self.projected.contains_key(&name)
+                    || self.waiting_for_readable.contains_key(&name)
+                {
                     self.waiting_for_readable
                         .entry(name.clone())
                         .or_default()
@@ -481,7 +485,20 @@ impl Pg {
                 snapc,
                 ops,
                 reply,
-            } => self.do_write(osd, name, snapc, ops, reply),
+            } => {
+                // Behind a waiting read, so that a stream of writes cannot
+                // keep the read waiting forever (first come, first served).
+                if let Some(q) = self.waiting_for_readable.get_mut(&name) {
+                    q.push_back(PgEvent::Write {
+                        name,
+                        snapc,
+                        ops,
+                        reply,
+                    });
+                    return;
+                }
+                self.do_write(osd, name, snapc, ops, reply)
+            }
             PgEvent::Trim { snap, reply } => self.do_trim(osd, snap, reply),
             PgEvent::RepOp {
                 from,
@@ -941,10 +958,18 @@ impl Pg {
             return;
         }
         self.projected.remove(name);
-        if let Some(waiting) = self.waiting_for_readable.remove(name) {
-            for ev in waiting {
-                self.handle(osd, ev);
+        let Some(mut waiting) = self.waiting_for_readable.remove(name) else {
+            return;
+        };
+        // In arrival order: reads run until a released write is in flight
+        // again, then the rest waits for that one.
+        while let Some(ev) = waiting.pop_front() {
+            if matches!(ev, PgEvent::Read { .. }) && self.projected.contains_key(name) {
+                waiting.push_front(ev);
+                self.waiting_for_readable.insert(name.to_string(), waiting);
+                return;
             }
+            self.handle(osd, ev);
         }
     }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use crate::store::memstore::MemStore;
-use crate::store::{ObjectStore, StoreError, StoreResult};
+use crate::store::{FileStore, ObjectStore, StoreConfig, StoreError, StoreResult};
 use crate::sync::{Arc, Mutex};
 
 /// Syncs and releases a store (called once, by `Cluster::shutdown`).
@@ -89,6 +89,28 @@ impl StoreOpener for MemStoreOpener {
             close: Box::new(|| Ok(())),
             // Memory does not lose power: everything queued survives.
             crash: Box::new(|| {}),
+        })
+    }
+}
+
+/// File stores (journal + object files), the real thing.
+#[derive(Clone, Debug, Default)]
+pub struct FileStoreOpener {
+    pub config: StoreConfig,
+}
+
+impl StoreOpener for FileStoreOpener {
+    fn mkfs(&self, path: &Path) -> StoreResult<()> {
+        FileStore::mkfs(path)
+    }
+
+    fn open(&self, path: &Path) -> StoreResult<OpenedStore> {
+        let fs = FileStore::open(path, self.config.clone())?;
+        let (c1, c2) = (fs.clone(), fs.clone());
+        Ok(OpenedStore {
+            store: fs,
+            close: Box::new(move || c1.close()),
+            crash: Box::new(move || c2.crash()),
         })
     }
 }
