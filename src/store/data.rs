@@ -23,6 +23,12 @@ pub fn obj_path(root: &Path, id: u64) -> PathBuf {
     obj_dir(root, id).join(format!("{id:016x}"))
 }
 
+/// Ids with this bit set name files written before their transaction was
+/// journaled (placed writes); they are handed out by a counter of their own
+/// at queue time, so the ids the metadata table hands out at apply time stay
+/// the same when replay re-applies the journal.
+pub const PLACED_ID_BIT: u64 = 1 << 63;
+
 /// Where a clone is built before it is renamed into place.
 pub fn tmp_path(root: &Path, id: u64) -> PathBuf {
     obj_dir(root, id).join(format!("{id:016x}.tmp"))
@@ -52,6 +58,15 @@ pub fn open_rw(path: &Path) -> io::Result<File> {
         .create(true)
         .truncate(false)
         .open(path)
+}
+
+/// Open for reading and writing; `None` if the file does not exist.
+pub fn open_rw_existing(path: &Path) -> io::Result<Option<File>> {
+    match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 pub fn remove_file(path: &Path) -> io::Result<()> {
@@ -123,7 +138,14 @@ fn lseek(f: &File, off: u64, whence: i32) -> io::Result<Option<u64>> {
 /// Copy the data extents of `src` within `[0, size)` to the empty `dst` and set
 /// `dst`'s length to `size`; holes stay holes.
 pub fn copy_sparse(src: &File, dst: &File, size: u64) -> io::Result<()> {
-    let mut pos = 0;
+    copy_sparse_range(src, dst, 0, size)?;
+    dst.set_len(size)
+}
+
+/// Copy the data extents of `src` within `[from, size)` to the same offsets
+/// of `dst`. Bytes of `dst` over holes of `src` are left as they are.
+pub fn copy_sparse_range(src: &File, dst: &File, from: u64, size: u64) -> io::Result<()> {
+    let mut pos = from;
     while pos < size {
         let start = match lseek(src, pos, libc::SEEK_DATA) {
             Ok(Some(s)) => s,
@@ -141,7 +163,7 @@ pub fn copy_sparse(src: &File, dst: &File, size: u64) -> io::Result<()> {
         copy_range(src, dst, start, end - start)?;
         pos = end;
     }
-    dst.set_len(size)
+    Ok(())
 }
 
 fn copy_range(src: &File, dst: &File, off: u64, len: u64) -> io::Result<()> {
