@@ -1602,11 +1602,8 @@ impl Inner {
             let id = PLACED_ID_BIT | self.next_placed.fetch_add(1, Ordering::Relaxed);
             placed.ids.push(Some(id));
             let path = obj_path(&self.root, id);
-            let res = data::open_rw(&path).and_then(|f| {
-                f.write_all_at(data, 0)?;
-                f.sync_data()?;
-                fsync_dir(&obj_dir(&self.root, id))
-            });
+            let res = data::write_new_durable(&path, data)
+                .and_then(|()| fsync_dir(&obj_dir(&self.root, id)));
             if let Err(e) = res {
                 placed.discard(&self.root);
                 return Err(StoreError::io(format!("writing {}", path.display()), e));
