@@ -1197,8 +1197,9 @@ impl ApplyCtx<'_> {
     }
 
     /// Switch `key` to placed file `id`, whose `[0, len)` is durable: the
-    /// object becomes those bytes followed by its old bytes past `len`, and
-    /// its old file is doomed.
+    /// object becomes those bytes followed by its old bytes past `len`
+    /// (unless `!keep_tail`: the caller knows the next step cuts the object
+    /// to at most `len`), and its old file is doomed.
     ///
     /// Replay: the file must exist (it was durable before its record could be
     /// written, and is deleted only by a checkpoint covering a later step that
@@ -1212,6 +1213,7 @@ impl ApplyCtx<'_> {
         key: &ObjectKey,
         len: u64,
         id: u64,
+        keep_tail: bool,
     ) -> io::Result<()> {
         let path = obj_path(self.root, id);
         let Some(f) = data::open_rw_existing(&path)? else {
@@ -1230,7 +1232,7 @@ impl ApplyCtx<'_> {
                 self.doomed.push(id);
                 return Ok(());
             };
-            let old = (o.id, o.size);
+            let old = (o.id, if keep_tail { o.size } else { 0 });
             o.id = id;
             m.set_size(key, old.1.max(len));
             old
@@ -1304,13 +1306,19 @@ fn apply_txn(
     seq: u64,
     steps: &[Step],
 ) -> io::Result<bool> {
-    for step in steps {
+    for (i, step) in steps.iter().enumerate() {
         if ctx.crashed.is_some_and(|c| c.load(Ordering::Acquire)) {
             return Ok(false);
         }
         match step {
             Step::Op(op) => apply_op(ctx, meta, op)?,
-            Step::Place { key, len, id } => ctx.place(meta, key, *len, *id)?,
+            Step::Place { key, len, id } => {
+                // A shrinking write_full is Write{0} then Truncate to its
+                // length: the old tail would be copied only to be cut.
+                let cut = matches!(steps.get(i + 1),
+                    Some(Step::Op(TxOp::Truncate { key: k, size })) if k == key && size <= len);
+                ctx.place(meta, key, *len, *id, !cut)?
+            }
         }
     }
     meta.write().seq = seq;

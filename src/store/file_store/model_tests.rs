@@ -257,8 +257,45 @@ fn op_strategy() -> impl Strategy<Value = TxOp> {
     ]
 }
 
+/// write_full as the OSD emits it: a write at 0, then a cut to its length
+/// (a no-op unless the object was longer), maybe with attributes after.
+fn write_full_strategy() -> impl Strategy<Value = Transaction> {
+    (
+        key_strategy(),
+        0usize..8000,
+        any::<u8>(),
+        any::<bool>(),
+        small_map(),
+    )
+        .prop_map(|(key, len, seed, attrs, map)| {
+            let data = Bytes::from(
+                (0..len)
+                    .map(|i| seed.wrapping_add(i as u8))
+                    .collect::<Vec<_>>(),
+            );
+            let mut ops = vec![
+                TxOp::Write {
+                    key: key.clone(),
+                    off: 0,
+                    data,
+                },
+                TxOp::Truncate {
+                    key: key.clone(),
+                    size: len as u64,
+                },
+            ];
+            if attrs {
+                ops.push(TxOp::SetAttrs { key, attrs: map });
+            }
+            Transaction { ops }
+        })
+}
+
 fn txn_strategy() -> impl Strategy<Value = Transaction> {
-    proptest::collection::vec(op_strategy(), 1..5).prop_map(|ops| Transaction { ops })
+    prop_oneof![
+        4 => proptest::collection::vec(op_strategy(), 1..5).prop_map(|ops| Transaction { ops }),
+        1 => write_full_strategy(),
+    ]
 }
 
 #[derive(Clone, Debug)]

@@ -1185,3 +1185,27 @@ fn test_queue_over_limit_applies_every_txn_and_drains() {
     assert_eq!(*s.inner.queued.lock(), 0);
     assert_eq!(s.stat(&key("o")).unwrap(), 32 * 4096);
 }
+
+#[test]
+fn test_direct_write_full_shrink_drops_old_tail_across_crash() {
+    let (d, s) = new_store_with(direct_cfg());
+    run(&s, vec![write("o", 0, &[1u8; 8000])]).unwrap();
+    s.sync().unwrap();
+
+    run(
+        &s,
+        vec![
+            write("o", 0, &[2u8; 3000]),
+            TxOp::Truncate {
+                key: key("o"),
+                size: 3000,
+            },
+        ],
+    )
+    .unwrap();
+    assert_eq!(read_all(&s, "o"), vec![2u8; 3000]);
+    s.crash();
+    let s = FileStore::open(d.path(), direct_cfg()).unwrap();
+
+    assert_eq!(read_all(&s, "o"), vec![2u8; 3000]);
+}
