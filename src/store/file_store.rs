@@ -113,6 +113,46 @@ struct Superblock {
     version: u32,
 }
 
+/// Open data files by id, so reads and applies do not open a file per call.
+///
+/// Only live ids are ever looked up: a reader holds its object's shard while
+/// it resolves the id and reads, and an id leaves the table (under that
+/// shard's write lock) before it is doomed, so no entry is added for a file
+/// that a checkpoint deletes; the checkpoint forgets an id as it deletes it.
+struct FdCache {
+    map: Mutex<std::collections::HashMap<u64, Arc<File>>>,
+}
+
+/// Cached data file handles per store; beyond this the cache starts over.
+/// Small: one process runs several stores under the default limit of 1024
+/// open files.
+const FD_CACHE_MAX: usize = 128;
+
+impl FdCache {
+    /// The file of `id`, created if `create`; `None` if absent and not created.
+    fn get(&self, root: &Path, id: u64, create: bool) -> io::Result<Option<Arc<File>>> {
+        if let Some(f) = self.map.lock().get(&id) {
+            return Ok(Some(f.clone()));
+        }
+        let path = obj_path(root, id);
+        let f = if create {
+            Some(data::open_rw(&path)?)
+        } else {
+            data::open_rw_existing(&path)?
+        };
+        let Some(f) = f else { return Ok(None) };
+        let mut m = self.map.lock();
+        if m.len() >= FD_CACHE_MAX {
+            m.clear();
+        }
+        Ok(Some(m.entry(id).or_insert_with(|| Arc::new(f)).clone()))
+    }
+
+    fn forget(&self, id: u64) {
+        self.map.lock().remove(&id);
+    }
+}
+
 /// Bytes a queued transaction holds until it is applied or fails.
 #[derive(Clone, Copy, Default)]
 struct Held {
@@ -192,6 +232,7 @@ struct Inner {
     /// Files of objects dropped by applied transactions: (seq, id). Deleted
     /// by the first checkpoint whose snapshot covers the seq.
     doomed: Mutex<Vec<(u64, u64)>>,
+    fds: FdCache,
     failed: AtomicBool,
     closed: AtomicBool,
     /// Simulated power loss: threads stop where they are, nothing is synced.
@@ -322,6 +363,9 @@ impl FileStore {
             queued_cv: Condvar::new(),
             next_placed: AtomicU64::new(max_placed + 1),
             doomed: Mutex::new(Vec::new()),
+            fds: FdCache {
+                map: Mutex::new(std::collections::HashMap::new()),
+            },
             failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
@@ -405,7 +449,11 @@ impl FileStore {
         let _shard = self.inner.shards[shard_of(key)].read();
         let (id, size) = self.inner.id_size(key)?;
         let path = obj_path(&self.inner.root, id);
-        let f = data::open_ro(&path).map_err(io_err(format!("opening {}", path.display())))?;
+        let f = self
+            .inner
+            .fds
+            .get(&self.inner.root, id, false)
+            .map_err(io_err(format!("opening {}", path.display())))?;
         let mut crc = 0;
         let mut buf = vec![0u8; (1 << 20).min(size as usize)];
         let mut pos = 0;
@@ -572,6 +620,7 @@ fn recover(path: &Path, meta: &mut MetaTable) -> StoreResult<()> {
             replay: Some(&mut touched),
             crashed: None,
             doomed: Vec::new(),
+            fds: None,
         };
         // Doomed files stay: the sweep after the open checkpoint takes them.
         apply_txn(&mut ctx, &table, seq, &steps)
@@ -893,6 +942,7 @@ impl Inner {
         //    crash part way leaves orphans, which open sweeps.
         self.doomed.lock().retain(|(s, _)| *s > seq);
         for id in doomed {
+            self.fds.forget(id);
             data::remove_file(&obj_path(&self.root, id)).map_err(io_err(&ctx))?;
         }
         self.journal.lock().trim(seq).map_err(io_err(&ctx))
@@ -1107,6 +1157,7 @@ fn apply_loop(inner: Arc<Inner>, rx: mpsc::Receiver<Committed>) {
                 replay: None,
                 crashed: Some(&inner.crashed),
                 doomed: Vec::new(),
+                fds: Some(&inner.fds),
             };
             let r = apply_txn(&mut ctx, &inner.meta, c.seq, &c.steps);
             // Under the gate, so a checkpoint's table copy and doomed list agree.
@@ -1164,6 +1215,8 @@ struct ApplyCtx<'a> {
     crashed: Option<&'a AtomicBool>,
     /// Files of objects the steps dropped; deleted after a checkpoint.
     doomed: Vec<u64>,
+    /// Open files (not during replay, which touches each file only once).
+    fds: Option<&'a FdCache>,
 }
 
 impl ApplyCtx<'_> {
@@ -1185,8 +1238,13 @@ impl ApplyCtx<'_> {
     ///
     /// Defence in depth: the first time replay touches an id, bytes past the
     /// object's size at that point are cut, so a grow never exposes them.
-    fn file(&mut self, id: u64, size: u64) -> io::Result<File> {
-        let f = data::open_rw(&obj_path(self.root, id))?;
+    fn file(&mut self, id: u64, size: u64) -> io::Result<Arc<File>> {
+        let f = match self.fds {
+            Some(c) => c
+                .get(self.root, id, true)?
+                .ok_or_else(|| io::Error::other("data file vanished while being created"))?,
+            None => Arc::new(data::open_rw(&obj_path(self.root, id))?),
+        };
         if let Some(touched) = self.replay.as_deref_mut()
             && touched.insert(id)
             && f.metadata()?.len() > size
@@ -1746,8 +1804,11 @@ impl ObjectStore for FileStore {
         }
         let mut buf = vec![0u8; (end - off) as usize];
         let path = obj_path(&self.inner.root, id);
-        if let Some(f) =
-            data::open_ro(&path).map_err(io_err(format!("opening {}", path.display())))?
+        if let Some(f) = self
+            .inner
+            .fds
+            .get(&self.inner.root, id, false)
+            .map_err(io_err(format!("opening {}", path.display())))?
         {
             data::read_at_zero_fill(&f, &mut buf, off)
                 .map_err(io_err(format!("reading {}", path.display())))?;

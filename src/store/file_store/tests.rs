@@ -1209,3 +1209,16 @@ fn test_direct_write_full_shrink_drops_old_tail_across_crash() {
 
     assert_eq!(read_all(&s, "o"), vec![2u8; 3000]);
 }
+
+#[test]
+fn test_checkpoint_drops_cached_handles_of_deleted_files() {
+    let (_d, s) = new_store();
+    run(&s, vec![write("o", 0, b"cached")]).unwrap();
+    assert_eq!(read_all(&s, "o"), b"cached");
+    assert_eq!(s.inner.fds.map.lock().len(), 1);
+
+    run(&s, vec![TxOp::Remove(key("o"))]).unwrap();
+    s.sync().unwrap();
+
+    assert!(s.inner.fds.map.lock().is_empty());
+}
