@@ -83,11 +83,20 @@ pub fn main(store_dir: &Path, args: &MountArgs) -> i32 {
             return libc::ENOTDIR;
         }
         Err(e) => {
+            let errno = e.raw_os_error().unwrap_or(libc::ENOENT);
+            let hint = if errno == libc::ENOTCONN {
+                format!(
+                    "a dead mount is left there: run `fusermount3 -uz {}`",
+                    args.mountpoint.display()
+                )
+            } else {
+                "create the directory first".to_string()
+            };
             eprintln!(
-                "rbdfs: mount point {}: {e}; create the directory first",
+                "rbdfs: mount point {}: {e}; {hint}",
                 args.mountpoint.display()
             );
-            return e.raw_os_error().unwrap_or(libc::ENOENT);
+            return errno;
         }
     };
     let store_dir = std::path::absolute(store_dir).unwrap_or_else(|_| store_dir.to_path_buf());
@@ -260,9 +269,19 @@ fn serve(
     config.clone_fd = true;
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone());
     let mut session = Session::new(adapter, mnt, &config).map_err(|e| {
+        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+        // A daemon that died leaves its mount behind, answering ENOTCONN.
+        let hint = if errno == libc::ENOTCONN {
+            format!(
+                "; a dead mount is left there: run `fusermount3 -uz {}`",
+                mnt.display()
+            )
+        } else {
+            String::new()
+        };
         Failure(
-            e.raw_os_error().unwrap_or(libc::EIO),
-            format!("mounting {} failed: {e}", mnt.display()),
+            errno,
+            format!("mounting {} failed: {e}{hint}", mnt.display()),
         )
     })?;
     log::info!("mounted {} at {}", store_dir.display(), mnt.display());
@@ -299,6 +318,7 @@ fn serve(
         log::error!("FUSE session ended with an error: {e}");
     }
     drop(admin);
+    rt.block_on(fs.jobs().cancel_all(std::time::Duration::from_secs(30)));
     let flushed = rt.block_on(fs.flush_all());
     drop(fs);
     let shut = rt.block_on(st.shutdown());

@@ -406,3 +406,46 @@ async fn test_clone_through_xattr_then_flatten_detaches_it() {
     assert_eq!(read(&fs, child, MIB, 6).await, b"golden");
     fs.setxattr(snap, "user.rbd.protected", b"0").await.unwrap();
 }
+
+#[tokio::test]
+async fn test_cancel_all_leaves_no_flatten_running() {
+    // Arrange: a clone of a 32 MiB parent with data in every object.
+    let fs = fs().await;
+    let ino = image(&fs, "base", 32 * MIB).await;
+    for i in 0..8 {
+        write(&fs, ino, i * 4 * MIB, b"data").await;
+    }
+    fs.setxattr(ino, "user.rbd.snap", b"s1").await.unwrap();
+    let snap = lookup(&fs, "base@s1").await.unwrap().ino;
+    fs.setxattr(snap, "user.rbd.protected", b"1").await.unwrap();
+    fs.setxattr(snap, "user.rbd.clone", b"rbd/child")
+        .await
+        .unwrap();
+    let child = lookup(&fs, "child").await.unwrap().ino;
+    fs.setxattr(child, "user.rbd.flatten", b"1").await.unwrap();
+
+    // Act
+    fs.jobs().cancel_all(Duration::from_secs(60)).await;
+
+    // Assert: stopped (or finished first); a rerun completes the flatten.
+    let state = fs.flatten_state(&ImageSpec::new("rbd", "child"));
+    assert!(
+        matches!(state, JobState::Cancelled | JobState::Done),
+        "{state}"
+    );
+    if state == JobState::Cancelled {
+        fs.setxattr(child, "user.rbd.flatten", b"1").await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while fs
+            .flatten_state(&ImageSpec::new("rbd", "child"))
+            .is_running()
+        {
+            assert!(std::time::Instant::now() < deadline, "rerun stuck");
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(
+        fs.flatten_state(&ImageSpec::new("rbd", "child")),
+        JobState::Done
+    );
+}

@@ -108,6 +108,25 @@ impl Jobs {
         self.jobs.lock().get(key).cloned()
     }
 
+    /// Cancel every running flatten and wait (at most `limit`) for each to
+    /// stop at its next object boundary; a rerun resumes them. For shutdown.
+    pub async fn cancel_all(&self, limit: std::time::Duration) {
+        let jobs: Vec<Arc<Job>> = self.jobs.lock().values().cloned().collect();
+        for j in &jobs {
+            j.cancel();
+        }
+        let wait_all = async {
+            for j in &jobs {
+                let mut rx = j.subscribe();
+                // An error means the job is gone, which is as good as finished.
+                let _ = rx.wait_for(|s| !s.is_running()).await;
+            }
+        };
+        if tokio::time::timeout(limit, wait_all).await.is_err() {
+            log::warn!("a flatten did not stop within {limit:?}; it resumes when rerun");
+        }
+    }
+
     /// Start flattening `image` in the background unless a flatten of it runs
     /// already; returns the job and whether this call started it. The image
     /// must be a clone's head (the caller checks, so errors reach it directly).
