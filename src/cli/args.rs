@@ -77,7 +77,7 @@ pub enum Verb {
     Export(ExportArgs),
     /// Create an image from a file's content (`-` for stdin).
     Import(ImportArgs),
-    /// Show the store (or an image): who holds it, pools, OSDs.
+    /// Show the store (or an image): who holds it, its pools, a flatten in progress.
     Status(StatusArgs),
     /// Mount the store: every image and snapshot as a file under MOUNTPOINT.
     Mount(MountArgs),
