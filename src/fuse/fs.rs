@@ -91,7 +91,9 @@ pub struct Attr {
     pub ino: u64,
     pub kind: Kind,
     pub size: u64,
-    /// Allocated space in 512-byte units.
+    /// Allocated space in 512-byte units, as `rbd du` counts it: objects
+    /// written since the previous snapshot (so an image's files add up to its
+    /// usage, snapshots included).
     pub blocks: u64,
     pub perm: u16,
     pub nlink: u32,
