@@ -449,3 +449,21 @@ async fn test_cancel_all_leaves_no_flatten_running() {
         JobState::Done
     );
 }
+
+#[tokio::test]
+async fn test_blocks_of_an_image_and_its_snapshot_add_up_to_its_usage() {
+    // Arrange: one object written, snapshot, a second object written.
+    let fs = fs().await;
+    let ino = image(&fs, "vm", 64 * MIB).await;
+    write(&fs, ino, 0, &[1u8; 4096]).await;
+    fs.setxattr(ino, "user.rbd.snap", b"s1").await.unwrap();
+    write(&fs, ino, 8 * MIB, &[2u8; 4096]).await;
+
+    // Act
+    let head = fs.getattr(ino).await.unwrap().blocks;
+    let snap = lookup(&fs, "vm@s1").await.unwrap().blocks;
+
+    // Assert: each counts what it holds on its own.
+    assert_eq!(snap, (4 * MIB) / 512);
+    assert_eq!(head, (4 * MIB) / 512);
+}
