@@ -49,9 +49,12 @@ fn txn(i: u64) -> Transaction {
     }
     let len = 1 + (i * 31) % 9000;
     let data: Vec<u8> = (0..len).map(|j| (i as u8).wrapping_add(j as u8)).collect();
+    // Every third write starts at 0: with the child's small direct-write
+    // threshold, most of those go to a new file instead of the journal.
+    let off = if i % 3 == 0 { 0 } else { (i * 7919) % 60_000 };
     t.push(TxOp::Write {
         key: head,
-        off: (i * 7919) % 60_000,
+        off,
         data: Bytes::from(data),
     });
     t
@@ -99,6 +102,7 @@ fn child_process_entry() {
     };
     let cfg = StoreConfig {
         journal_max_bytes: JOURNAL_MAX,
+        direct_write_min: 2048,
         ..StoreConfig::default()
     };
     let store = FileStore::open(Path::new(&dir), cfg).expect("child opens the store");

@@ -13,6 +13,11 @@
 //!     24    n  payload: the encoded transaction
 //! ```
 //!
+//! Version 2 adds one step, `Place` (tag 16): a large write whose data was
+//! written and synced to a new data file before the record, so the record
+//! carries the file's id and length instead of the data. Records without a
+//! `Place` are still written as version 1, byte for byte as before.
+//!
 //! The header layout is the same for every version, so a reader can always
 //! frame and checksum a record; only a record whose checksum holds and whose
 //! version is newer than ours is reported as [`DecodeError::NewerVersion`].
@@ -24,10 +29,15 @@ use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{CollId, ObjectKey, Transaction, TxOp};
+#[cfg(test)]
+use super::Transaction;
+use super::{CollId, ObjectKey, TxOp};
 
 pub const RECORD_MAGIC: [u8; 4] = *b"RBDJ";
-pub const RECORD_VERSION: u8 = 1;
+/// Newest record version this build writes and reads.
+pub const RECORD_VERSION: u8 = 2;
+/// The version of records without a [`Step::Place`].
+const RECORD_VERSION_PLAIN: u8 = 1;
 pub const RECORD_HEADER_LEN: usize = 24;
 /// Larger lengths are treated as corruption rather than allocated.
 pub const MAX_PAYLOAD_LEN: u32 = 1 << 30;
@@ -296,96 +306,140 @@ mod tag {
     pub const OMAP_CLEAR: u8 = 13;
     pub const COLL_META_SET: u8 = 14;
     pub const COLL_META_RM: u8 = 15;
+    pub const PLACE: u8 = 16;
 }
 
-/// Encode a transaction (the record payload).
-pub fn encode_txn(e: &mut Encoder, txn: &Transaction) {
-    e.u32(len32(txn.ops.len()));
-    for op in &txn.ops {
-        match op {
-            TxOp::CreateCollection(c) => {
-                e.u8(tag::CREATE_COLLECTION);
-                e.coll(*c);
-            }
-            TxOp::RemoveCollection(c) => {
-                e.u8(tag::REMOVE_COLLECTION);
-                e.coll(*c);
-            }
-            TxOp::Touch(k) => {
-                e.u8(tag::TOUCH);
-                e.key(k);
-            }
-            TxOp::Write { key, off, data } => {
-                e.u8(tag::WRITE);
+/// One step of a transaction as the store journals and applies it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Op(TxOp),
+    /// Replace the object's data with data file `id`, whose first `len`
+    /// bytes were written and synced before the record: the object becomes
+    /// the file's `[0, len)` followed by its old bytes past `len`, if any.
+    Place {
+        key: ObjectKey,
+        len: u64,
+        id: u64,
+    },
+}
+
+/// A transaction's steps, with no write placed in a file.
+#[cfg(test)]
+pub fn steps_of(txn: Transaction) -> Vec<Step> {
+    txn.ops.into_iter().map(Step::Op).collect()
+}
+
+/// Encode a step list (the record payload) and return the record version it needs.
+pub fn encode_steps(e: &mut Encoder, steps: &[Step]) -> u8 {
+    let mut version = RECORD_VERSION_PLAIN;
+    e.u32(len32(steps.len()));
+    for s in steps {
+        match s {
+            Step::Op(op) => encode_op(e, op),
+            Step::Place { key, len, id } => {
+                version = RECORD_VERSION;
+                e.u8(tag::PLACE);
                 e.key(key);
-                e.u64(*off);
-                e.bytes64(data);
-            }
-            TxOp::Zero { key, off, len } => {
-                e.u8(tag::ZERO);
-                e.key(key);
-                e.u64(*off);
                 e.u64(*len);
+                e.u64(*id);
             }
-            TxOp::Truncate { key, size } => {
-                e.u8(tag::TRUNCATE);
-                e.key(key);
-                e.u64(*size);
-            }
-            TxOp::Remove(k) => {
-                e.u8(tag::REMOVE);
-                e.key(k);
-            }
-            TxOp::Clone { from, to } => {
-                e.u8(tag::CLONE);
-                e.key(from);
-                e.key(to);
-            }
-            TxOp::SetAttrs { key, attrs } => {
-                e.u8(tag::SET_ATTRS);
-                e.key(key);
-                e.map(attrs);
-            }
-            TxOp::RmAttr { key, name } => {
-                e.u8(tag::RM_ATTR);
-                e.key(key);
-                e.str(name);
-            }
-            TxOp::OmapSet { key, entries } => {
-                e.u8(tag::OMAP_SET);
-                e.key(key);
-                e.map(entries);
-            }
-            TxOp::OmapRmKeys { key, keys } => {
-                e.u8(tag::OMAP_RM_KEYS);
-                e.key(key);
-                e.strs(keys);
-            }
-            TxOp::OmapClear(k) => {
-                e.u8(tag::OMAP_CLEAR);
-                e.key(k);
-            }
-            TxOp::CollMetaSet { coll, entries } => {
-                e.u8(tag::COLL_META_SET);
-                e.coll(*coll);
-                e.map(entries);
-            }
-            TxOp::CollMetaRm { coll, keys } => {
-                e.u8(tag::COLL_META_RM);
-                e.coll(*coll);
-                e.strs(keys);
-            }
+        }
+    }
+    version
+}
+
+fn encode_op(e: &mut Encoder, op: &TxOp) {
+    match op {
+        TxOp::CreateCollection(c) => {
+            e.u8(tag::CREATE_COLLECTION);
+            e.coll(*c);
+        }
+        TxOp::RemoveCollection(c) => {
+            e.u8(tag::REMOVE_COLLECTION);
+            e.coll(*c);
+        }
+        TxOp::Touch(k) => {
+            e.u8(tag::TOUCH);
+            e.key(k);
+        }
+        TxOp::Write { key, off, data } => {
+            e.u8(tag::WRITE);
+            e.key(key);
+            e.u64(*off);
+            e.bytes64(data);
+        }
+        TxOp::Zero { key, off, len } => {
+            e.u8(tag::ZERO);
+            e.key(key);
+            e.u64(*off);
+            e.u64(*len);
+        }
+        TxOp::Truncate { key, size } => {
+            e.u8(tag::TRUNCATE);
+            e.key(key);
+            e.u64(*size);
+        }
+        TxOp::Remove(k) => {
+            e.u8(tag::REMOVE);
+            e.key(k);
+        }
+        TxOp::Clone { from, to } => {
+            e.u8(tag::CLONE);
+            e.key(from);
+            e.key(to);
+        }
+        TxOp::SetAttrs { key, attrs } => {
+            e.u8(tag::SET_ATTRS);
+            e.key(key);
+            e.map(attrs);
+        }
+        TxOp::RmAttr { key, name } => {
+            e.u8(tag::RM_ATTR);
+            e.key(key);
+            e.str(name);
+        }
+        TxOp::OmapSet { key, entries } => {
+            e.u8(tag::OMAP_SET);
+            e.key(key);
+            e.map(entries);
+        }
+        TxOp::OmapRmKeys { key, keys } => {
+            e.u8(tag::OMAP_RM_KEYS);
+            e.key(key);
+            e.strs(keys);
+        }
+        TxOp::OmapClear(k) => {
+            e.u8(tag::OMAP_CLEAR);
+            e.key(k);
+        }
+        TxOp::CollMetaSet { coll, entries } => {
+            e.u8(tag::COLL_META_SET);
+            e.coll(*coll);
+            e.map(entries);
+        }
+        TxOp::CollMetaRm { coll, keys } => {
+            e.u8(tag::COLL_META_RM);
+            e.coll(*coll);
+            e.strs(keys);
         }
     }
 }
 
-/// Decode a transaction payload; the whole input must be consumed.
-pub fn decode_txn(buf: Bytes) -> DecodeResult<Transaction> {
+/// Decode a payload of record version `version`; the whole input must be consumed.
+pub fn decode_steps(buf: Bytes, version: u8) -> DecodeResult<Vec<Step>> {
     let mut d = Decoder::new(buf);
     let n = d.count(1, "operation count")?;
     let mut ops = Vec::with_capacity(n);
     for _ in 0..n {
         let t = d.u8("operation tag")?;
+        if t == tag::PLACE && version >= RECORD_VERSION {
+            ops.push(Step::Place {
+                key: d.key()?,
+                len: d.u64("placed length")?,
+                id: d.u64("placed file id")?,
+            });
+            continue;
+        }
         let op = match t {
             tag::CREATE_COLLECTION => TxOp::CreateCollection(d.coll()?),
             tag::REMOVE_COLLECTION => TxOp::RemoveCollection(d.coll()?),
@@ -436,10 +490,10 @@ pub fn decode_txn(buf: Bytes) -> DecodeResult<Transaction> {
             },
             other => return Err(DecodeError::BadTag(other)),
         };
-        ops.push(op);
+        ops.push(Step::Op(op));
     }
     d.finish()?;
-    Ok(Transaction { ops })
+    Ok(ops)
 }
 
 /// A journal record as buffers ready to be written with one `writev`.
@@ -452,12 +506,13 @@ pub struct Payload {
     pub bufs: Vec<Bytes>,
     pub len: u64,
     crc: u32,
+    version: u8,
 }
 
-/// Encode a transaction payload (the expensive part, done before a seq exists).
-pub fn encode_payload(txn: &Transaction) -> Payload {
+/// Encode a step list as a payload (the expensive part, done before a seq exists).
+pub fn encode_payload(steps: &[Step]) -> Payload {
     let mut e = Encoder::new();
-    encode_txn(&mut e, txn);
+    let version = encode_steps(&mut e, steps);
     let bufs = e.finish();
     let mut crc = 0;
     let mut len = 0;
@@ -465,7 +520,12 @@ pub fn encode_payload(txn: &Transaction) -> Payload {
         crc = crc32c::crc32c_append(crc, b);
         len += b.len() as u64;
     }
-    Payload { bufs, len, crc }
+    Payload {
+        bufs,
+        len,
+        crc,
+        version,
+    }
 }
 
 /// Frame a payload as a journal record with sequence number `seq`. The
@@ -473,7 +533,7 @@ pub fn encode_payload(txn: &Transaction) -> Payload {
 pub fn frame_record(seq: u64, payload: Payload) -> EncodedRecord {
     let mut head = [0u8; RECORD_HEADER_LEN];
     head[0..4].copy_from_slice(&RECORD_MAGIC);
-    head[4] = RECORD_VERSION;
+    head[4] = payload.version;
     head[8..12].copy_from_slice(&len32(payload.len as usize).to_le_bytes());
     head[12..20].copy_from_slice(&seq.to_le_bytes());
     let crc = crc32c::crc32c_combine(
@@ -491,7 +551,7 @@ pub fn frame_record(seq: u64, payload: Payload) -> EncodedRecord {
 /// Frame a transaction as a journal record with sequence number `seq`.
 #[cfg(test)]
 pub fn encode_record(seq: u64, txn: &Transaction) -> EncodedRecord {
-    frame_record(seq, encode_payload(txn))
+    frame_record(seq, encode_payload(&steps_of(txn.clone())))
 }
 
 /// A parsed record header; the checksum is not verified yet.
@@ -530,8 +590,8 @@ pub fn parse_header(h: &[u8]) -> DecodeResult<RecordHeader> {
     })
 }
 
-/// Check the payload against the header and decode the transaction.
-pub fn decode_payload(h: &RecordHeader, payload: Bytes) -> DecodeResult<Transaction> {
+/// Check the payload against the header and decode its steps.
+pub fn decode_payload(h: &RecordHeader, payload: Bytes) -> DecodeResult<Vec<Step>> {
     if payload.len() != h.payload_len as usize {
         return Err(DecodeError::Truncated("record payload"));
     }
@@ -545,15 +605,15 @@ pub fn decode_payload(h: &RecordHeader, payload: Bytes) -> DecodeResult<Transact
     if h.version > RECORD_VERSION {
         return Err(DecodeError::NewerVersion(h.version));
     }
-    if h.version != RECORD_VERSION || h.raw[5..8] != [0, 0, 0] {
+    if h.version < RECORD_VERSION_PLAIN || h.raw[5..8] != [0, 0, 0] {
         return Err(DecodeError::BadVersion(h.version));
     }
-    decode_txn(payload)
+    decode_steps(payload, h.version)
 }
 
 /// Decode one record at the start of `buf`: `(seq, txn, bytes consumed)`.
 #[cfg(test)]
-pub fn decode_record(buf: &Bytes) -> DecodeResult<(u64, Transaction, usize)> {
+pub fn decode_record(buf: &Bytes) -> DecodeResult<(u64, Vec<Step>, usize)> {
     let h = parse_header(buf)?;
     let end = RECORD_HEADER_LEN + h.payload_len as usize;
     if buf.len() < end {
@@ -613,6 +673,54 @@ mod tests {
         assert_eq!(flat, golden);
     }
 
+    fn placed() -> Vec<Step> {
+        vec![Step::Place {
+            key: key("o"),
+            len: 4 << 20,
+            id: (1 << 63) | 5,
+        }]
+    }
+
+    #[test]
+    fn test_encode_record_place_matches_golden_bytes() {
+        let flat: Vec<u8> = frame_record(9, encode_payload(&placed())).bufs.concat();
+
+        #[rustfmt::skip]
+        let golden: Vec<u8> = vec![
+            // header: magic, version 2 (has a Place), reserved, payload length 46,
+            // seq 9, crc32c (checked against a bitwise CRC-32C)
+            b'R', b'B', b'D', b'J', 2, 0, 0, 0, 46, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0,
+            0x6e, 0xd0, 0x45, 0x1f,
+            // 1 op
+            1, 0, 0, 0,
+            // Place: tag 16, coll (pool 1, pg 2), name "o", snap 3, len 4 MiB,
+            // file id 1 << 63 | 5
+            16, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, b'o', 3, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0x40, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0x80,
+        ];
+        assert_eq!(flat, golden);
+    }
+
+    #[test]
+    fn test_decode_record_place_golden_roundtrips() {
+        let flat = Bytes::from(frame_record(9, encode_payload(&placed())).bufs.concat());
+
+        let (seq, steps, used) = decode_record(&flat).unwrap();
+
+        assert_eq!((seq, used), (9, flat.len()));
+        assert_eq!(steps, placed());
+    }
+
+    #[test]
+    fn test_decode_version_1_record_with_place_tag_is_an_error() {
+        let mut e = Encoder::new();
+        encode_steps(&mut e, &placed());
+
+        let r = decode_steps(Bytes::from(e.finish_flat()), RECORD_VERSION_PLAIN);
+
+        assert_eq!(r.unwrap_err(), DecodeError::BadTag(tag::PLACE));
+    }
+
     #[test]
     fn test_decode_record_golden_roundtrips() {
         let flat = Bytes::from(encode_record(7, &sample()).bufs.concat());
@@ -620,7 +728,7 @@ mod tests {
         let (seq, txn, used) = decode_record(&flat).unwrap();
 
         assert_eq!((seq, used), (7, flat.len()));
-        assert_eq!(txn, sample());
+        assert_eq!(txn, steps_of(sample()));
     }
 
     #[test]
@@ -668,7 +776,7 @@ mod tests {
             bytes in proptest::collection::vec(any::<u8>(), 0..512)
         ) {
             let _ = decode_record(&Bytes::from(bytes.clone()));
-            let _ = decode_txn(Bytes::from(bytes));
+            let _ = decode_steps(Bytes::from(bytes), RECORD_VERSION);
         }
 
         #[test]

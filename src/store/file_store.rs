@@ -21,9 +21,30 @@
 //! STORE/objects/<xx>/<id>   object data, one file per object (see data.rs)
 //! ```
 //!
+//! Large writes take a direct path (BlueStore's "big writes go to new space"):
+//!
+//! ```text
+//! queue_transaction (caller's thread)       journal writer     apply thread
+//!   Write{off 0, len >= direct_write_min}:
+//!   new file PLACED_ID_BIT|n, pwrite, ──────> record holds ───> object's id := n,
+//!   fdatasync, fsync its directory            Place{key,len,n}  copy old tail past
+//!   (before the record can be written)        (no data)         len, old file doomed
+//!                                                               until a checkpoint
+//! ```
+//!
+//! Every byte is written once; the journal carries a few dozen bytes. The
+//! file's fdatasyncs run on the queueing threads, in parallel across them.
+//!
+//! Data files are never deleted by an apply: a removed, replaced or
+//! overwritten-by-clone object's file is doomed with the seq that dropped it
+//! and deleted by the first checkpoint whose snapshot covers that seq. So a
+//! record that replay may still apply never lacks a file it names, and a
+//! clone's file, once built, stays until no record can re-run the clone.
+//!
 //! Recovery: open loads the snapshot (seq S), replays journal records after S
-//! onto it and onto the object files, removes files no object owns, then
-//! checkpoints, so a torn journal tail is never appended to.
+//! onto it and onto the object files, checkpoints (so a torn journal tail is
+//! never appended to), and only then removes files no object owns: the
+//! orphans of placed writes whose record never committed, and doomed files.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::File;
@@ -36,8 +57,8 @@ use std::thread::JoinHandle;
 
 use bytes::Bytes;
 
-use super::codec::{self, EncodedRecord, MAX_PAYLOAD_LEN};
-use super::data::{self, fsync_dir, obj_dir, obj_path, tmp_path};
+use super::codec::{self, EncodedRecord, MAX_PAYLOAD_LEN, Step};
+use super::data::{self, PLACED_ID_BIT, fsync_dir, obj_dir, obj_path, tmp_path};
 use super::journal::{self, JournalWriter, ReplayEnd, ReplayError};
 use super::meta::MetaTable;
 use super::{
@@ -61,6 +82,12 @@ pub struct StoreConfig {
     pub min_free_bytes: u64,
     /// Use this instead of the file system's available bytes (tests).
     pub fake_available_bytes: Option<u64>,
+    /// A `Write` at offset 0 of at least this many bytes goes straight to a
+    /// new data file instead of through the journal; 0 turns this off.
+    pub direct_write_min: u64,
+    /// `queue_transaction` blocks while queued, not yet applied transactions
+    /// carry more write data than this (one transaction always passes).
+    pub max_queued_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -69,8 +96,15 @@ impl Default for StoreConfig {
             journal_max_bytes: 64 << 20,
             min_free_bytes: 64 << 20,
             fake_available_bytes: None,
+            direct_write_min: 512 << 10,
+            max_queued_bytes: 256 << 20,
         }
     }
+}
+
+thread_local! {
+    /// Set on a store's own threads, where callbacks run.
+    static ON_STORE_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -79,13 +113,63 @@ struct Superblock {
     version: u32,
 }
 
+/// Open data files by id, so reads and applies do not open a file per call.
+///
+/// Only live ids are ever looked up: a reader holds its object's shard while
+/// it resolves the id and reads, and an id leaves the table (under that
+/// shard's write lock) before it is doomed, so no entry is added for a file
+/// that a checkpoint deletes; the checkpoint forgets an id as it deletes it.
+struct FdCache {
+    map: Mutex<std::collections::HashMap<u64, Arc<File>>>,
+}
+
+/// Cached data file handles per store; beyond this the cache starts over.
+/// Small: one process runs several stores under the default limit of 1024
+/// open files.
+const FD_CACHE_MAX: usize = 128;
+
+impl FdCache {
+    /// The file of `id`, created if `create`; `None` if absent and not created.
+    fn get(&self, root: &Path, id: u64, create: bool) -> io::Result<Option<Arc<File>>> {
+        if let Some(f) = self.map.lock().get(&id) {
+            return Ok(Some(f.clone()));
+        }
+        let path = obj_path(root, id);
+        let f = if create {
+            Some(data::open_rw(&path)?)
+        } else {
+            data::open_rw_existing(&path)?
+        };
+        let Some(f) = f else { return Ok(None) };
+        let mut m = self.map.lock();
+        if m.len() >= FD_CACHE_MAX {
+            m.clear();
+        }
+        Ok(Some(m.entry(id).or_insert_with(|| Arc::new(f)).clone()))
+    }
+
+    fn forget(&self, id: u64) {
+        self.map.lock().remove(&id);
+    }
+}
+
+/// Bytes a queued transaction holds until it is applied or fails.
+#[derive(Clone, Copy, Default)]
+struct Held {
+    /// Against the free-space check.
+    reserved: u64,
+    /// Against `max_queued_bytes`.
+    queued: u64,
+}
+
 /// A transaction on its way to the journal.
 struct Pending {
     seq: u64,
     rec: EncodedRecord,
-    txn: Transaction,
-    /// Bytes held against the free-space check until applied.
-    reserved: u64,
+    steps: Vec<Step>,
+    /// The object shards it touches, sorted.
+    shards: Vec<usize>,
+    held: Held,
     on_commit: Callback,
     on_applied: Callback,
 }
@@ -93,8 +177,9 @@ struct Pending {
 /// A durable transaction on its way to the apply thread.
 struct Committed {
     seq: u64,
-    txn: Transaction,
-    reserved: u64,
+    steps: Vec<Step>,
+    shards: Vec<usize>,
+    held: Held,
     on_applied: Callback,
 }
 
@@ -139,6 +224,15 @@ struct Inner {
     ckpt_cv: Condvar,
     /// Space reserved by queued transactions not yet applied.
     reserved: AtomicU64,
+    /// Write data of queued transactions not yet applied (back-pressure).
+    queued: Mutex<u64>,
+    queued_cv: Condvar,
+    /// Next placed-write file id (below `PLACED_ID_BIT`).
+    next_placed: AtomicU64,
+    /// Files of objects dropped by applied transactions: (seq, id). Deleted
+    /// by the first checkpoint whose snapshot covers the seq.
+    doomed: Mutex<Vec<(u64, u64)>>,
+    fds: FdCache,
     failed: AtomicBool,
     closed: AtomicBool,
     /// Simulated power loss: threads stop where they are, nothing is synced.
@@ -236,6 +330,9 @@ impl FileStore {
         recover(path, &mut meta)?;
         let next_seq = meta.seq + 1;
         let writer = checkpoint_at_open(path, &root_dir, &meta)?;
+        // Only now, with the replayed state in the snapshot, may files that no
+        // object owns go: a crash during replay must find them again.
+        let max_placed = sweep_objects(path, &meta)?;
         let (tx, rx) = mpsc::channel();
         let colls = meta.colls.keys().copied().collect();
         let inner = Arc::new(Inner {
@@ -262,6 +359,13 @@ impl FileStore {
             ckpt_req: Mutex::new(CkptReq::default()),
             ckpt_cv: Condvar::new(),
             reserved: AtomicU64::new(0),
+            queued: Mutex::new(0),
+            queued_cv: Condvar::new(),
+            next_placed: AtomicU64::new(max_placed + 1),
+            doomed: Mutex::new(Vec::new()),
+            fds: FdCache {
+                map: Mutex::new(std::collections::HashMap::new()),
+            },
             failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
@@ -271,7 +375,10 @@ impl FileStore {
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.to_string())
-                .spawn(f)
+                .spawn(move || {
+                    ON_STORE_THREAD.set(true);
+                    f()
+                })
                 .map_err(io_err("starting a store thread"))
         };
         let i = inner.clone();
@@ -330,6 +437,7 @@ impl FileStore {
     pub fn crash(&self) {
         self.inner.crashed.store(true, Ordering::SeqCst);
         self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.wake_queuers();
         if self.stop_threads() {
             self.inner.lock.lock().take();
         }
@@ -341,7 +449,11 @@ impl FileStore {
         let _shard = self.inner.shards[shard_of(key)].read();
         let (id, size) = self.inner.id_size(key)?;
         let path = obj_path(&self.inner.root, id);
-        let f = data::open_ro(&path).map_err(io_err(format!("opening {}", path.display())))?;
+        let f = self
+            .inner
+            .fds
+            .get(&self.inner.root, id, false)
+            .map_err(io_err(format!("opening {}", path.display())))?;
         let mut crc = 0;
         let mut buf = vec![0u8; (1 << 20).min(size as usize)];
         let mut pos = 0;
@@ -384,6 +496,7 @@ impl FileStore {
     /// is released when the last of them drops the shared state.
     fn stop_threads(&self) -> bool {
         self.inner.submit.lock().tx.take();
+        self.inner.wake_queuers();
         {
             let mut r = self.inner.ckpt_req.lock();
             r.stop = true;
@@ -501,7 +614,7 @@ fn recover(path: &Path, meta: &mut MetaTable) -> StoreResult<()> {
     let mut touched = HashSet::new();
     let mut replayed = 0u64;
     let table = RwLock::new(std::mem::take(meta));
-    let end = journal::replay(path, |seq, txn| {
+    let end = journal::replay(path, |seq, steps| {
         let cur = table.read().seq;
         if seq <= cur {
             return Ok(());
@@ -518,8 +631,11 @@ fn recover(path: &Path, meta: &mut MetaTable) -> StoreResult<()> {
             root: path,
             replay: Some(&mut touched),
             crashed: None,
+            doomed: Vec::new(),
+            fds: None,
         };
-        apply_txn(&mut ctx, &table, seq, &txn)
+        // Doomed files stay: the sweep after the open checkpoint takes them.
+        apply_txn(&mut ctx, &table, seq, &steps)
             .map_err(|e| StoreError::io(format!("replaying journal seq {seq}"), e))?;
         replayed += 1;
         Ok(())
@@ -560,11 +676,20 @@ fn recover(path: &Path, meta: &mut MetaTable) -> StoreResult<()> {
             meta.seq
         );
     }
-    sweep_objects(path, meta)
+    Ok(())
 }
 
-fn sweep_objects(path: &Path, meta: &MetaTable) -> StoreResult<()> {
+/// Remove files no object owns and trim files longer than their object.
+/// Returns the largest placed-write counter among the files found (0 if
+/// none), so new placed ids never reuse the name of a file seen here.
+fn sweep_objects(path: &Path, meta: &MetaTable) -> StoreResult<u64> {
     let live: std::collections::HashMap<u64, u64> = meta.ids().collect();
+    let mut max_placed = live
+        .keys()
+        .filter(|id| *id & PLACED_ID_BIT != 0)
+        .map(|id| id & !PLACED_ID_BIT)
+        .max()
+        .unwrap_or(0);
     for i in 0..data::FANOUT {
         let dir = obj_dir(path, i);
         let ctx = || format!("scanning {}", dir.display());
@@ -572,6 +697,11 @@ fn sweep_objects(path: &Path, meta: &MetaTable) -> StoreResult<()> {
             let ent = ent.map_err(io_err(ctx()))?;
             let p = ent.path();
             let id = ent.file_name().to_str().and_then(data::parse_name);
+            if let Some(id) = id
+                && id & PLACED_ID_BIT != 0
+            {
+                max_placed = max_placed.max(id & !PLACED_ID_BIT);
+            }
             match id.and_then(|id| live.get(&id)) {
                 Some(&size) => {
                     let len = ent.metadata().map_err(io_err(ctx()))?.len();
@@ -584,7 +714,7 @@ fn sweep_objects(path: &Path, meta: &MetaTable) -> StoreResult<()> {
             }
         }
     }
-    Ok(())
+    Ok(max_placed)
 }
 
 /// After replay: make the replayed state durable, snapshot it, and start a
@@ -663,6 +793,8 @@ impl Inner {
         }
         self.failed.store(true, Ordering::Release);
         self.progress_cv.notify_all();
+        drop(p);
+        self.wake_queuers();
     }
 
     fn failed_err(&self) -> StoreError {
@@ -758,10 +890,42 @@ impl Inner {
         Ok(())
     }
 
-    /// A queued transaction's space reservation ends (applied or failed):
-    /// from now on `statfs` accounts for what it wrote.
-    fn release(&self, reserved: u64) {
-        self.reserved.fetch_sub(reserved, Ordering::AcqRel);
+    /// A queued transaction's holds end (applied or failed): from now on
+    /// `statfs` accounts for what it wrote, and blocked queuers may go on.
+    fn release(&self, held: Held) {
+        self.reserved.fetch_sub(held.reserved, Ordering::AcqRel);
+        if held.queued > 0 {
+            let mut q = self.queued.lock();
+            *q -= held.queued;
+            self.queued_cv.notify_all();
+        }
+    }
+
+    fn wake_queuers(&self) {
+        let _q = self.queued.lock();
+        self.queued_cv.notify_all();
+    }
+
+    /// Back-pressure: wait while queued, unapplied transactions carry more
+    /// than `max_queued_bytes` of write data, then count `bytes` in. A lone
+    /// transaction always passes, so no size can wait forever. Store threads
+    /// (callbacks that queue) never wait: they are what frees the queue.
+    fn admit(&self, bytes: u64) -> StoreResult<()> {
+        let mut q = self.queued.lock();
+        if !ON_STORE_THREAD.get() {
+            while *q > 0 && q.saturating_add(bytes) > self.cfg.max_queued_bytes {
+                if self.closed.load(Ordering::Acquire)
+                    || self.failed.load(Ordering::Acquire)
+                    || self.crashed.load(Ordering::Acquire)
+                {
+                    drop(q);
+                    return Err(self.failed_err());
+                }
+                self.queued_cv.wait(&mut q);
+            }
+        }
+        *q += bytes;
+        Ok(())
     }
 
     /// Checkpoint. Crash safety, step by step:
@@ -772,17 +936,19 @@ impl Inner {
     /// 4. write the snapshot (temp, fsync, rename, fsync dir): a crash before
     ///    the rename reopens from the old snapshot with all segments intact; after
     ///    it, from S, skipping the records <= S still on disk;
-    /// 5. delete the segments holding only records <= S.
+    /// 5. delete the segments holding only records <= S (step 6 below).
     fn checkpoint(&self) -> StoreResult<()> {
         let _g = self.ckpt_lock.lock();
         let ctx = format!("checkpointing {}", self.root.display());
         let boundary = self.journal.lock().rotate().map_err(io_err(&ctx))?;
         self.wait_applied_seq(boundary - 1)?;
-        let (snap, seq) = {
-            // The gate keeps a transaction from being half applied in the copy.
+        let (snap, seq, doomed) = {
+            // The gate keeps a transaction from being half applied in the copy,
+            // and the doomed list in step with it.
             let _gate = self.apply_gate.lock();
             let m = self.meta.read();
-            (m.encode(), m.seq)
+            let doomed: Vec<u64> = self.doomed.lock().iter().map(|(_, id)| *id).collect();
+            (m.encode(), m.seq, doomed)
         };
         let crashed = || {
             if self.crashed.load(Ordering::Acquire) {
@@ -796,6 +962,14 @@ impl Inner {
         crashed()?;
         write_atomic(&self.root, SNAPSHOT, &snap).map_err(io_err(&ctx))?;
         crashed()?;
+        // 6. the snapshot no longer names the doomed files and no record
+        //    replay could still apply (seq > S) dropped them, so they go. A
+        //    crash part way leaves orphans, which open sweeps.
+        self.doomed.lock().retain(|(s, _)| *s > seq);
+        for id in doomed {
+            self.fds.forget(id);
+            data::remove_file(&obj_path(&self.root, id)).map_err(io_err(&ctx))?;
+        }
         self.journal.lock().trim(seq).map_err(io_err(&ctx))
     }
 
@@ -962,7 +1136,7 @@ fn sync_loop(inner: Arc<Inner>, srx: mpsc::Receiver<Written>, atx: mpsc::Sender<
             if !ok {
                 let err = inner.failed_err();
                 for p in w.batch {
-                    inner.release(p.reserved);
+                    inner.release(p.held);
                     fail_callbacks(&err, Some(p.on_commit), p.on_applied);
                 }
                 continue;
@@ -976,12 +1150,13 @@ fn sync_loop(inner: Arc<Inner>, srx: mpsc::Receiver<Written>, atx: mpsc::Sender<
                 (p.on_commit)(Ok(()));
                 let c = Committed {
                     seq: p.seq,
-                    txn: p.txn,
-                    reserved: p.reserved,
+                    steps: p.steps,
+                    shards: p.shards,
+                    held: p.held,
                     on_applied: p.on_applied,
                 };
                 if let Err(mpsc::SendError(c)) = atx.send(c) {
-                    inner.release(c.reserved);
+                    inner.release(c.held);
                     (c.on_applied)(Err(inner.failed_err()));
                 }
             }
@@ -995,24 +1170,29 @@ fn sync_loop(inner: Arc<Inner>, srx: mpsc::Receiver<Written>, atx: mpsc::Sender<
 fn apply_loop(inner: Arc<Inner>, rx: mpsc::Receiver<Committed>) {
     while let Ok(c) = rx.recv() {
         if inner.crashed.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
-            inner.release(c.reserved);
+            inner.release(c.held);
             (c.on_applied)(Err(inner.failed_err()));
             continue;
         }
         let res = {
             let _gate = inner.apply_gate.lock();
-            let _shards: Vec<_> = txn_shards(&c.txn)
-                .into_iter()
-                .map(|i| inner.shards[i].write())
-                .collect();
+            let _shards: Vec<_> = c.shards.iter().map(|i| inner.shards[*i].write()).collect();
             let mut ctx = ApplyCtx {
                 root: &inner.root,
                 replay: None,
                 crashed: Some(&inner.crashed),
+                doomed: Vec::new(),
+                fds: Some(&inner.fds),
             };
-            apply_txn(&mut ctx, &inner.meta, c.seq, &c.txn)
+            let r = apply_txn(&mut ctx, &inner.meta, c.seq, &c.steps);
+            // Under the gate, so a checkpoint's table copy and doomed list agree.
+            inner
+                .doomed
+                .lock()
+                .extend(ctx.doomed.into_iter().map(|id| (c.seq, id)));
+            r
         };
-        inner.release(c.reserved);
+        inner.release(c.held);
         match res {
             Ok(true) => {
                 {
@@ -1058,6 +1238,10 @@ struct ApplyCtx<'a> {
     replay: Option<&'a mut HashSet<u64>>,
     /// Crash simulation: stop between steps when set.
     crashed: Option<&'a AtomicBool>,
+    /// Files of objects the steps dropped; deleted after a checkpoint.
+    doomed: Vec<u64>,
+    /// Open files (not during replay, which touches each file only once).
+    fds: Option<&'a FdCache>,
 }
 
 impl ApplyCtx<'_> {
@@ -1070,11 +1254,22 @@ impl ApplyCtx<'_> {
     /// Truncate and Remove set bytes to a value that does not depend on the
     /// file's contents, so re-applying all of them in order leaves each byte
     /// as its last setter left it. Clone reads the file; see `clone_data`.
+    /// Place's bytes `[0, len)` are not in the journal but in its own file,
+    /// durable before the record and touched since only by later steps (its
+    /// id is new), which replay re-applies; its tail copy reads the old
+    /// file, which no step after the Place touches and no apply deletes, so
+    /// after re-applying every earlier step it is as the Place first saw it.
+    /// See `place`.
     ///
     /// Defence in depth: the first time replay touches an id, bytes past the
     /// object's size at that point are cut, so a grow never exposes them.
-    fn file(&mut self, id: u64, size: u64) -> io::Result<File> {
-        let f = data::open_rw(&obj_path(self.root, id))?;
+    fn file(&mut self, id: u64, size: u64) -> io::Result<Arc<File>> {
+        let f = match self.fds {
+            Some(c) => c
+                .get(self.root, id, true)?
+                .ok_or_else(|| io::Error::other("data file vanished while being created"))?,
+            None => Arc::new(data::open_rw(&obj_path(self.root, id))?),
+        };
         if let Some(touched) = self.replay.as_deref_mut()
             && touched.insert(id)
             && f.metadata()?.len() > size
@@ -1082,6 +1277,63 @@ impl ApplyCtx<'_> {
             f.set_len(size)?;
         }
         Ok(f)
+    }
+
+    /// Switch `key` to placed file `id`, whose `[0, len)` is durable: the
+    /// object becomes those bytes followed by its old bytes past `len`
+    /// (unless `!keep_tail`: the caller knows the next step cuts the object
+    /// to at most `len`), and its old file is doomed.
+    ///
+    /// Replay: the file must exist (it was durable before its record could be
+    /// written, and is deleted only by a checkpoint covering a later step that
+    /// dropped it, after which this record is never replayed). Bytes past
+    /// `len` it may hold from later steps are cut and rebuilt from the old
+    /// file; later steps are re-applied after. A transaction that failed to
+    /// queue or never committed leaves its file unnamed, and open sweeps it.
+    fn place(
+        &mut self,
+        meta: &RwLock<MetaTable>,
+        key: &ObjectKey,
+        len: u64,
+        id: u64,
+        keep_tail: bool,
+    ) -> io::Result<()> {
+        let path = obj_path(self.root, id);
+        let Some(f) = data::open_rw_existing(&path)? else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "data file {} of a committed write is missing; the store was damaged outside rbdfs",
+                    path.display()
+                ),
+            ));
+        };
+        let (old_id, old_size) = {
+            let mut m = meta.write();
+            let Some((o, _)) = m.get_or_create(key) else {
+                missing_coll(key.coll);
+                self.doomed.push(id);
+                return Ok(());
+            };
+            let old = (o.id, if keep_tail { o.size } else { 0 });
+            o.id = id;
+            m.set_size(key, old.1.max(len));
+            old
+        };
+        if let Some(touched) = self.replay.as_deref_mut() {
+            touched.insert(id);
+            if f.metadata()?.len() > len {
+                f.set_len(len)?;
+            }
+        }
+        if old_size > len {
+            if let Some(old) = data::open_ro(&obj_path(self.root, old_id))? {
+                data::copy_sparse_range(&old, &f, len, old_size)?;
+            }
+            f.set_len(old_size)?;
+        }
+        self.doomed.push(old_id);
+        Ok(())
     }
 
     /// Copy `[0, size)` of object `src`'s data into a new file for `dst`.
@@ -1118,7 +1370,8 @@ impl ApplyCtx<'_> {
     }
 }
 
-/// Apply one transaction's steps in order to `meta` and the object files.
+/// Apply one transaction's steps in order to `meta` and the object files
+/// (files the steps drop go to `ctx.doomed`, never deleted here).
 /// Returns `Ok(false)` if a simulated crash stopped it part way.
 ///
 /// The caller holds the write locks of every object shard the transaction
@@ -1134,13 +1387,22 @@ fn apply_txn(
     ctx: &mut ApplyCtx,
     meta: &RwLock<MetaTable>,
     seq: u64,
-    txn: &Transaction,
+    steps: &[Step],
 ) -> io::Result<bool> {
-    for op in &txn.ops {
+    for (i, step) in steps.iter().enumerate() {
         if ctx.crashed.is_some_and(|c| c.load(Ordering::Acquire)) {
             return Ok(false);
         }
-        apply_op(ctx, meta, op)?;
+        match step {
+            Step::Op(op) => apply_op(ctx, meta, op)?,
+            Step::Place { key, len, id } => {
+                // A shrinking write_full is Write{0} then Truncate to its
+                // length: the old tail would be copied only to be cut.
+                let cut = matches!(steps.get(i + 1),
+                    Some(Step::Op(TxOp::Truncate { key: k, size })) if k == key && size <= len);
+                ctx.place(meta, key, *len, *id, !cut)?
+            }
+        }
     }
     meta.write().seq = seq;
     Ok(true)
@@ -1187,9 +1449,7 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &RwLock<MetaTable>, op: &TxOp) -> io::Resu
                     None => Vec::new(),
                 }
             };
-            for id in ids {
-                data::remove_file(&obj_path(ctx.root, id))?;
-            }
+            ctx.doomed.extend(ids);
         }
         TxOp::Touch(k) => {
             id_size(&mut meta.write(), k);
@@ -1240,9 +1500,7 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &RwLock<MetaTable>, op: &TxOp) -> io::Resu
         }
         TxOp::Remove(k) => {
             let old = meta.write().remove(k);
-            if let Some(o) = old {
-                data::remove_file(&obj_path(ctx.root, o.id))?;
-            }
+            ctx.doomed.extend(old.map(|o| o.id));
         }
         TxOp::Clone { from, to } => {
             if from == to {
@@ -1267,9 +1525,7 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &RwLock<MetaTable>, op: &TxOp) -> io::Resu
                 }
                 (old, copy)
             };
-            if let Some(o) = old {
-                data::remove_file(&obj_path(ctx.root, o.id))?;
-            }
+            ctx.doomed.extend(old.map(|o| o.id));
             if let Some((sid, ssize, tid)) = copy {
                 ctx.clone_data(sid, ssize, tid)?;
             }
@@ -1351,18 +1607,123 @@ fn txn_shards(txn: &Transaction) -> Vec<usize> {
     v
 }
 
-impl ObjectStore for FileStore {
-    fn queue_transaction(
+/// The files a transaction's large writes were placed in, by step index.
+struct Placed {
+    ids: Vec<Option<u64>>,
+    bytes: u64,
+}
+
+impl Placed {
+    /// The transaction's steps, placed writes as `Step::Place`.
+    fn steps(&self, txn: &Transaction) -> Vec<Step> {
+        txn.ops
+            .iter()
+            .zip(&self.ids)
+            .map(|(op, id)| match (op, id) {
+                (TxOp::Write { key, data, .. }, Some(id)) => Step::Place {
+                    key: key.clone(),
+                    len: data.len() as u64,
+                    id: *id,
+                },
+                _ => Step::Op(op.clone()),
+            })
+            .collect()
+    }
+
+    /// The transaction was refused: its files are not named by any record.
+    fn discard(&self, root: &Path) {
+        for id in self.ids.iter().flatten() {
+            if let Err(e) = data::remove_file(&obj_path(root, *id)) {
+                log::warn!("removing unused data file {id:x}: {e}; open removes it");
+            }
+        }
+    }
+}
+
+/// Whether a step writes through the direct path: a large write at offset 0,
+/// which replaces the object's bytes `[0, len)` and keeps the rest. Only
+/// offset 0, so the new file never needs the old head copied in; a shorter
+/// old tail is copied at apply (cheap: it is what the write did not replace).
+fn direct_write(cfg: &StoreConfig, op: &TxOp) -> bool {
+    matches!(op, TxOp::Write { off: 0, data, .. }
+        if cfg.direct_write_min > 0 && data.len() as u64 >= cfg.direct_write_min)
+}
+
+/// Write data bytes a transaction carries (what back-pressure counts).
+fn write_bytes(txn: &Transaction) -> u64 {
+    txn.ops
+        .iter()
+        .map(|op| match op {
+            TxOp::Write { data, .. } => data.len() as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
+impl Inner {
+    /// Write each direct-path step's data to a new file and make it durable
+    /// (data, then directory entry). Runs on the queueing thread, so callers
+    /// on several threads sync in parallel, off the journal's threads.
+    fn place_writes(&self, txn: &Transaction) -> StoreResult<Placed> {
+        let mut placed = Placed {
+            ids: Vec::with_capacity(txn.ops.len()),
+            bytes: 0,
+        };
+        let want: u64 = txn
+            .ops
+            .iter()
+            .filter(|op| direct_write(&self.cfg, op))
+            .map(|op| match op {
+                TxOp::Write { data, .. } => data.len() as u64,
+                _ => 0,
+            })
+            .sum();
+        if want > 0 {
+            self.check_space(want, self.available()?)?;
+        }
+        for op in &txn.ops {
+            let TxOp::Write { data, .. } = op else {
+                placed.ids.push(None);
+                continue;
+            };
+            if !direct_write(&self.cfg, op) {
+                placed.ids.push(None);
+                continue;
+            }
+            let id = PLACED_ID_BIT | self.next_placed.fetch_add(1, Ordering::Relaxed);
+            placed.ids.push(Some(id));
+            let path = obj_path(&self.root, id);
+            let res = data::write_new_durable(&path, data)
+                .and_then(|()| fsync_dir(&obj_dir(&self.root, id)));
+            if let Err(e) = res {
+                placed.discard(&self.root);
+                return Err(StoreError::io(format!("writing {}", path.display()), e));
+            }
+            placed.bytes += data.len() as u64;
+        }
+        Ok(placed)
+    }
+
+    /// The rest of `queue_transaction`, once admitted; on error the caller
+    /// releases `held`.
+    fn queue_admitted(
         &self,
         txn: Transaction,
         on_commit: Callback,
         on_applied: Callback,
+        held: &mut Held,
     ) -> StoreResult<()> {
-        let inner = &self.inner;
-        inner.usable()?;
-        check_ranges(&txn)?;
-        let payload = codec::encode_payload(&txn);
+        let inner = self;
+        // Ordering invariant of the direct path: every placed file is written,
+        // fdatasync'd and its directory entry fsync'd HERE, before the
+        // transaction gets a seq and reaches the journal writer, so no record
+        // naming a placed file can be on disk (even unsynced) before the file
+        // is durable. Replay relies on it and fails loudly if a file is absent.
+        let placed = inner.place_writes(&txn)?;
+        let steps = placed.steps(&txn);
+        let payload = codec::encode_payload(&steps);
         if payload.len > u64::from(MAX_PAYLOAD_LEN) {
+            placed.discard(&inner.root);
             return Err(StoreError::io(
                 "queueing a transaction",
                 io::Error::new(
@@ -1374,33 +1735,55 @@ impl ObjectStore for FileStore {
                 ),
             ));
         }
-        let need = inner.space_need(&txn, payload.len);
+        // The placed data is on disk already: `available` counts it.
+        let need = inner
+            .space_need(&txn, payload.len)
+            .map(|n| n.saturating_sub(placed.bytes));
         let avail = match need {
-            Some(_) => Some(inner.available()?),
+            Some(_) => match inner.available() {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    placed.discard(&inner.root);
+                    return Err(e);
+                }
+            },
             None => None,
         };
+        let shards = txn_shards(&txn);
         let mut s = inner.submit.lock();
-        let after = check_collections(&s.colls, &txn)?;
-        if let (Some(need), Some(avail)) = (need, avail) {
-            inner.check_space(need, avail)?;
-        }
-        let reserved = need.unwrap_or(0);
+        let checked = check_collections(&s.colls, &txn).and_then(|after| {
+            if let (Some(need), Some(avail)) = (need, avail) {
+                inner.check_space(need, avail)?;
+            }
+            Ok(after)
+        });
+        let after = match checked {
+            Ok(a) => a,
+            Err(e) => {
+                placed.discard(&inner.root);
+                return Err(e);
+            }
+        };
         let Some(tx) = s.tx.clone() else {
+            placed.discard(&inner.root);
             return Err(inner.failed_err());
         };
+        held.reserved = need.unwrap_or(0);
         let seq = s.next_seq;
         let rec = codec::frame_record(seq, payload);
         let p = Pending {
             seq,
             rec,
-            txn,
-            reserved,
+            steps,
+            shards,
+            held: *held,
             on_commit,
             on_applied,
         };
-        inner.reserved.fetch_add(reserved, Ordering::AcqRel);
+        inner.reserved.fetch_add(held.reserved, Ordering::AcqRel);
         if tx.send(p).is_err() {
-            inner.release(reserved);
+            // Placed files stay for open's sweep: the record may be in
+            // the journal writer's hands already.
             return Err(inner.failed_err());
         }
         s.next_seq += 1;
@@ -1408,6 +1791,30 @@ impl ObjectStore for FileStore {
             s.colls = after;
         }
         Ok(())
+    }
+}
+
+impl ObjectStore for FileStore {
+    fn queue_transaction(
+        &self,
+        txn: Transaction,
+        on_commit: Callback,
+        on_applied: Callback,
+    ) -> StoreResult<()> {
+        let inner = &self.inner;
+        inner.usable()?;
+        check_ranges(&txn)?;
+        let queued = write_bytes(&txn);
+        inner.admit(queued)?;
+        let mut held = Held {
+            reserved: 0,
+            queued,
+        };
+        let res = inner.queue_admitted(txn, on_commit, on_applied, &mut held);
+        if res.is_err() {
+            inner.release(held);
+        }
+        res
     }
 
     fn read(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<Bytes> {
@@ -1422,7 +1829,12 @@ impl ObjectStore for FileStore {
         }
         let mut buf = vec![0u8; (end - off) as usize];
         let path = obj_path(&self.inner.root, id);
-        match data::open_ro(&path).map_err(io_err(format!("opening {}", path.display())))? {
+        match self
+            .inner
+            .fds
+            .get(&self.inner.root, id, false)
+            .map_err(io_err(format!("opening {}", path.display())))?
+        {
             Some(f) => data::read_at_zero_fill(&f, &mut buf, off)
                 .map_err(io_err(format!("reading {}", path.display())))?,
             // A missing file is an object of holes, unless the whole store

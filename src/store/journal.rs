@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 
-use super::Transaction;
+use super::codec::Step;
 use super::codec::{self, DecodeError, RECORD_HEADER_LEN};
 use super::data::fsync_dir;
 use crate::sync::Arc;
@@ -221,7 +221,7 @@ pub enum ReplayError {
 /// Stops at the first torn or corrupt record, or at a break in the sequence.
 pub fn replay(
     root: &Path,
-    mut f: impl FnMut(u64, Transaction) -> Result<(), super::StoreError>,
+    mut f: impl FnMut(u64, Vec<Step>) -> Result<(), super::StoreError>,
 ) -> Result<ReplayEnd, ReplayError> {
     let segments = list_segments(root).map_err(ReplayError::Io)?;
     let mut prev: Option<u64> = None;

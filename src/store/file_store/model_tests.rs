@@ -232,6 +232,14 @@ fn op_strategy() -> impl Strategy<Value = TxOp> {
                 data: Bytes::from((0..len).map(|i| seed.wrapping_add(i as u8)).collect::<Vec<_>>()),
             }
         ),
+        // Whole-object overwrites, as the OSD emits for write_full and
+        // object-sized writes: direct-path writes when the test's threshold
+        // is on (shorter or longer than the object's current size).
+        4 => (key_strategy(), 1024usize..8000, any::<u8>()).prop_map(|(key, len, seed)| TxOp::Write {
+            key,
+            off: 0,
+            data: Bytes::from((0..len).map(|i| seed.wrapping_mul(7).wrapping_add(i as u8)).collect::<Vec<_>>()),
+        }),
         2 => (key_strategy(), 0u64..20_000, 0u64..10_000)
             .prop_map(|(key, off, len)| TxOp::Zero { key, off, len }),
         2 => (key_strategy(), 0u64..25_000).prop_map(|(key, size)| TxOp::Truncate { key, size }),
@@ -249,8 +257,45 @@ fn op_strategy() -> impl Strategy<Value = TxOp> {
     ]
 }
 
+/// write_full as the OSD emits it: a write at 0, then a cut to its length
+/// (a no-op unless the object was longer), maybe with attributes after.
+fn write_full_strategy() -> impl Strategy<Value = Transaction> {
+    (
+        key_strategy(),
+        0usize..8000,
+        any::<u8>(),
+        any::<bool>(),
+        small_map(),
+    )
+        .prop_map(|(key, len, seed, attrs, map)| {
+            let data = Bytes::from(
+                (0..len)
+                    .map(|i| seed.wrapping_add(i as u8))
+                    .collect::<Vec<_>>(),
+            );
+            let mut ops = vec![
+                TxOp::Write {
+                    key: key.clone(),
+                    off: 0,
+                    data,
+                },
+                TxOp::Truncate {
+                    key: key.clone(),
+                    size: len as u64,
+                },
+            ];
+            if attrs {
+                ops.push(TxOp::SetAttrs { key, attrs: map });
+            }
+            Transaction { ops }
+        })
+}
+
 fn txn_strategy() -> impl Strategy<Value = Transaction> {
-    proptest::collection::vec(op_strategy(), 1..5).prop_map(|ops| Transaction { ops })
+    prop_oneof![
+        4 => proptest::collection::vec(op_strategy(), 1..5).prop_map(|ops| Transaction { ops }),
+        1 => write_full_strategy(),
+    ]
 }
 
 #[derive(Clone, Debug)]
@@ -374,12 +419,16 @@ proptest! {
     #[test]
     fn test_filestore_matches_model_across_crashes(
         journal_max in prop_oneof![Just(2048u64), Just(32 << 10), Just(64 << 20)],
+        direct_write_min in prop_oneof![Just(0u64), Just(1024), Just(4096)],
+        max_queued_bytes in prop_oneof![Just(8192u64), Just(64 << 20)],
         steps in proptest::collection::vec(step_strategy(), 1..40),
     ) {
         let dir = super::tests::scratch_dir();
         FileStore::mkfs(dir.path()).unwrap();
         let cfg = StoreConfig {
             journal_max_bytes: journal_max,
+            direct_write_min,
+            max_queued_bytes,
             ..StoreConfig::default()
         };
         let store = FileStore::open(dir.path(), cfg.clone()).unwrap();

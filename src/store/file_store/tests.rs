@@ -991,3 +991,234 @@ fn test_no_space_counts_queued_but_unapplied_transactions() {
     s.wait_applied().unwrap();
     q("d", nop()).unwrap();
 }
+
+/// Every data file in the store, by id.
+fn data_files(root: &Path) -> BTreeSet<u64> {
+    let mut ids = BTreeSet::new();
+    for i in 0..data::FANOUT {
+        for ent in std::fs::read_dir(data::obj_dir(root, i)).unwrap() {
+            let name = ent.unwrap().file_name();
+            ids.insert(data::parse_name(name.to_str().unwrap()).unwrap());
+        }
+    }
+    ids
+}
+
+fn direct_cfg() -> StoreConfig {
+    StoreConfig {
+        direct_write_min: 1024,
+        ..StoreConfig::default()
+    }
+}
+
+#[test]
+fn test_direct_write_journal_failure_then_crash_leaves_no_orphan() {
+    let (d, s) = new_store_with(direct_cfg());
+    // The placed file gets written and synced; the record's append fails
+    // (read-only journal file), so it never commits.
+    {
+        let mut j = s.inner.journal.lock();
+        let seg = journal::list_segments(d.path()).unwrap().pop().unwrap().1;
+        j.replace_file_for_test(File::open(seg).unwrap());
+    }
+    let (tx, rx): (_, Receiver<StoreResult<()>>) = channel();
+    s.queue_transaction(
+        Transaction {
+            ops: vec![write("o", 0, &[7u8; 4096])],
+        },
+        Box::new(move |r| tx.send(r).unwrap()),
+        nop(),
+    )
+    .unwrap();
+    assert!(rx.recv_timeout(WAIT).unwrap().is_err());
+    let placed: Vec<u64> = data_files(d.path())
+        .into_iter()
+        .filter(|id| id & data::PLACED_ID_BIT != 0)
+        .collect();
+    assert_eq!(placed.len(), 1, "the write was placed before the journal");
+
+    s.crash();
+    let s = FileStore::open(d.path(), direct_cfg()).unwrap();
+
+    assert!(data_files(d.path()).is_empty());
+    assert!(!s.exists(&key("o")));
+}
+
+#[test]
+fn test_direct_write_old_file_kept_until_checkpoint() {
+    let (d, s) = new_store_with(direct_cfg());
+    run(&s, vec![write("o", 0, b"small, journaled")]).unwrap();
+    let old = data_files(d.path());
+    assert_eq!(old.len(), 1);
+
+    run(&s, vec![write("o", 0, &[9u8; 2048])]).unwrap();
+
+    let both = data_files(d.path());
+    assert!(
+        both.is_superset(&old),
+        "old file deleted before a checkpoint"
+    );
+    assert_eq!(both.len(), 2);
+    s.sync().unwrap();
+    let after = data_files(d.path());
+    assert_eq!(after.len(), 1);
+    assert!(after.is_disjoint(&old));
+    assert_eq!(read_all(&s, "o"), vec![9u8; 2048]);
+}
+
+#[test]
+fn test_direct_write_crash_right_after_commit_replays_new_content() {
+    let (d, s) = new_store_with(direct_cfg());
+    run(&s, vec![write("o", 0, &[1u8; 6000])]).unwrap();
+    s.sync().unwrap();
+    let (tx, rx) = channel();
+
+    s.queue_transaction(
+        Transaction {
+            ops: vec![write("o", 0, &[2u8; 4000])],
+        },
+        Box::new(move |r| tx.send(r).unwrap()),
+        nop(),
+    )
+    .unwrap();
+    rx.recv_timeout(WAIT).unwrap().unwrap();
+    s.crash();
+    let s = FileStore::open(d.path(), direct_cfg()).unwrap();
+
+    let mut want = vec![2u8; 4000];
+    want.extend_from_slice(&[1u8; 2000]);
+    assert_eq!(read_all(&s, "o"), want);
+}
+
+#[test]
+fn test_direct_write_replay_with_placed_file_missing_refuses_open() {
+    let (d, s) = new_store_with(direct_cfg());
+    s.sync().unwrap();
+    run(&s, vec![write("o", 0, &[3u8; 2048])]).unwrap();
+    s.crash();
+    for id in data_files(d.path()) {
+        std::fs::remove_file(data::obj_path(d.path(), id)).unwrap();
+    }
+
+    let r = FileStore::open(d.path(), direct_cfg());
+
+    match r {
+        Err(StoreError::Io { context, source }) => {
+            assert!(context.contains("replaying journal"), "{context}");
+            assert_eq!(source.kind(), io::ErrorKind::NotFound);
+        }
+        Err(e) => panic!("expected a replay error, got {e}"),
+        Ok(_) => panic!("opened a store whose committed write lost its data file"),
+    }
+}
+
+#[test]
+fn test_direct_write_placed_ids_not_reused_after_reopen() {
+    let (d, s) = new_store_with(direct_cfg());
+    run(&s, vec![write("a", 0, &[4u8; 2048])]).unwrap();
+    let first = data_files(d.path());
+    s.close().unwrap();
+    let s = FileStore::open(d.path(), direct_cfg()).unwrap();
+
+    run(&s, vec![write("b", 0, &[5u8; 2048])]).unwrap();
+
+    let all = data_files(d.path());
+    assert_eq!(all.len(), 2);
+    assert!(all.is_superset(&first));
+    assert_eq!(read_all(&s, "a"), vec![4u8; 2048]);
+}
+
+#[test]
+fn test_queue_from_callback_over_queue_limit_does_not_block() {
+    let (_d, s) = new_store_with(StoreConfig {
+        max_queued_bytes: 1,
+        ..StoreConfig::default()
+    });
+    let (tx, rx) = channel();
+    let s2 = s.clone();
+
+    s.queue_transaction(
+        Transaction {
+            ops: vec![write("a", 0, &[1u8; 100])],
+        },
+        Box::new(move |_| {
+            let r = s2.queue_transaction(
+                Transaction {
+                    ops: vec![write("b", 0, &[2u8; 100])],
+                },
+                nop(),
+                Box::new(move |r| tx.send(r).unwrap()),
+            );
+            assert!(r.is_ok(), "{r:?}");
+        }),
+        nop(),
+    )
+    .unwrap();
+
+    rx.recv_timeout(WAIT).unwrap().unwrap();
+    assert_eq!(read_all(&s, "b"), vec![2u8; 100]);
+}
+
+#[test]
+fn test_queue_over_limit_applies_every_txn_and_drains() {
+    let (_d, s) = new_store_with(StoreConfig {
+        max_queued_bytes: 8192,
+        ..StoreConfig::default()
+    });
+    let (tx, rx) = channel();
+
+    for i in 0..32u8 {
+        let tx = tx.clone();
+        s.queue_transaction(
+            Transaction {
+                ops: vec![write("o", u64::from(i) * 4096, &[i; 4096])],
+            },
+            nop(),
+            Box::new(move |r| tx.send(r).unwrap()),
+        )
+        .unwrap();
+    }
+
+    for _ in 0..32 {
+        rx.recv_timeout(WAIT).unwrap().unwrap();
+    }
+    assert_eq!(*s.inner.queued.lock(), 0);
+    assert_eq!(s.stat(&key("o")).unwrap(), 32 * 4096);
+}
+
+#[test]
+fn test_direct_write_full_shrink_drops_old_tail_across_crash() {
+    let (d, s) = new_store_with(direct_cfg());
+    run(&s, vec![write("o", 0, &[1u8; 8000])]).unwrap();
+    s.sync().unwrap();
+
+    run(
+        &s,
+        vec![
+            write("o", 0, &[2u8; 3000]),
+            TxOp::Truncate {
+                key: key("o"),
+                size: 3000,
+            },
+        ],
+    )
+    .unwrap();
+    assert_eq!(read_all(&s, "o"), vec![2u8; 3000]);
+    s.crash();
+    let s = FileStore::open(d.path(), direct_cfg()).unwrap();
+
+    assert_eq!(read_all(&s, "o"), vec![2u8; 3000]);
+}
+
+#[test]
+fn test_checkpoint_drops_cached_handles_of_deleted_files() {
+    let (_d, s) = new_store();
+    run(&s, vec![write("o", 0, b"cached")]).unwrap();
+    assert_eq!(read_all(&s, "o"), b"cached");
+    assert_eq!(s.inner.fds.map.lock().len(), 1);
+
+    run(&s, vec![TxOp::Remove(key("o"))]).unwrap();
+    s.sync().unwrap();
+
+    assert!(s.inner.fds.map.lock().is_empty());
+}
