@@ -81,6 +81,66 @@ pub enum Verb {
     Status(StatusArgs),
     /// Mount the store: every image and snapshot as a file under MOUNTPOINT.
     Mount(MountArgs),
+    /// The OSDs: list them, take them down/out and back, add and remove.
+    #[command(subcommand)]
+    Osd(OsdVerb),
+    /// Placement groups.
+    #[command(subcommand)]
+    Pg(PgVerb),
+    /// Compare every PG's replicas; exits non-zero while inconsistencies remain.
+    Scrub(ScrubArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OsdVerb {
+    /// List the OSDs: id, up/down, in/out, store directory.
+    #[command(alias = "list")]
+    Ls,
+    /// Move an OSD's data elsewhere (its PGs remap and backfill).
+    Out(OsdIdArg),
+    /// Let an OSD hold data again.
+    In(OsdIdArg),
+    /// Stop serving from an OSD, as a failure would.
+    Down(OsdIdArg),
+    /// Serve from an OSD again, as a restarted daemon would (it catches up).
+    Up(OsdIdArg),
+    /// Create a store in PATH and add it as a new OSD (up, in).
+    Add(OsdAddArgs),
+    /// Remove an OSD that is down and out, once every PG is clean.
+    #[command(alias = "remove")]
+    Rm(OsdIdArg),
+}
+
+#[derive(Debug, Args)]
+pub struct OsdIdArg {
+    /// OSD id (`N` of `osd.N`).
+    pub id: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct OsdAddArgs {
+    /// Directory of the new OSD's store (created).
+    #[arg(long)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PgVerb {
+    /// Every PG with its state, up and acting OSDs.
+    #[command(alias = "list")]
+    Ls,
+}
+
+#[derive(Debug, Args)]
+pub struct ScrubArgs {
+    /// Also compare the data's crc32c (reads everything).
+    #[arg(long)]
+    pub deep: bool,
+    /// Rewrite bad copies from the authoritative one.
+    #[arg(long)]
+    pub repair: bool,
+    /// Pool (default: every pool).
+    pub pool: Option<String>,
 }
 
 #[derive(Debug, Args)]

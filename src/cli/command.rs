@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::fuse::FsError;
 use crate::fuse::fs::ImageFs;
 use crate::fuse::jobs::JobState;
+use crate::osd::{Cluster, ClusterStatus, OsdError, PgStatus, ScrubReport};
 use crate::rados::RadosError;
 use crate::rbd::{
     CancelToken, CreateOptions, Image, ImageSpec, ManagementOp, ProgressSink, Rbd, RbdError,
@@ -93,6 +94,31 @@ pub enum Command {
     },
     Status {
         spec: Option<String>,
+    },
+    OsdLs,
+    OsdOut {
+        id: u32,
+    },
+    OsdIn {
+        id: u32,
+    },
+    OsdDown {
+        id: u32,
+    },
+    OsdUp {
+        id: u32,
+    },
+    OsdAdd {
+        path: String,
+    },
+    OsdRm {
+        id: u32,
+    },
+    PgLs,
+    Scrub {
+        pool: Option<String>,
+        deep: bool,
+        repair: bool,
     },
 }
 
@@ -202,7 +228,7 @@ pub struct DuRow {
 }
 
 /// `status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusOut {
     pub store: String,
     /// Pid of the daemon holding the store, if one does.
@@ -214,6 +240,19 @@ pub struct StatusOut {
     pub image: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub flatten: Option<String>,
+    /// For `status` of the store: the cluster summary (like `ceph -s`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cluster: Option<Box<ClusterStatus>>,
+}
+
+/// One line of `osd ls`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsdRow {
+    pub id: u32,
+    pub up: bool,
+    #[serde(rename = "in")]
+    pub in_: bool,
+    pub path: String,
 }
 
 /// What a command returns.
@@ -229,6 +268,9 @@ pub enum Output {
     Children(Vec<String>),
     Du(Vec<DuRow>),
     Status(StatusOut),
+    Osds(Vec<OsdRow>),
+    Pgs(Vec<PgStatus>),
+    Scrub(ScrubReport),
 }
 
 /// A command that failed: an errno and one line saying what to do.
@@ -321,6 +363,56 @@ pub struct Ctx {
     /// operations run through the image's lock owner under this id, so a
     /// retried request is answered rather than run twice.
     pub request: Option<u64>,
+    /// The cluster of OSDs, for the `osd`, `pg`, `scrub` and `status` verbs.
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+fn osd_err(context: String) -> impl FnOnce(OsdError) -> CmdError {
+    move |e| {
+        let errno = match &e {
+            OsdError::NoSuchOsd(_) | OsdError::PoolNotFound(_) => libc::ENOENT,
+            OsdError::CannotRemove { .. } => libc::EBUSY,
+            OsdError::InvalidArgument(_) => libc::EINVAL,
+            _ => libc::EIO,
+        };
+        CmdError::Errno {
+            errno,
+            message: format!("{context}: {e}"),
+        }
+    }
+}
+
+/// Run a cluster call (map changes fsync and peer) off the async runtime.
+async fn on_cluster<T: Send + 'static>(
+    ctx: &Ctx,
+    context: String,
+    f: impl FnOnce(&Cluster) -> Result<T, OsdError> + Send + 'static,
+) -> Result<T, CmdError> {
+    let cluster = ctx.cluster.clone().ok_or_else(|| CmdError::Errno {
+        errno: libc::ENOTSUP,
+        message: format!("{context}: this store has no OSD cluster"),
+    })?;
+    tokio::task::spawn_blocking(move || f(&cluster))
+        .await
+        .map_err(|e| CmdError::Errno {
+            errno: libc::EIO,
+            message: format!("{context}: {e}"),
+        })?
+        .map_err(osd_err(context))
+}
+
+fn osd_rows(cluster: &Cluster) -> Vec<OsdRow> {
+    cluster
+        .osdmap()
+        .osds
+        .iter()
+        .map(|o| OsdRow {
+            id: o.id,
+            up: o.up,
+            in_: o.in_,
+            path: o.path.display().to_string(),
+        })
+        .collect()
 }
 
 /// Run management operation `op` on the head `spec`: through the lock owner's
@@ -682,6 +774,80 @@ pub async fn execute(
         Command::Du { spec } => du(ctx, spec.as_deref()).await,
         Command::Export { spec, path } => export(ctx, spec, path, &sink).await,
         Command::Import { path, spec, order } => import(ctx, path, spec, *order, &sink).await,
+        Command::OsdLs => on_cluster(ctx, "osd ls".into(), |c| Ok(osd_rows(c)))
+            .await
+            .map(Output::Osds),
+        Command::OsdOut { id } => {
+            let id = *id;
+            on_cluster(ctx, format!("marking osd.{id} out"), move |c| {
+                c.set_osd_in(id, false)
+            })
+            .await
+            .map(|_| Output::Nothing)
+        }
+        Command::OsdIn { id } => {
+            let id = *id;
+            on_cluster(ctx, format!("marking osd.{id} in"), move |c| {
+                c.set_osd_in(id, true)
+            })
+            .await
+            .map(|_| Output::Nothing)
+        }
+        Command::OsdDown { id } => {
+            let id = *id;
+            on_cluster(ctx, format!("marking osd.{id} down"), move |c| {
+                c.set_osd_up(id, false)
+            })
+            .await
+            .map(|_| Output::Nothing)
+        }
+        Command::OsdUp { id } => {
+            let id = *id;
+            on_cluster(ctx, format!("marking osd.{id} up"), move |c| {
+                c.set_osd_up(id, true)
+            })
+            .await
+            .map(|_| Output::Nothing)
+        }
+        Command::OsdAdd { path } => {
+            let p = std::path::PathBuf::from(path);
+            on_cluster(ctx, format!("adding an osd in {path}"), move |c| {
+                c.add_osd(&p)
+            })
+            .await
+            .map(|id| Output::Names(vec![format!("osd.{id}")]))
+        }
+        Command::OsdRm { id } => {
+            let id = *id;
+            on_cluster(ctx, format!("removing osd.{id}"), move |c| c.remove_osd(id))
+                .await
+                .map(|_| Output::Nothing)
+        }
+        Command::PgLs => on_cluster(ctx, "pg ls".into(), |c| Ok(c.pg_list()))
+            .await
+            .map(Output::Pgs),
+        Command::Scrub { pool, deep, repair } => {
+            let pool_id = match pool {
+                None => None,
+                Some(name) => Some(
+                    ctx.rbd
+                        .rados()
+                        .pool_list()
+                        .map_err(rados_err("listing pools failed"))?
+                        .into_iter()
+                        .find(|p| &p.name == name)
+                        .map(|p| p.id)
+                        .ok_or_else(|| CmdError::Errno {
+                            errno: libc::ENOENT,
+                            message: format!("scrub: pool {name} does not exist"),
+                        })?,
+                ),
+            };
+            let (deep, repair) = (*deep, *repair);
+            on_cluster(ctx, "scrub".into(), move |c| c.scrub(pool_id, deep, repair))
+                .await
+                .map(Output::Scrub)
+        }
         Command::Status { spec } => {
             let pools = ctx
                 .rbd
@@ -700,6 +866,15 @@ pub async fn execute(
                 }
                 None => (None, None),
             };
+            let cluster = match (spec, &ctx.cluster) {
+                (None, Some(c)) => {
+                    let c = c.clone();
+                    tokio::task::spawn_blocking(move || Box::new(c.status()))
+                        .await
+                        .ok()
+                }
+                _ => None,
+            };
             Ok(Output::Status(StatusOut {
                 store: ctx.store.clone(),
                 daemon_pid: ctx.fs.as_ref().map(|_| std::process::id()),
@@ -716,6 +891,7 @@ pub async fn execute(
                     .collect(),
                 image,
                 flatten,
+                cluster,
             }))
         }
     }

@@ -16,7 +16,7 @@ use std::path::Path;
 use clap::Parser;
 
 use crate::admin::{AdminClient, SOCKET_NAME};
-use args::{Cli, Format, PoolVerb, SnapVerb, Verb};
+use args::{Cli, Format, OsdVerb, PgVerb, PoolVerb, SnapVerb, Verb};
 pub use command::{CmdError, Command, Ctx, Output, execute};
 use progress::Printer;
 use render::Style;
@@ -117,6 +117,23 @@ pub fn to_command(verb: &Verb) -> Result<Command, (i32, String)> {
         },
         Verb::Status(a) => Command::Status {
             spec: a.spec.clone(),
+        },
+        Verb::Osd(v) => match v {
+            OsdVerb::Ls => Command::OsdLs,
+            OsdVerb::Out(a) => Command::OsdOut { id: a.id },
+            OsdVerb::In(a) => Command::OsdIn { id: a.id },
+            OsdVerb::Down(a) => Command::OsdDown { id: a.id },
+            OsdVerb::Up(a) => Command::OsdUp { id: a.id },
+            OsdVerb::Add(a) => Command::OsdAdd {
+                path: absolute(&a.path.to_string_lossy()),
+            },
+            OsdVerb::Rm(a) => Command::OsdRm { id: a.id },
+        },
+        Verb::Pg(PgVerb::Ls) => Command::PgLs,
+        Verb::Scrub(a) => Command::Scrub {
+            pool: a.pool.clone(),
+            deep: a.deep,
+            repair: a.repair,
         },
     })
 }
@@ -303,6 +320,7 @@ fn run_locally(store_dir: &Path, cmd: &Command, printer: &Printer) -> Result<Out
             store: store_dir.display().to_string(),
             mountpoint: None,
             request: None,
+            cluster: Some(st.cluster().clone()),
         };
         let result = execute(&ctx, cmd, printer).await;
         drop(ctx);
@@ -378,6 +396,15 @@ pub fn main_with(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
                 .is_err()
             {
                 return libc::EPIPE;
+            }
+            // A scrub that leaves damage behind fails, so scripts notice.
+            if let Output::Scrub(r) = &out {
+                if r.unrepaired() > 0 {
+                    return fail(
+                        libc::EIO,
+                        &format!("scrub found {} inconsistent objects", r.unrepaired()),
+                    );
+                }
             }
             0
         }

@@ -125,6 +125,9 @@ pub fn render(out: &Output, style: Style) -> String {
             }
             Output::Du(d) => to_json(&Images { images: d }, pretty),
             Output::Status(s) => to_json(s, pretty),
+            Output::Osds(o) => to_json(o, pretty),
+            Output::Pgs(p) => to_json(p, pretty),
+            Output::Scrub(r) => to_json(r, pretty),
         };
         return text + "\n";
     }
@@ -213,6 +216,72 @@ pub fn render(out: &Output, style: Style) -> String {
             }
             table(&["NAME", "PROVISIONED", "USED"], &cells)
         }
+        Output::Osds(rows) => {
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|o| {
+                    vec![
+                        format!("osd.{}", o.id),
+                        if o.up { "up" } else { "down" }.into(),
+                        if o.in_ { "in" } else { "out" }.into(),
+                        o.path.clone(),
+                    ]
+                })
+                .collect();
+            table(&["ID", "STATUS", "IN", "PATH"], &cells)
+        }
+        Output::Pgs(pgs) => {
+            let list = |v: &[u32]| {
+                let ids: Vec<String> = v.iter().map(u32::to_string).collect();
+                format!("[{}]", ids.join(","))
+            };
+            let cells: Vec<Vec<String>> = pgs
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.pgid.clone(),
+                        p.objects.to_string(),
+                        p.degraded_objects.to_string(),
+                        p.state.clone(),
+                        p.last_update.clone(),
+                        list(&p.up),
+                        list(&p.acting),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "PG", "OBJECTS", "DEGRADED", "STATE", "VERSION", "UP", "ACTING",
+                ],
+                &cells,
+            )
+        }
+        Output::Scrub(r) => {
+            let mut t = String::new();
+            for i in &r.inconsistencies {
+                let snap = if i.snap == crate::rados::SNAP_HEAD {
+                    "head".to_string()
+                } else {
+                    format!("clone {:x}", i.snap)
+                };
+                t.push_str(&format!(
+                    "pg {} object {} ({snap}): {}{}\n",
+                    i.pgid,
+                    i.object,
+                    i.errors.join("; "),
+                    if i.repaired { " [repaired]" } else { "" }
+                ));
+            }
+            t.push_str(&format!(
+                "{}scrubbed {} pgs, {} objects: {} inconsistent, {} repaired\n",
+                if r.deep { "deep-" } else { "" },
+                r.pgs_scrubbed,
+                r.objects_scrubbed,
+                r.inconsistencies.len(),
+                r.inconsistencies.len() - r.unrepaired()
+            ));
+            t
+        }
         Output::Status(s) => {
             let mut t = format!("store: {}\n", s.store);
             match (s.daemon_pid, &s.mountpoint) {
@@ -236,6 +305,10 @@ pub fn render(out: &Output, style: Style) -> String {
             }
             if let Some(f) = &s.flatten {
                 t.push_str(&format!("flatten: {f}\n"));
+            }
+            if let Some(c) = &s.cluster {
+                t.push('\n');
+                t.push_str(&c.to_string());
             }
             t
         }

@@ -199,6 +199,11 @@ impl Store {
         &self.dir
     }
 
+    /// The cluster of OSDs (for the `osd`, `pg`, `scrub` and `status` verbs).
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
     /// Flush everything to every replica, stop the OSDs, release the lock.
     pub async fn shutdown(self) -> Result<(), StoreError> {
         let flushed = self.rados.flush().await;

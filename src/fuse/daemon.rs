@@ -238,6 +238,7 @@ fn serve(
         store: store_dir.display().to_string(),
         mountpoint: Some(mnt.display().to_string()),
         request: None,
+        cluster: Some(st.cluster().clone()),
     };
     let admin = {
         let _guard = rt.enter();
