@@ -297,3 +297,72 @@ fn test_commands_on_missing_store_say_how_to_create_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("init"), "{err}");
 }
+
+#[test]
+fn test_osd_out_add_and_pg_ls_json() {
+    let s = Store::new();
+
+    s.ok(&["osd", "out", "2"]);
+    let added = s.ok(&[
+        "osd",
+        "add",
+        "--path",
+        &s.dir.path().join("osd.new").to_string_lossy(),
+    ]);
+
+    assert_eq!(added, "osd.3\n");
+    let osds = s.json(&["osd", "ls"]);
+    let osds = osds.as_array().unwrap();
+    assert_eq!(osds.len(), 4);
+    assert_eq!(osds[2]["in"], false);
+    assert_eq!(osds[3]["up"], true);
+    let pgs = s.json(&["pg", "ls"]);
+    for pg in pgs.as_array().unwrap() {
+        assert_eq!(pg["state"], "active+clean", "{pg}");
+        assert!(
+            !pg["acting"].as_array().unwrap().contains(&2.into()),
+            "{pg}"
+        );
+    }
+    let status = s.json(&["status"]);
+    assert_eq!(status["cluster"]["health"], "HEALTH_OK");
+    assert_eq!(status["cluster"]["num_in_osds"], 3);
+    s.fails(&["osd", "rm", "2"], libc::EBUSY);
+    s.fails(&["osd", "rm", "9"], libc::ENOENT);
+    assert_eq!(s.json(&["osd", "ls"]).as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn test_scrub_finds_flipped_byte_fails_then_repair_makes_it_clean() {
+    let s = Store::new();
+    let input = s.dir.path().join("input");
+    let data: Vec<u8> = (0..(6u32 << 20)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&input, &data).unwrap();
+    s.ok(&["import", &input.to_string_lossy(), "img"]);
+    // The largest object file of osd.0 holds image data.
+    let mut files = Vec::new();
+    for d in std::fs::read_dir(s.path().join("osd.0/objects")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            let f = f.unwrap();
+            files.push((f.metadata().unwrap().len(), f.path()));
+        }
+    }
+    let (_, victim) = files.into_iter().max().unwrap();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[1000] ^= 0x01;
+    std::fs::write(&victim, &bytes).unwrap();
+
+    let found = s.fails(&["scrub", "--deep"], libc::EIO);
+
+    assert!(found.contains("1 inconsistent"), "{found}");
+    let report = s.json(&["scrub", "--deep", "--repair"]);
+    assert_eq!(report["inconsistencies"].as_array().unwrap().len(), 1);
+    assert_eq!(report["inconsistencies"][0]["repaired"], true);
+    assert!(s.ok(&["scrub", "--deep"]).contains(" 0 inconsistent"));
+    let out = s.dir.path().join("output");
+    s.ok(&["export", "img", &out.to_string_lossy()]);
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "export differs from import"
+    );
+}
