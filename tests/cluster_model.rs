@@ -1,15 +1,20 @@
 //! Reference-model property test: random sequences of object operations,
 //! snapshot creates/removes, reads at random snap ids, flushes and restarts,
-//! run against the replicated `Cluster` and against `MemRados`; every result
-//! (data, and the kind of every error) must be the same.
+//! OSDs down/up and out/in, and (on file stores) a flipped byte in one
+//! replica's object file, run against the replicated `Cluster` and against
+//! `MemRados`; every result (data, and the kind of every error) must be the
+//! same.
 
 mod common;
 
+use std::collections::BTreeSet;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::executor::block_on;
 use proptest::prelude::*;
+use rbdfs::osd::object_info::{OI_ATTR, ObjectInfo};
 use rbdfs::osd::{
     Cluster, ClusterConfig, CreateOptions, FileStoreOpener, MemStoreOpener, StoreOpener,
 };
@@ -18,6 +23,7 @@ use rbdfs::rados::{
     BoxFuture, PoolId, RadosBackend, RadosError, ReadOp, ReadResult, SNAP_HEAD, SnapContext,
     SnapId, WriteOp,
 };
+use rbdfs::store::ObjectKey;
 
 const OBJECTS: &[&str] = &["a", "b", "rbd_data.1.0000000000000001", "c"];
 const XATTRS: &[&str] = &["x", "y"];
@@ -85,6 +91,21 @@ enum Step {
     /// Mark one OSD down (the others up), or all up: PGs run degraded, then
     /// peering recovers the returning OSD. Results must not change.
     Down(Option<u32>),
+    /// Mark one OSD out (the others in, all up), or all in: PGs remap and
+    /// the OSDs they move to are backfilled. Results must not change.
+    Out(Option<u32>),
+    /// Write the object whole with `data` (so its object info holds a data
+    /// digest: only then can a read tell), then flip a byte in the data file
+    /// of one replica (index into the acting set). Until the next step that is not a read,
+    /// reads of it are whole-object head reads, which must still match the
+    /// model; then a deep scrub must report exactly the flipped copies and
+    /// repair them. A no-op on stores without object files (memory).
+    Corrupt {
+        pool: usize,
+        obj: usize,
+        replica: usize,
+        data: Vec<u8>,
+    },
     /// Reads and writes all submitted before any is awaited: many in flight
     /// at once, on the same objects too. Each must give what it gives when
     /// run alone in submission order.
@@ -172,6 +193,9 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Restart),
         1 => Just(Step::Crash),
         2 => proptest::option::of(0u32..3).prop_map(Step::Down),
+        1 => proptest::option::of(0u32..3).prop_map(Step::Out),
+        3 => (0usize..2, 0..OBJECTS.len(), 0usize..3, proptest::collection::vec(any::<u8>(), 1..3000))
+            .prop_map(|(pool, obj, replica, data)| Step::Corrupt { pool, obj, replica, data }),
     ]
 }
 
@@ -297,6 +321,8 @@ struct Harness {
     model: MemRados,
     pools: Vec<PoolId>,
     snaps: Vec<Snaps>,
+    /// Heads with a flipped byte in one copy, not yet repaired: (pool, object).
+    corrupted: BTreeSet<(usize, usize)>,
 }
 
 impl Harness {
@@ -333,6 +359,7 @@ impl Harness {
             model,
             pools,
             snaps: vec![Snaps::default(); 2],
+            corrupted: BTreeSet::new(),
         }
     }
 
@@ -341,6 +368,18 @@ impl Harness {
     }
 
     fn run(&mut self, step: &Step) -> Result<(), TestCaseError> {
+        match step {
+            Step::Read { pool, obj, .. } if self.corrupted.contains(&(*pool, *obj)) => {
+                // Partial reads are not verified against the digest.
+                let whole = vec![ReadOp::Read {
+                    off: 0,
+                    len: u64::MAX,
+                }];
+                return self.compare_read(*pool, OBJECTS[*obj], SNAP_HEAD, whole);
+            }
+            Step::Read { .. } | Step::Corrupt { .. } => {}
+            _ => self.repair()?,
+        }
         match step {
             Step::Write {
                 pool,
@@ -410,16 +449,53 @@ impl Harness {
                 }
             }
             Step::Down(osd) => {
-                // All up first (peering recovers), then one down: taking a
-                // second OSD down before the first one caught up could leave
-                // a PG's newest copy only on a down OSD (incomplete, tested
-                // on its own in cluster_recovery).
+                // All up and in first (peering recovers), then one down:
+                // taking a second OSD down (or out) before the first one
+                // caught up could leave a PG's newest copy only on a down
+                // OSD (incomplete, tested on its own in cluster_recovery),
+                // or fewer than min_size copies (I/O would wait).
                 let c = self.cluster();
                 for o in 0..3 {
                     c.set_osd_up(o, true).unwrap();
+                    c.set_osd_in(o, true).unwrap();
                 }
                 if let Some(o) = osd {
                     c.set_osd_up(*o, false).unwrap();
+                }
+            }
+            Step::Out(osd) => {
+                let c = self.cluster();
+                for o in 0..3 {
+                    c.set_osd_up(o, true).unwrap();
+                    c.set_osd_in(o, true).unwrap();
+                }
+                if let Some(o) = osd {
+                    c.set_osd_in(*o, false).unwrap();
+                }
+            }
+            Step::Corrupt {
+                pool,
+                obj,
+                replica,
+                data,
+            } => {
+                if !self.corrupted.contains(&(*pool, *obj)) {
+                    let snapc = self.snaps[*pool].context(0);
+                    let p = self.pools[*pool];
+                    let ops = vec![WriteOp::WriteFull {
+                        data: Bytes::from(data.clone()),
+                    }];
+                    let a = block_on(self.cluster().write(
+                        p,
+                        OBJECTS[*obj],
+                        snapc.clone(),
+                        ops.clone(),
+                    ));
+                    let b = block_on(self.model.write(p, OBJECTS[*obj], snapc, ops));
+                    prop_assert_eq!(kind(a), kind(b), "write {:?}", step);
+                    if self.flip_byte(*pool, OBJECTS[*obj], *replica) {
+                        self.corrupted.insert((*pool, *obj));
+                    }
                 }
             }
             Step::Crash => {
@@ -494,6 +570,80 @@ impl Harness {
         }
     }
 
+    /// Flip a byte in the middle of one copy of the head's data file, if
+    /// the head has a digest and data on disk. Returns whether it did.
+    fn flip_byte(&self, pool: usize, name: &str, replica: usize) -> bool {
+        let c = self.cluster();
+        let (pg, acting) = c.object_acting(self.pools[pool], name).unwrap();
+        if acting.len() < 2 {
+            return false; // no good copy up to read or repair from
+        }
+        let osd = acting[replica % acting.len()];
+        let store = c.osd_store(osd).unwrap();
+        let key = ObjectKey {
+            coll: pg,
+            name: name.to_string(),
+            snap: SNAP_HEAD,
+        };
+        let digest = store
+            .getattrs(&key)
+            .ok()
+            .and_then(|a| a.get(OI_ATTR).and_then(|b| ObjectInfo::decode(b).ok()))
+            .filter(|oi| !oi.whiteout)
+            .and_then(|oi| oi.data_digest);
+        let size = store.stat(&key).unwrap_or(0);
+        let Some(path) = store.object_path(&key) else {
+            return false;
+        };
+        let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+        else {
+            return false; // all holes: no file
+        };
+        let off = size / 2;
+        if digest.is_none() || size == 0 || f.metadata().unwrap().len() <= off {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, off).unwrap();
+        f.write_all_at(&[b[0] ^ 0x40], off).unwrap();
+        true
+    }
+
+    /// Deep scrub with repair must name exactly the flipped copies (one
+    /// per object) and repair them; a second deep scrub is clean.
+    fn repair(&mut self) -> Result<(), TestCaseError> {
+        if self.corrupted.is_empty() {
+            return Ok(());
+        }
+        let c = self.cluster();
+        let report = c.scrub(None, true, true).unwrap();
+        let found: BTreeSet<(String, String)> = report
+            .inconsistencies
+            .iter()
+            .map(|i| {
+                let pool = i.pgid.split('.').next().unwrap_or_default().to_string();
+                (pool, i.object.clone())
+            })
+            .collect();
+        let want: BTreeSet<(String, String)> = self
+            .corrupted
+            .iter()
+            .map(|(p, o)| (self.pools[*p].to_string(), OBJECTS[*o].to_string()))
+            .collect();
+        prop_assert_eq!(found, want, "{:?}", report.inconsistencies);
+        for i in &report.inconsistencies {
+            prop_assert_eq!(i.osds.len(), 1, "{:?}", i);
+            prop_assert!(i.repaired, "{:?}", i);
+        }
+        let again = c.scrub(None, true, false).unwrap();
+        prop_assert!(again.is_clean(), "{:?}", again.inconsistencies);
+        self.corrupted.clear();
+        Ok(())
+    }
+
     fn compare_read(
         &self,
         pool: usize,
@@ -545,6 +695,7 @@ fn check_model(store: Arc<dyn StoreOpener>, steps: &[Step]) -> Result<(), TestCa
     for s in steps {
         h.run(s)?;
     }
+    h.repair()?;
     h.compare_everything()?;
     h.run(&Step::Crash)?;
     h.compare_everything()?;
