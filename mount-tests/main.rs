@@ -12,4 +12,5 @@ mod clone;
 mod crash;
 mod discard;
 mod flatten;
+mod osd;
 mod snapshot;
