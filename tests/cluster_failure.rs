@@ -327,3 +327,36 @@ fn test_failure_two_of_three_down_write_waits_until_one_returns() {
     assert!(c.scrub(None, true, false).unwrap().is_clean());
     c.shutdown().unwrap();
 }
+
+#[test]
+fn test_failure_store_that_cannot_open_starts_down_and_io_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let io = pool(&c, 8);
+    for i in 0..10 {
+        let n = format!("obj{i}");
+        write_full(&io, &n, content(&n, 0)).unwrap();
+    }
+    c.shutdown().unwrap();
+    drop((c, io));
+    std::fs::remove_dir_all(dir.path().join("osd.1")).unwrap();
+
+    let c = Cluster::open(dir.path(), ClusterConfig::default()).unwrap();
+
+    assert!(!c.osdmap().osd(1).unwrap().up);
+    assert!(
+        c.set_osd_up(1, true).is_err(),
+        "a store that is gone cannot come up"
+    );
+    let rados = Rados::new(c.clone());
+    let io = rados.ioctx_by_id(c.osdmap().pools[0].info.id);
+    for i in 0..10 {
+        let n = format!("obj{i}");
+        assert_eq!(read_whole(&io, &n), content(&n, 0));
+        write_full(&io, &n, content(&n, 1)).unwrap();
+    }
+    let st = c.status();
+    assert_eq!(st.health, rbdfs::osd::Health::Warn, "{st}");
+    assert_eq!(st.num_up_osds, 2);
+    c.shutdown().unwrap();
+}

@@ -252,6 +252,10 @@ impl Cluster {
             let path = dir.join(&info.path);
             match config.store.open(&path) {
                 Ok(o) => opened.push((o.store, Some((o.close, o.crash)))),
+                // Another process using the store is not a failed disk.
+                Err(source @ crate::store::StoreError::Locked { .. }) => {
+                    return Err(OsdError::Store { osd: id, source });
+                }
                 Err(e) => {
                     log::error!(
                         "osd.{id}: cannot open its store {}: {e}; it starts down",

@@ -63,7 +63,7 @@ fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap) -> OsdResult<()> {
                 let mut blamed = false;
                 for &o in &acting {
                     if let Some(Err(h)) = osds.get(o as usize).map(|x| x.store.check_health()) {
-                        x_report(osds, o, &h.to_string());
+                        report_failure(osds, o, &h.to_string());
                         blamed = true;
                     }
                 }
@@ -88,7 +88,7 @@ fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap) -> OsdResult<()> {
     Ok(())
 }
 
-fn x_report(osds: &[Arc<Osd>], id: OsdId, why: &str) {
+fn report_failure(osds: &[Arc<Osd>], id: OsdId, why: &str) {
     if let Some(o) = osds.first() {
         o.shared.report_failure(id, why);
     }

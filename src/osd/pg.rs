@@ -1144,3 +1144,92 @@ fn completion(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rados::PoolInfo;
+
+    fn pool() -> PoolEntry {
+        PoolEntry {
+            info: PoolInfo {
+                id: 1,
+                name: "p".into(),
+                size: 3,
+                min_size: 2,
+                pg_num: 1,
+            },
+            snap_seq: 0,
+            removed_snaps: Default::default(),
+        }
+    }
+
+    fn after(old: &ObjState, ops: Vec<WriteOp>) -> ObjState {
+        let pg = PgId { pool: 1, pg: 0 };
+        plan_write(
+            pg,
+            "o",
+            old,
+            &SnapContext::empty(),
+            &ops,
+            &pool(),
+            Eversion::default(),
+        )
+        .unwrap()
+        .unwrap()
+        .state
+    }
+
+    fn write(off: u64, data: &'static [u8]) -> WriteOp {
+        WriteOp::Write {
+            off,
+            data: Bytes::from_static(data),
+        }
+    }
+
+    #[test]
+    fn test_plan_write_full_records_the_digest_of_its_data() {
+        let st = after(
+            &ObjState::default(),
+            vec![WriteOp::WriteFull {
+                data: Bytes::from_static(b"hello"),
+            }],
+        );
+
+        assert_eq!(st.digest, Some(crc32c::crc32c(b"hello")));
+    }
+
+    #[test]
+    fn test_plan_write_append_extends_the_digest_and_overwrite_inside_clears_it() {
+        let full = after(&ObjState::default(), vec![write(0, b"abc")]);
+
+        let appended = after(&full, vec![write(3, b"def")]);
+        let inside = after(&appended, vec![write(1, b"x")]);
+
+        assert_eq!(appended.digest, Some(crc32c::crc32c(b"abcdef")));
+        assert_eq!(inside.digest, None);
+    }
+
+    #[test]
+    fn test_plan_write_covering_the_object_again_restores_the_digest() {
+        let partial = after(
+            &after(&ObjState::default(), vec![write(0, b"abcd")]),
+            vec![WriteOp::Zero { off: 1, len: 1 }],
+        );
+
+        let covered = after(&partial, vec![write(0, b"wxyz")]);
+
+        assert_eq!(partial.digest, None);
+        assert_eq!(covered.digest, Some(crc32c::crc32c(b"wxyz")));
+    }
+
+    #[test]
+    fn test_plan_write_truncate_to_zero_is_the_empty_digest() {
+        let st = after(
+            &after(&ObjState::default(), vec![write(5, b"abc")]),
+            vec![WriteOp::Truncate { size: 0 }],
+        );
+
+        assert_eq!(st.digest, Some(0));
+    }
+}

@@ -315,3 +315,52 @@ fn authoritative(copies: &[(OsdId, Result<Option<Copy>, String>)]) -> Option<Opt
     }
     best.map(|(c, _)| c.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::osd::pg_log::Eversion;
+
+    fn copy(data: &[u8], stored: Option<&[u8]>) -> Option<Copy> {
+        let oi = ObjectInfo {
+            whiteout: false,
+            version: Eversion::default(),
+            data_digest: stored.map(crc32c::crc32c),
+        };
+        Some(Copy {
+            size: data.len() as u64,
+            attrs: [(OI_ATTR.to_string(), oi.encode())].into(),
+            omap: BTreeMap::new(),
+            digest: Some(crc32c::crc32c(data)),
+        })
+    }
+
+    #[test]
+    fn test_scrub_authority_is_the_copy_matching_the_stored_digest_even_outvoted() {
+        let good = copy(b"good", Some(b"good"));
+        let bad = copy(b"gxod", Some(b"good"));
+
+        let auth = authoritative(&[(0, Ok(bad.clone())), (1, Ok(bad)), (2, Ok(good.clone()))]);
+
+        assert_eq!(auth, Some(good));
+    }
+
+    #[test]
+    fn test_scrub_authority_without_digest_is_the_majority() {
+        let a = copy(b"aaaa", None);
+        let b = copy(b"abaa", None);
+
+        let auth = authoritative(&[(0, Ok(b)), (1, Ok(a.clone())), (2, Ok(a.clone()))]);
+
+        assert_eq!(auth, Some(a));
+    }
+
+    #[test]
+    fn test_scrub_authority_majority_absent_means_the_object_should_not_be() {
+        let a = copy(b"aaaa", None);
+
+        let auth = authoritative(&[(0, Ok(None)), (1, Ok(a)), (2, Ok(None))]);
+
+        assert_eq!(auth, Some(None));
+    }
+}
