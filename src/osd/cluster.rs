@@ -23,13 +23,15 @@
 //! waits instead of failing.
 //!
 //! Map changes (pool creation, OSDs going down/up/in/out) hold new client ops
-//! back, let those in flight finish, save the new map, peer every PG, then
-//! release the held ops:
+//! back, let those in flight finish, save the new map and mark every PG
+//! pending, release the held ops, then peer the PGs one by one while the
+//! ones already peered serve (ops to a pending PG are retried as PGs finish):
 //!
 //! ```text
-//!  Serving ──map change──> Draining ──inflight = 0, queues idle──> Peering
-//!     ^                                                              │
-//!     └──────────────── parked ops resubmitted <─────────────────────┘
+//!  Serving ──map change──> Draining ──inflight = 0, queues idle──> Swap map,
+//!     ^                                                       mark PGs pending
+//!     │                                                              │
+//!     └── all PGs peered <── Peering PG by PG <── parked ops resubmitted
 //! ```
 
 use std::collections::BTreeSet;
@@ -44,7 +46,7 @@ use super::PgId;
 use super::daemon::{Osd, Shared};
 use super::error::{OsdError, OsdResult};
 use super::osdmap::{OSDMAP_FILE, OsdId, OsdInfo, OsdMap, PendingTrim, PoolEntry};
-use super::peering::peer_all;
+use super::peering::{mark_pending, peer_all};
 use super::pg::PgEvent;
 use super::placement::object_pg;
 use super::store_open::{CloseFn, CrashFn, FailedStore, FileStoreOpener, StoreOpener};
@@ -289,7 +291,7 @@ impl Cluster {
         for o in &osds {
             o.set_peers(weak.clone());
         }
-        peer_all(&osds, &map)?;
+        peer_all(&osds, &map, &|| {})?;
         let cluster = Arc::new(Cluster {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
@@ -616,6 +618,13 @@ impl Inner {
                 self.submit(op);
             }
         }
+        let r = match r {
+            Ok(map) if peer => {
+                let bump = || self.changes.send_modify(|v| *v += 1);
+                peer_all(&self.osds(), &map, &bump).map(|_| map)
+            }
+            other => other,
+        };
         self.changes.send_modify(|v| *v += 1);
         r
     }
@@ -630,10 +639,12 @@ impl Inner {
         map.epoch += 1;
         map.save(&self.dir)?;
         let map = Arc::new(map);
-        *self.shared.map.write() = map.clone();
         if peer {
-            peer_all(&self.osds(), &map)?;
+            // Before any op can see the new map: no PG serves under it
+            // until it is peered.
+            mark_pending(&self.osds());
         }
+        *self.shared.map.write() = map.clone();
         Ok(map)
     }
 
@@ -867,6 +878,9 @@ impl Inner {
     }
 
     fn list_objects(&self, pool: PoolId) -> Result<Vec<String>> {
+        // Not while PGs are being peered: a primary not yet recovered would
+        // miss objects. (Taken before the gate, like map changes.)
+        let _serial = self.map_change.lock();
         if !self.gate.enter_blocking() {
             return Err(RadosError::ShuttingDown);
         }
@@ -932,7 +946,6 @@ fn submit_retrying<T: Send + 'static>(
     // one after another reach their primary in that order.
     let deadline = Instant::now() + inner.config.op_timeout;
     let mut changes = inner.changes.subscribe();
-    let mut epoch = inner.shared.map().epoch;
     let (tx, first) = oneshot::channel();
     inner.submit(make(tx));
     Box::pin(async move {
@@ -942,29 +955,26 @@ fn submit_retrying<T: Send + 'static>(
                 Err(RadosError::Busy(why)) => why,
                 r => return r,
             };
-            log::debug!("client op waits for a new map: {why}");
+            log::debug!("client op waits for the cluster: {why}");
+            // Retried at the next change: a new map, a PG peered, or the
+            // monitor's tick (which bounds the wait by the timeout).
             inner.blocked.fetch_add(1, Ordering::SeqCst);
-            let waited = loop {
-                if inner.shared.map().epoch > epoch {
-                    break Ok(());
-                }
-                if inner.stopping.load(Ordering::SeqCst) {
-                    break Err(RadosError::ShuttingDown);
-                }
-                if Instant::now() >= deadline {
-                    break Err(RadosError::TimedOut(format!(
-                        "waited {:?} for the cluster to serve the op: {why}",
-                        inner.config.op_timeout
-                    )));
-                }
-                if changes.changed().await.is_err() {
-                    break Err(RadosError::ShuttingDown);
-                }
+            let waited = if inner.stopping.load(Ordering::SeqCst) {
+                Err(RadosError::ShuttingDown)
+            } else if Instant::now() >= deadline {
+                Err(RadosError::TimedOut(format!(
+                    "waited {:?} for the cluster to serve the op: {why}",
+                    inner.config.op_timeout
+                )))
+            } else {
+                changes
+                    .changed()
+                    .await
+                    .map_err(|_| RadosError::ShuttingDown)
             };
             inner.blocked.fetch_sub(1, Ordering::SeqCst);
             waited?;
             changes.borrow_and_update();
-            epoch = inner.shared.map().epoch;
             let (tx, next) = oneshot::channel();
             inner.submit(make(tx));
             rx = next;

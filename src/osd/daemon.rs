@@ -233,13 +233,16 @@ impl Osd {
 
     fn handle(self: &Arc<Self>, id: PgId, events: Vec<PgEvent>) {
         let Some(pg) = self.pg(id) else {
-            // Client replies inside are dropped, answering ShuttingDown; this
-            // only happens for ops racing a shutdown.
-            log::warn!(
+            // A client op that raced peering (the PG is created here when
+            // it is peered): it is retried.
+            log::debug!(
                 "osd.{}: {} events for unknown pg {id:?}",
                 self.id,
                 events.len()
             );
+            for ev in events {
+                super::pg::refuse(ev, id);
+            }
             return;
         };
         let mut pg = pg.lock();

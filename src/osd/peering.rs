@@ -19,8 +19,11 @@
 //!     between leaves the target "behind" and recovery simply runs again)
 //! ```
 //!
-//! Runs on the thread that changes the map, while the gate holds client ops
-//! back and every OSD queue is idle, so no PG is touched concurrently.
+//! Runs on the thread that changes the map. At a map change client I/O is
+//! held only while the map is swapped and every PG marked pending; then it
+//! flows again and PGs are peered one at a time: a pending PG answers its
+//! client ops Busy (they are retried as PGs finish), the others serve. A
+//! pending PG takes no ops, so peering it touches nothing in use.
 //! Every OSD's log is a prefix of the authoritative one: a PG only changes
 //! primary at a map change, after all its writes drained.
 
@@ -35,19 +38,20 @@ use crate::store::{ObjectKey, ObjectStore, StoreResult, Transaction, TxOp};
 use crate::sync::Arc;
 
 /// Peer every PG of every pool under `map`.
-pub(crate) fn peer_all(osds: &[Arc<Osd>], map: &OsdMap) -> OsdResult<()> {
+pub(crate) fn peer_all(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -> OsdResult<()> {
     let Some(first) = osds.first() else {
         return Ok(());
     };
     let flag = &first.shared.peering;
     flag.store(true, crate::sync::Ordering::SeqCst);
-    let r = peer_all_pgs(osds, map);
+    let r = peer_all_pgs(osds, map, after_each);
     flag.store(false, crate::sync::Ordering::SeqCst);
     r
 }
 
-fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap) -> OsdResult<()> {
+fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -> OsdResult<()> {
     let mut serving: BTreeMap<OsdId, BTreeSet<PgId>> = BTreeMap::new();
+    let mut first_err = None;
     for pool in &map.pools {
         for pg in 0..pool.info.pg_num {
             let id = PgId {
@@ -68,10 +72,13 @@ fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap) -> OsdResult<()> {
                     }
                 }
                 if !blamed {
-                    return Err(e);
+                    // Peer the rest anyway: a pending PG waits for the next
+                    // map change, every other PG should serve.
+                    first_err.get_or_insert(e);
                 }
                 continue;
             }
+            after_each();
             for o in acting {
                 serving.entry(o).or_default().insert(id);
             }
@@ -85,7 +92,17 @@ fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap) -> OsdResult<()> {
             }
         }
     }
-    Ok(())
+    first_err.map_or(Ok(()), Err)
+}
+
+/// Mark every loaded PG of every OSD pending (see the module doc); called
+/// while client I/O is held, right after the map changed.
+pub(crate) fn mark_pending(osds: &[Arc<Osd>]) {
+    for o in osds {
+        for (_, pg) in o.pgs() {
+            pg.lock().pending = true;
+        }
+    }
 }
 
 fn report_failure(osds: &[Arc<Osd>], id: OsdId, why: &str) {
@@ -159,6 +176,7 @@ fn peer_pg(osds: &[Arc<Osd>], map: &OsdMap, id: PgId, acting: &[OsdId]) -> OsdRe
             pg.acting = acting.to_vec();
             pg.epoch = map.epoch;
             pg.incomplete = incomplete;
+            pg.pending = false;
         }
     }
     Ok(())

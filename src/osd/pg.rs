@@ -129,6 +129,10 @@ pub(crate) struct Pg {
     /// Set by peering when the newest copy is on this down OSD: client ops
     /// are refused until it returns.
     pub incomplete: Option<OsdId>,
+    /// The map changed and this PG has not been peered under it yet: client
+    /// ops are answered Busy (retried) until peering gets to it, while the
+    /// PGs already peered serve.
+    pub pending: bool,
     next_tid: u64,
     projected: HashMap<String, Projected>,
     inflight: BTreeMap<u64, InFlight>,
@@ -482,6 +486,7 @@ impl Pg {
             acting: Vec::new(),
             epoch: 0,
             incomplete: None,
+            pending: false,
             next_tid: 1,
             projected: HashMap::new(),
             inflight: BTreeMap::new(),
@@ -554,10 +559,13 @@ impl Pg {
 
     /// Primary of the PG and able to serve it.
     fn is_primary(&self, osd: &Osd) -> bool {
-        self.acting.first() == Some(&osd.id) && self.incomplete.is_none()
+        self.acting.first() == Some(&osd.id) && self.incomplete.is_none() && !self.pending
     }
 
     fn not_primary(&self, osd: &Osd) -> RadosError {
+        if self.pending {
+            return RadosError::Busy(format!("pg {}.{:x} is peering", self.id.pool, self.id.pg));
+        }
         if let Some(holder) = self.incomplete {
             return RadosError::Busy(format!(
                 "pg {}.{:x} is incomplete: its newest copy is on osd.{holder}, which is down; \
@@ -1116,6 +1124,17 @@ impl Pg {
         self.inflight.is_empty()
             && self.projected.is_empty()
             && self.waiting_for_readable.is_empty()
+    }
+}
+
+/// Answer the client op in `ev` Busy (its PG is not loaded here yet: it is
+/// about to be peered); other events are dropped.
+pub(crate) fn refuse(ev: PgEvent, pg: PgId) {
+    let why = || RadosError::Busy(format!("pg {}.{:x} is not peered yet", pg.pool, pg.pg));
+    match ev {
+        PgEvent::Read { reply, .. } => reply.send(Err(why())),
+        PgEvent::Write { reply, .. } | PgEvent::Trim { reply, .. } => reply.send(Err(why())),
+        PgEvent::RepOp { .. } | PgEvent::RepReply { .. } => {}
     }
 }
 

@@ -7,7 +7,8 @@
 //! ```text
 //!  no acting OSD up            down
 //!  newest copy on a down OSD   incomplete
-//!  being recovered now         active+recovering / active+backfilling
+//!  being recovered now         peering+recovering / peering+backfilling
+//!  not peered under this map   peering  (its I/O waits; others serve)
 //!  acting < min_size           undersized+degraded+peered  (I/O waits)
 //!  acting < size               active+undersized+degraded
 //!  otherwise                   active+clean
@@ -145,12 +146,12 @@ impl Cluster {
                     } else {
                         Some(pg.lock())
                     };
-                    g.map(|g| (g.incomplete, g.log.info.last_update.to_string()))
+                    g.map(|g| (g.incomplete, g.log.info.last_update.to_string(), g.pending))
                 });
                 let (incomplete, last_update, busy) = match pgst {
-                    Some(Some((inc, lu))) => (inc, lu, false),
+                    Some(Some((inc, lu, pending))) => (inc, lu, pending),
                     Some(None) => (None, String::new(), true),
-                    None => (None, String::new(), false),
+                    None => (None, String::new(), peering),
                 };
                 let inconsistent = damaged.get(&id).map_or(0, |m| m.len() as u64);
                 let mut state = if acting.is_empty() {
@@ -158,7 +159,8 @@ impl Cluster {
                 } else if incomplete.is_some() {
                     "incomplete".to_string()
                 } else if let Some(a) = activity.get(&id) {
-                    format!("active+{a}")
+                    // Recovered while pending: its I/O waits meanwhile.
+                    format!("peering+{a}")
                 } else if busy {
                     "peering".to_string()
                 } else if acting.len() < min_size {
@@ -214,8 +216,13 @@ impl Cluster {
         let count = |f: &dyn Fn(&PgStatus) -> bool| pgs.iter().filter(|p| f(p)).count();
         check(
             Health::Err,
-            count(&|p| !p.is_active() && p.state != "peering"),
+            count(&|p| !p.is_active() && !p.state.starts_with("peering")),
             "pgs inactive (I/O to them waits)",
+        );
+        check(
+            Health::Warn,
+            count(&|p| p.state.starts_with("peering")),
+            "pgs peering",
         );
         check(
             Health::Warn,
