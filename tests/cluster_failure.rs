@@ -360,3 +360,78 @@ fn test_failure_store_that_cannot_open_starts_down_and_io_goes_on() {
     assert_eq!(st.num_up_osds, 2);
     c.shutdown().unwrap();
 }
+
+/// File stores, osd.2's with only `room` bytes to spare (it refuses bigger
+/// transactions with NoSpace, as a full disk would).
+struct TightOpener {
+    room: u64,
+}
+
+impl rbdfs::osd::StoreOpener for TightOpener {
+    fn mkfs(&self, path: &Path) -> rbdfs::store::StoreResult<()> {
+        rbdfs::store::FileStore::mkfs(path)
+    }
+
+    fn open(&self, path: &Path) -> rbdfs::store::StoreResult<rbdfs::osd::OpenedStore> {
+        let mut config = rbdfs::store::StoreConfig::default();
+        if path.ends_with("osd.2") {
+            config.fake_available_bytes = Some(config.min_free_bytes + self.room);
+        }
+        rbdfs::osd::FileStoreOpener { config }.open(path)
+    }
+}
+
+#[test]
+fn test_failure_full_replica_is_marked_down_and_the_write_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ClusterConfig {
+        store: Arc::new(TightOpener { room: 64 << 10 }),
+        ..ClusterConfig::default()
+    };
+    Cluster::create(
+        dir.path(),
+        CreateOptions {
+            config: config.clone(),
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    let c = Cluster::open(dir.path(), config).unwrap();
+    let io = pool(&c, 8);
+    write_full(&io, "small", content("small", 0)).unwrap();
+    let big = Bytes::from(vec![7u8; 256 << 10]);
+    // A full primary answers NoSpace (the cluster is full for that object);
+    // here the full OSD is a replica.
+    let name = (0..)
+        .map(|i| format!("big{i}"))
+        .find(|n| c.object_acting(io.pool_id(), n).unwrap().1[0] != 2)
+        .unwrap();
+
+    write_full(&io, &name, big.clone()).unwrap();
+
+    common::wait_until(30, "osd.2 is marked down", || {
+        !c.osdmap().osd(2).unwrap().up
+    });
+    assert_eq!(read_whole(&io, &name), big);
+    let (pg, _) = c.object_acting(io.pool_id(), &name).unwrap();
+    let key = ObjectKey {
+        coll: pg,
+        name: name.clone(),
+        snap: SNAP_HEAD,
+    };
+    assert!(
+        !c.osd_store(2).unwrap().exists(&key),
+        "the full replica must not hold a copy"
+    );
+    // Up again, it cannot take the copy either: down again, I/O goes on.
+    let epoch = c.osdmap().epoch;
+    c.set_osd_up(2, true).unwrap();
+    common::wait_until(30, "osd.2 is marked down again", || {
+        let m = c.osdmap();
+        m.epoch > epoch + 1 && !m.osd(2).unwrap().up
+    });
+    assert_eq!(read_whole(&io, &name), big);
+    assert_eq!(read_whole(&io, "small"), content("small", 0));
+    assert!(c.scrub(None, true, false).unwrap().is_clean());
+    c.shutdown().unwrap();
+}

@@ -65,6 +65,12 @@ fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -> OsdRe
                 // epoch, which peers this PG again without it.
                 log::error!("peering pg {}.{:x}: {e}", id.pool, id.pg);
                 let mut blamed = false;
+                // A replica that cannot take the copy (full, failing) goes
+                // down like one that fails a write.
+                if let OsdError::Recovery { osd, .. } = &e {
+                    report_failure(osds, *osd, &e.to_string());
+                    blamed = true;
+                }
                 for &o in &acting {
                     if let Some(Err(h)) = osds.get(o as usize).map(|x| x.store.check_health()) {
                         report_failure(osds, o, &h.to_string());
