@@ -137,12 +137,13 @@ impl Cluster {
                     .and_then(|o| o.store.list_objects(id).ok())
                     .map_or(0, |k| k.len() as u64);
                 // While peering, a PG's lock may be held for a long
-                // recovery: say "peering" rather than wait for it. Otherwise
-                // a worker holds it only briefly.
+                // recovery: say "peering" rather than wait for it.
                 let peering = inner.shared.peering.load(Ordering::SeqCst);
                 let pgst = posd.as_ref().and_then(|o| o.pg(id)).map(|pg| {
                     let g = if peering {
-                        pg.try_lock()
+                        // Long enough for a worker's event, short next to
+                        // a recovery.
+                        pg.try_lock_for(std::time::Duration::from_millis(100))
                     } else {
                         Some(pg.lock())
                     };
