@@ -7,6 +7,11 @@
 //! - `osd`: in-process OSDs with sharded op queues, PGs, replication, PG logs;
 //! - `store`: one OSD's local storage: transactions, journal, object files.
 
+pub mod admin;
+pub mod cli;
+pub mod fuse;
+pub mod osd;
 pub mod rados;
+pub mod rbd;
 pub mod store;
 pub mod sync;

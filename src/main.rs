@@ -1,6 +1,5 @@
-//! The `rbdfs` command.
+//! The `rbdfs` command: see `rbdfs --help` and README.md.
 
 fn main() {
-    eprintln!("rbdfs: the command-line interface is not built yet");
-    std::process::exit(2);
+    std::process::exit(rbdfs::cli::main_with(std::env::args_os()));
 }

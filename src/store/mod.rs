@@ -17,6 +17,8 @@ use bytes::Bytes;
 
 use crate::rados::{PoolId, SnapId};
 
+pub mod memstore;
+
 /// A placement group's collection of objects (Ceph's `coll_t`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CollId {

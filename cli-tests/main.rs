@@ -1,0 +1,299 @@
+//! CLI tests: the built `rbdfs` binary on a temporary store, without a daemon
+//! (each command opens the store itself): every verb, its JSON, its errors and
+//! exit codes, and that refused commands change nothing.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// A private copy of the binary under test (the target directory is shared,
+/// so a rebuild during the run must not swap it).
+fn bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let built = env!("CARGO_BIN_EXE_rbdfs");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("rbdfs-cli-bin")
+            .join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).expect("create a directory for the binary");
+        let copy = dir.join("rbdfs");
+        std::fs::copy(built, &copy).expect("copy the rbdfs binary");
+        copy.to_string_lossy().into_owned()
+    })
+}
+
+struct Store {
+    dir: tempfile::TempDir,
+}
+
+impl Store {
+    fn new() -> Self {
+        let s = Store {
+            dir: tempfile::tempdir().expect("temporary directory"),
+        };
+        s.ok(&["init"]);
+        s
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .arg("--store")
+            .arg(self.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run rbdfs")
+    }
+
+    /// Run, require success, return stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "rbdfs {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Run, require failure with `errno` as exit code and one `rbdfs:` line.
+    fn fails(&self, args: &[&str], errno: i32) -> String {
+        let out = self.run(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(errno), "rbdfs {args:?}: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("rbdfs: ")).collect();
+        assert_eq!(lines.len(), 1, "want one error line, got: {err}");
+        err
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["--format", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("valid JSON")
+    }
+}
+
+#[test]
+fn test_create_ls_info_json_shape() {
+    // Arrange
+    let s = Store::new();
+
+    // Act
+    s.ok(&["create", "--size", "1G", "rbd/parent"]);
+
+    // Assert
+    assert_eq!(s.ok(&["ls"]), "parent\n");
+    let info = s.json(&["info", "parent"]);
+    assert_eq!(info["name"], "parent");
+    assert_eq!(info["size"], 1u64 << 30);
+    assert_eq!(info["objects"], 256);
+    assert_eq!(info["order"], 22);
+    assert_eq!(info["object_size"], 4 << 20);
+    assert_eq!(info["format"], 2);
+    assert!(
+        info["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "layering")
+    );
+    assert!(info.get("parent").is_none());
+    let text = s.ok(&["info", "parent"]);
+    assert!(
+        text.starts_with("rbd image 'parent':\n\tsize 1 GiB in 256 objects\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn test_create_errors_have_rbd_exit_codes_and_change_nothing() {
+    let s = Store::new();
+    s.ok(&["create", "--size", "64M", "a"]);
+
+    s.fails(&["create", "b"], libc::EINVAL);
+    s.fails(&["create", "--size", "12Q", "b"], libc::EINVAL);
+    s.fails(&["create", "--size", "1M", "a"], libc::EEXIST);
+    s.fails(&["create", "--size", "1M", "x/y/z"], libc::EINVAL);
+    s.fails(&["create", "--size", "1M", "nopool/b"], libc::ENOENT);
+    s.fails(&["info", "nosuch"], libc::ENOENT);
+
+    assert_eq!(s.ok(&["ls"]), "a\n");
+}
+
+#[test]
+fn test_resize_shrink_needs_flag() {
+    let s = Store::new();
+    s.ok(&["create", "--size", "1G", "img"]);
+
+    s.fails(&["resize", "--size", "512M", "img"], libc::EINVAL);
+    assert_eq!(s.json(&["info", "img"])["size"], 1u64 << 30);
+    s.ok(&["resize", "--size", "512M", "--allow-shrink", "img"]);
+    assert_eq!(s.json(&["info", "img"])["size"], 512u64 << 20);
+    s.ok(&["resize", "--size", "2G", "img"]);
+    assert_eq!(s.json(&["info", "img"])["size"], 2u64 << 30);
+}
+
+#[test]
+fn test_snapshot_protect_clone_flatten_cycle() {
+    // Arrange: parent with data, snapshot s1.
+    let s = Store::new();
+    let data = s.dir.path().join("data");
+    std::fs::write(&data, vec![b'A'; 4 << 20]).unwrap();
+    s.ok(&["import", data.to_str().unwrap(), "parent"]);
+    s.ok(&["snap", "create", "parent@s1"]);
+
+    // Act + Assert: the rbd sequence of the reference, exit code by exit code.
+    s.fails(&["clone", "parent@s1", "child"], libc::EINVAL);
+    s.fails(&["clone", "parent", "child"], libc::EINVAL);
+    s.ok(&["snap", "protect", "parent@s1"]);
+    s.fails(&["snap", "protect", "parent@s1"], libc::EBUSY);
+    s.ok(&["clone", "parent@s1", "child"]);
+    s.fails(&["clone", "parent@s1", "child"], libc::EEXIST);
+    s.fails(&["clone", "parent@nosnap", "x"], libc::ENOENT);
+    assert_eq!(s.ok(&["children", "parent@s1"]), "rbd/child\n");
+    let err = s.fails(&["snap", "unprotect", "parent@s1"], libc::EBUSY);
+    assert!(
+        err.contains("child"),
+        "unprotect error names no clone: {err}"
+    );
+    s.fails(&["snap", "rm", "parent@s1"], libc::EBUSY);
+    s.fails(&["rm", "parent"], libc::ENOTEMPTY);
+    s.fails(&["flatten", "parent"], libc::EINVAL);
+    let info = s.json(&["info", "child"]);
+    assert_eq!(info["parent"]["image"], "parent");
+    assert_eq!(info["parent"]["snapshot"], "s1");
+    let out = s.run(&["flatten", "child"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.ends_with("Image flatten: 100% complete...done.\n"),
+        "stderr: {err}"
+    );
+    s.fails(&["flatten", "child"], libc::EINVAL);
+    assert!(s.json(&["info", "child"]).get("parent").is_none());
+    assert_eq!(s.ok(&["children", "parent@s1"]), "");
+    s.ok(&["snap", "unprotect", "parent@s1"]);
+    s.fails(&["snap", "unprotect", "parent@s1"], libc::EINVAL);
+    s.ok(&["snap", "rm", "parent@s1"]);
+    s.ok(&["rm", "parent"]);
+    assert_eq!(s.ok(&["ls"]), "child\n");
+}
+
+#[test]
+fn test_snap_ls_json_and_rollback_restores_content() {
+    // Arrange: an image with known bytes, a snapshot, then a change (a resize).
+    let s = Store::new();
+    let file = s.dir.path().join("f");
+    std::fs::write(&file, b"version-1").unwrap();
+    s.ok(&["import", file.to_str().unwrap(), "img"]);
+    s.ok(&["snap", "create", "img@v1"]);
+    s.ok(&["resize", "--size", "1M", "img"]);
+
+    // Act
+    s.ok(&["snap", "rollback", "img@v1"]);
+
+    // Assert
+    let snaps = s.json(&["snap", "ls", "img"]);
+    assert_eq!(snaps[0]["name"], "v1");
+    assert_eq!(snaps[0]["protected"], "false");
+    assert_eq!(snaps[0]["size"], 9);
+    let out = s.dir.path().join("out");
+    s.ok(&["export", "img", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"version-1");
+    s.fails(&["snap", "rollback", "img@nope"], libc::ENOENT);
+    s.fails(&["rm", "img"], libc::ENOTEMPTY);
+    assert_eq!(s.ok(&["ls"]), "img\n");
+}
+
+#[test]
+fn test_export_of_import_is_byte_identical_and_sparse() {
+    // Arrange: 9 MiB with data at the start and the end, a hole between.
+    let s = Store::new();
+    let mut content = vec![0u8; 9 << 20];
+    content[..4096].fill(b'x');
+    let n = content.len();
+    content[n - 10..].fill(b'y');
+    let src = s.dir.path().join("src.img");
+    std::fs::write(&src, &content).unwrap();
+    let dst = s.dir.path().join("dst.img");
+
+    // Act
+    s.ok(&["import", src.to_str().unwrap(), "img"]);
+    s.ok(&["export", "img", dst.to_str().unwrap()]);
+
+    // Assert
+    assert!(std::fs::read(&dst).unwrap() == content);
+    let du = s.json(&["du", "img"]);
+    let head = &du["images"][0];
+    assert_eq!(head["name"], "img");
+    assert_eq!(head["provisioned_size"], 9u64 << 20);
+    assert_eq!(
+        head["used_size"],
+        8u64 << 20,
+        "the hole object stays unallocated"
+    );
+}
+
+#[test]
+fn test_export_to_existing_file_is_refused() {
+    let s = Store::new();
+    s.ok(&["create", "--size", "1M", "img"]);
+    let dst = s.dir.path().join("exists");
+    std::fs::write(&dst, b"keep").unwrap();
+
+    s.fails(&["export", "img", dst.to_str().unwrap()], libc::EEXIST);
+
+    assert_eq!(std::fs::read(&dst).unwrap(), b"keep");
+}
+
+#[test]
+fn test_rename_and_ls_long_json() {
+    let s = Store::new();
+    s.ok(&["create", "--size", "1G", "old"]);
+
+    s.ok(&["rename", "old", "new"]);
+
+    let rows = s.json(&["ls", "-l"]);
+    assert_eq!(rows[0]["image"], "new");
+    assert_eq!(rows[0]["size"], 1u64 << 30);
+    s.fails(&["rename", "new", "other/new"], libc::EXDEV);
+}
+
+#[test]
+fn test_pool_create_and_ls() {
+    let s = Store::new();
+
+    s.ok(&["pool", "create", "fast", "--size", "2"]);
+
+    let pools = s.json(&["pool", "ls"]);
+    let names: Vec<&str> = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["rbd", "fast"]);
+    assert_eq!(pools[1]["size"], 2);
+    s.ok(&["create", "--size", "1M", "fast/img"]);
+    assert_eq!(s.ok(&["ls", "fast"]), "img\n");
+    s.fails(&["pool", "create", "fast"], libc::EEXIST);
+}
+
+#[test]
+fn test_commands_on_missing_store_say_how_to_create_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .arg("--store")
+        .arg(dir.path().join("none"))
+        .arg("ls")
+        .output()
+        .unwrap();
+
+    assert_eq!(out.status.code(), Some(libc::ENOENT));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("init"), "{err}");
+}

@@ -1,0 +1,170 @@
+//! Scenario 6: bad input through the mount gets the right errno and changes
+//! nothing.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::harness::{World, getfattr, pattern, run};
+
+/// setxattr(2) directly, to see the errno.
+fn set(path: &Path, name: &str, value: &str) -> Result<(), i32> {
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    }
+}
+
+/// getxattr(2) directly, to see the errno.
+fn get(path: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    } else {
+        buf.truncate(r as usize);
+        Ok(buf)
+    }
+}
+
+/// What must not change: the image list, each image's info and the head's bytes.
+fn snapshot_state(w: &World) -> (String, String, String, Vec<u8>) {
+    (
+        w.cli(&["ls", "-l", "--format", "json"]),
+        w.cli(&["info", "rbd/vm", "--format", "json"]),
+        w.cli(&["snap", "ls", "rbd/vm", "--format", "json"]),
+        std::fs::read(w.path("rbd/vm")).unwrap(),
+    )
+}
+
+#[test]
+fn test_bad_xattrs_and_namespace_ops_fail_with_clear_errno_and_change_nothing() {
+    // Arrange: an image with data and a protected snapshot; a plain image.
+    let w = World::new();
+    let vm = w.path("rbd/vm");
+    run(
+        "truncate",
+        &[std::ffi::OsStr::new("-s"), "16M".as_ref(), vm.as_os_str()],
+    );
+    std::fs::write(&vm, pattern(1, 1 << 20)).unwrap();
+    w.cli(&["snap", "create", "rbd/vm@s1"]);
+    w.cli(&["snap", "protect", "rbd/vm@s1"]);
+    w.cli(&["snap", "create", "rbd/vm@s2"]);
+    let s1 = w.path("rbd/vm@s1");
+    let s2 = w.path("rbd/vm@s2");
+    let before = snapshot_state(&w);
+
+    // Act + Assert: each bad request, its errno.
+    let cases: Vec<(&Path, &str, &str, i32)> = vec![
+        (&vm, "user.rbd.flatten", "1", libc::EINVAL), // not a clone
+        (&vm, "user.rbd.flatten", "yes", libc::EINVAL),
+        (&vm, "user.rbd.flatten", "", libc::EINVAL),
+        (&s1, "user.rbd.flatten", "1", libc::EROFS), // a snapshot
+        (&vm, "user.rbd.protected", "1", libc::EINVAL), // not a snapshot
+        (&s2, "user.rbd.protected", "2", libc::EINVAL),
+        (&s1, "user.rbd.protected", "yes", libc::EINVAL),
+        (&vm, "user.rbd.snap", "", libc::EINVAL),
+        (&vm, "user.rbd.snap", "a/b", libc::EINVAL),
+        (&vm, "user.rbd.snap", "a@b", libc::EINVAL),
+        (&vm, "user.rbd.snap", "..", libc::EINVAL),
+        (&vm, "user.rbd.snap", "s1", libc::EEXIST),
+        (&s1, "user.rbd.snap", "x", libc::EROFS),
+        (&s2, "user.rbd.clone", "rbd/c", libc::EINVAL), // not protected
+        (&s1, "user.rbd.clone", "nopool/c", libc::ENOENT),
+        (&s1, "user.rbd.clone", "rbd/a/b", libc::EINVAL),
+        (&s1, "user.rbd.clone", "rbd/vm", libc::EEXIST),
+        (&vm, "user.rbd.clone", "rbd/c", libc::EINVAL), // not a snapshot
+        (&vm, "user.rbd.size", "1", libc::EPERM),
+        (&vm, "user.rbd.id", "x", libc::EPERM),
+        (&vm, "user.rbd.parent", "rbd/x@y", libc::EPERM),
+        (&vm, "user.rbd.nosuch", "1", libc::EINVAL),
+        (&vm, "user.other", "1", libc::EOPNOTSUPP),
+        (&vm, "trusted.rbd.snap", "x", libc::EOPNOTSUPP),
+    ];
+    for (path, name, value, errno) in &cases {
+        assert_eq!(
+            set(path, name, value),
+            Err(*errno),
+            "setxattr {name}={value:?} on {}",
+            path.display()
+        );
+    }
+    assert_eq!(get(&vm, "user.rbd.nosuch"), Err(libc::ENODATA));
+    assert_eq!(get(&vm, "user.rbd.parent"), Err(libc::ENODATA));
+    assert_eq!(get(&vm, "user.rbd.protected"), Err(libc::ENODATA));
+    assert!(
+        getfattr(&vm, "user.rbd.features")
+            .unwrap()
+            .contains("layering")
+    );
+    let write_snap = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&s1)
+        .map(|_| ());
+    assert_eq!(write_snap.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    let unlink_vm = std::fs::remove_file(&vm).unwrap_err();
+    assert_eq!(unlink_vm.raw_os_error(), Some(libc::EBUSY));
+    let unlink_s1 = std::fs::remove_file(&s1).unwrap_err();
+    assert_eq!(unlink_s1.raw_os_error(), Some(libc::EBUSY));
+    let mkdir = std::fs::create_dir(w.path("rbd/dir")).unwrap_err();
+    assert_eq!(mkdir.raw_os_error(), Some(libc::EPERM));
+    let symlink = std::os::unix::fs::symlink("vm", w.path("rbd/link")).unwrap_err();
+    assert_eq!(symlink.raw_os_error(), Some(libc::EPERM));
+    let bad_name = std::fs::File::create(w.path("rbd/x@y")).unwrap_err();
+    assert_eq!(bad_name.raw_os_error(), Some(libc::EINVAL));
+    let trunc_snap = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&s2)
+        .map(|_| ());
+    assert_eq!(trunc_snap.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    let flatten_cli = w.cli_output(&["flatten", "rbd/vm"]);
+    assert_eq!(flatten_cli.status.code(), Some(libc::EINVAL));
+    let err = String::from_utf8_lossy(&flatten_cli.stderr);
+    assert!(
+        err.lines().any(|l| l.starts_with("rbdfs: ")),
+        "stderr: {err}"
+    );
+
+    // Nothing changed.
+    assert_eq!(snapshot_state(&w), before);
+    assert!(!w.path("rbd/c").exists());
+}
+
+#[test]
+fn test_unlink_or_cli_rm_of_an_attached_image_is_ebusy_and_keeps_it() {
+    // Arrange: an image with data, attached to a loop device.
+    let mut w = World::new();
+    let vm = w.path("rbd/vm");
+    run(
+        "truncate",
+        &[std::ffi::OsStr::new("-s"), "16M".as_ref(), vm.as_os_str()],
+    );
+    std::fs::write(&vm, pattern(2, 1 << 20)).unwrap();
+    let dev = w.losetup(&vm, &[]);
+
+    // Act
+    let unlink = std::fs::remove_file(&vm).unwrap_err();
+    let rm = w.cli_output(&["rm", "rbd/vm"]);
+
+    // Assert
+    assert_eq!(unlink.raw_os_error(), Some(libc::EBUSY));
+    assert_eq!(rm.status.code(), Some(libc::EBUSY));
+    w.detach(&dev);
+    assert!(std::fs::read(&vm).unwrap()[..1 << 20] == pattern(2, 1 << 20)[..]);
+}

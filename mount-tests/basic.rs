@@ -1,0 +1,235 @@
+//! Scenario 1: ext4 on an image file through a loop device survives unmount,
+//! fsck and a daemon restart byte for byte.
+
+use crate::harness::{World, pattern, run};
+
+const FILES: u64 = 6;
+
+fn file_len(i: u64) -> usize {
+    // Odd sizes so partial blocks and object boundaries are exercised.
+    (256 << 10) + (i as usize) * 40_961
+}
+
+#[test]
+fn test_ext4_on_image_survives_umount_fsck_and_remount() {
+    // Arrange: a 1 GiB sparse image with ext4 on it (direct I/O loop device).
+    let mut w = World::new();
+    let vm = w.path("rbd/vm");
+    run(
+        "truncate",
+        &[std::ffi::OsStr::new("-s"), "1G".as_ref(), vm.as_os_str()],
+    );
+    assert_eq!(std::fs::metadata(&vm).unwrap().len(), 1 << 30);
+    let (dev, at) = w.ext4_on(&vm, "fs", &["--direct-io=on"]);
+
+    // Act: write files, sync, unmount, check, restart the daemon, remount.
+    for i in 0..FILES {
+        std::fs::write(at.join(format!("f{i}")), pattern(i, file_len(i))).unwrap();
+    }
+    run::<&str>("sync", &[]);
+    w.umount(&at);
+    w.fsck_clean(&dev);
+    w.detach(&dev);
+    w.stop_daemon();
+    w.start_daemon();
+    let dev = w.losetup(&vm, &[]);
+    let at = w.mount_dev(&dev, "fs2", &[]);
+
+    // Assert
+    for i in 0..FILES {
+        let got = std::fs::read(at.join(format!("f{i}"))).unwrap();
+        assert!(got == pattern(i, file_len(i)), "f{i} differs after remount");
+    }
+    w.umount(&at);
+    w.fsck_clean(&dev);
+}
+
+#[test]
+fn test_image_file_reads_written_bytes_and_is_clamped_at_eof() {
+    // Arrange
+    let w = World::new();
+    let img = w.path("rbd/small");
+    std::fs::File::create(&img).unwrap().set_len(8192).unwrap();
+
+    // Act
+    std::fs::write(&img, pattern(1, 8192)).unwrap();
+    let got = std::fs::read(&img).unwrap();
+
+    // Assert: exactly the image size comes back, no more.
+    assert_eq!(got.len(), 8192);
+    assert!(got == pattern(1, 8192));
+    let ls = w.cli(&["ls"]);
+    assert!(ls.lines().any(|l| l == "small"), "rbdfs ls: {ls}");
+}
+
+#[test]
+fn test_second_mount_of_same_store_is_refused() {
+    // Arrange
+    let w = World::new();
+    let other = w.dir.path().join("mnt2");
+    std::fs::create_dir(&other).unwrap();
+
+    // Act
+    let out = w.cli_output(&["mount", other.to_str().unwrap()]);
+
+    // Assert
+    assert!(
+        !out.status.success(),
+        "a second mount of the same store succeeded"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rbdfs:"), "unclear refusal: {err}");
+    assert!(!crate::harness::is_mounted(&other));
+}
+
+/// Unmounts and kills a backgrounded daemon on drop, also when the test panics.
+struct Backgrounded {
+    mnt: std::path::PathBuf,
+    pid: Option<i32>,
+}
+
+impl Drop for Backgrounded {
+    fn drop(&mut self) {
+        if crate::harness::is_mounted(&self.mnt) {
+            let _ = crate::harness::output(
+                "fusermount3",
+                &[std::ffi::OsStr::new("-u"), self.mnt.as_os_str()],
+            );
+        }
+        if let Some(pid) = self.pid {
+            // SAFETY: signalling a process we started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Whether `pid` runs (a zombie waiting for its reaper does not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            state != Some("Z")
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn test_daemon_mode_returns_when_ready_and_sigterm_unmounts_cleanly() {
+    // Arrange
+    crate::harness::require_environment();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mnt) = (dir.path().join("store"), dir.path().join("mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+    let mut guard = Backgrounded {
+        mnt: mnt.clone(),
+        pid: None,
+    };
+    let rbdfs = |args: &[&std::ffi::OsStr]| {
+        let mut all = vec![std::ffi::OsStr::new("--store"), store.as_os_str()];
+        all.extend_from_slice(args);
+        crate::harness::output(crate::harness::rbdfs_bin(), &all)
+    };
+
+    // Act: the parent returns only once the mount is ready.
+    let started = rbdfs(&["mount".as_ref(), mnt.as_os_str(), "--daemon".as_ref()]);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    assert!(
+        crate::harness::is_mounted(&mnt),
+        "mount not ready when --daemon returned"
+    );
+    assert!(mnt.join("rbd").is_dir());
+    let status = rbdfs(&["status".as_ref(), "--format".as_ref(), "json".as_ref()]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    let pid = v["daemon_pid"].as_i64().expect("daemon pid") as i32;
+    guard.pid = Some(pid);
+    std::fs::File::create(mnt.join("rbd/img"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    // SAFETY: signalling the daemon we started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    crate::harness::wait_until("the daemon to exit", || !alive(pid));
+    guard.pid = None;
+
+    // Assert: unmounted, lock released (a local command opens the store), data kept.
+    assert!(!crate::harness::is_mounted(&mnt));
+    let ls = rbdfs(&["ls".as_ref()]);
+    assert!(
+        ls.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ls.stdout), "img\n");
+    let log = std::fs::read_to_string(store.join("rbdfs.log")).unwrap();
+    assert!(log.contains("closed cleanly"), "log: {log}");
+}
+
+#[test]
+fn test_export_to_stdout_and_import_from_stdin_while_mounted() {
+    use std::io::Write;
+    // Arrange: an image with content, written through the mount.
+    let w = World::new();
+    let src = w.path("rbd/src");
+    let content = pattern(11, (5 << 20) + 123);
+    std::fs::write(&src, &content).unwrap();
+
+    // Act: export to a pipe, import from a pipe.
+    let exported = w.cli_output(&["export", "rbd/src", "-"]);
+    let mut child = std::process::Command::new(crate::harness::rbdfs_bin())
+        .arg("--store")
+        .arg(&w.store)
+        .args(["import", "-", "rbd/dst"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&content).unwrap();
+    let status = child.wait().unwrap();
+
+    // Assert
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    assert!(exported.stdout == content, "exported bytes differ");
+    assert!(status.success(), "import failed: {status}");
+    assert!(std::fs::read(w.path("rbd/dst")).unwrap() == content);
+}
+
+#[test]
+fn test_seek_data_and_seek_hole_see_the_images_holes() {
+    use std::os::fd::AsRawFd;
+    // Arrange: 64 MiB image, 4 KiB of data at 9 MiB (in the object at 8..12 MiB).
+    let w = World::new();
+    let img = w.path("rbd/sparse");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&img)
+        .unwrap();
+    f.set_len(64 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &pattern(4, 4096), 9 << 20).unwrap();
+    f.sync_all().unwrap();
+
+    // Act
+    // SAFETY: lseek on a descriptor we own.
+    let (data, hole) = unsafe {
+        (
+            libc::lseek(f.as_raw_fd(), 0, libc::SEEK_DATA),
+            libc::lseek(f.as_raw_fd(), 8 << 20, libc::SEEK_HOLE),
+        )
+    };
+
+    // Assert: object granularity, as the object map knows it.
+    assert_eq!(data, 8 << 20);
+    assert_eq!(hole, 12 << 20);
+}

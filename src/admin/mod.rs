@@ -1,0 +1,175 @@
+//! The admin socket: how `rbdfs <verb>` asks the daemon that holds a store to do
+//! something (the daemon owns the images, so it is the one that may change them).
+//!
+//! JSON lines over a Unix socket `STORE/admin.sock` (mode 0600): see [`proto`].
+
+pub mod client;
+pub mod proto;
+pub mod server;
+
+pub use client::{AdminClient, AdminError};
+pub use server::{AdminServer, Handler, Outcome, ProgressTx};
+
+/// File name of the admin socket inside a store directory.
+pub const SOCKET_NAME: &str = "admin.sock";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rados::BoxFuture;
+    use crate::sync::Arc;
+
+    struct Echo;
+
+    impl Handler for Echo {
+        fn handle(
+            &self,
+            _id: u64,
+            args: serde_json::Value,
+            p: ProgressTx,
+        ) -> BoxFuture<'static, Outcome> {
+            Box::pin(async move {
+                for i in 1..=3 {
+                    p.send("Echo", i, 3);
+                }
+                if args["fail"] == true {
+                    Err((libc::EBUSY, "busy: try later".into()))
+                } else {
+                    Ok(args)
+                }
+            })
+        }
+    }
+
+    fn serve() -> (tempfile::TempDir, tokio::runtime::Runtime, AdminServer) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let path = dir.path().join(SOCKET_NAME);
+        let server = rt.block_on(async { AdminServer::bind(&path, Arc::new(Echo)).unwrap() });
+        (dir, rt, server)
+    }
+
+    #[test]
+    fn test_admin_call_streams_progress_then_result() {
+        // Arrange
+        let (dir, _rt, _server) = serve();
+        let client = AdminClient::probe(&dir.path().join(SOCKET_NAME)).unwrap();
+        let mut seen = Vec::new();
+
+        // Act
+        let out = client
+            .call("echo", serde_json::json!({"x": 1}), &mut |_, d, t| {
+                seen.push((d, t))
+            })
+            .unwrap();
+
+        // Assert
+        assert_eq!(out, serde_json::json!({"x": 1}));
+        assert_eq!(seen, vec![(1, 3), (2, 3), (3, 3)]);
+    }
+
+    #[test]
+    fn test_admin_call_failure_carries_errno_and_message() {
+        let (dir, _rt, _server) = serve();
+        let client = AdminClient::probe(&dir.path().join(SOCKET_NAME)).unwrap();
+
+        let err = client
+            .call("echo", serde_json::json!({"fail": true}), &mut |_, _, _| {})
+            .unwrap_err();
+
+        assert_eq!(err.errno(), libc::EBUSY);
+        assert_eq!(err.to_string(), "busy: try later");
+    }
+
+    #[test]
+    fn test_admin_socket_mode_is_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, _rt, _server) = serve();
+
+        let mode = std::fs::metadata(dir.path().join(SOCKET_NAME))
+            .unwrap()
+            .permissions()
+            .mode();
+
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    struct Counting(std::sync::atomic::AtomicU32);
+
+    impl Handler for Counting {
+        fn handle(
+            &self,
+            _: u64,
+            _: serde_json::Value,
+            _: ProgressTx,
+        ) -> BoxFuture<'static, Outcome> {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            Box::pin(async move { Ok(serde_json::json!(n)) })
+        }
+    }
+
+    /// Send one raw request line and return the result line's output.
+    fn send_raw(path: &std::path::Path, req: &proto::Request) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+        s.write_all(&proto::encode_line(req)).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).unwrap();
+        match proto::decode_line(line.as_bytes()).unwrap() {
+            proto::Event::Result { output, .. } => output,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn test_admin_retried_request_id_runs_once() {
+        // Arrange
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let path = dir.path().join(SOCKET_NAME);
+        let handler = Arc::new(Counting(Default::default()));
+        let _server = rt.block_on(async { AdminServer::bind(&path, handler.clone()).unwrap() });
+        let req = proto::Request {
+            v: proto::PROTO_VERSION,
+            id: 42,
+            verb: "snap_create".into(),
+            args: serde_json::json!({}),
+        };
+
+        // Act: the same request twice (a client retry), then a new one.
+        let first = send_raw(&path, &req);
+        let retry = send_raw(&path, &req);
+        let other = send_raw(&path, &proto::Request { id: 43, ..req });
+
+        // Assert
+        assert_eq!((first, retry, other), (1.into(), 1.into(), 2.into()));
+    }
+
+    #[test]
+    fn test_admin_other_protocol_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let path = dir.path().join(SOCKET_NAME);
+        let handler = Arc::new(Counting(Default::default()));
+        let _server = rt.block_on(async { AdminServer::bind(&path, handler.clone()).unwrap() });
+        let req = proto::Request {
+            v: 9,
+            id: 1,
+            verb: "ls".into(),
+            args: serde_json::json!({}),
+        };
+
+        let out = send_raw(&path, &req);
+
+        assert_eq!(out, serde_json::Value::Null);
+        assert_eq!(handler.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn test_admin_probe_without_daemon_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(SOCKET_NAME), b"").unwrap();
+
+        assert!(AdminClient::probe(&dir.path().join(SOCKET_NAME)).is_none());
+    }
+}

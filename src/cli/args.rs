@@ -1,0 +1,225 @@
+//! The command line, as clap parses it. No logic here: `cli::run` turns these
+//! into calls on the command layer.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Where the store lives when `--store` is not given and `RBDFS_STORE` is unset.
+pub const DEFAULT_STORE: &str = "/var/lib/rbdfs";
+
+/// Ceph RBD on one host: images, snapshots and clones in a local store, served
+/// as files through a FUSE mount.
+#[derive(Debug, Parser)]
+#[command(name = "rbdfs", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Store directory (its OSDs, its lock, its admin socket).
+    #[arg(long, global = true, env = "RBDFS_STORE", default_value = DEFAULT_STORE)]
+    pub store: PathBuf,
+
+    /// Output format of listing and info verbs.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Plain)]
+    pub format: Format,
+
+    /// Indent JSON output (with --format json).
+    #[arg(long, global = true)]
+    pub pretty_format: bool,
+
+    /// Do not show progress of long operations.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// Create a new store: its OSDs and the default pool `rbd`.
+    Init(InitArgs),
+    /// Pools.
+    #[command(subcommand)]
+    Pool(PoolVerb),
+    /// Create an image.
+    Create(CreateArgs),
+    /// List the images of a pool.
+    #[command(alias = "list")]
+    Ls(LsArgs),
+    /// Show an image or snapshot.
+    Info(SpecArg),
+    /// Change an image's size.
+    Resize(ResizeArgs),
+    /// Remove an image (it must have no snapshots).
+    #[command(alias = "remove")]
+    Rm(SpecArg),
+    /// Rename an image within its pool.
+    #[command(alias = "mv")]
+    Rename(RenameArgs),
+    /// Snapshots.
+    #[command(subcommand)]
+    Snap(SnapVerb),
+    /// Clone a protected snapshot into a new image.
+    Clone(CloneArgs),
+    /// List the clones of a snapshot.
+    Children(SpecArg),
+    /// Copy everything a clone reads from its parent into the clone, then detach it.
+    Flatten(SpecArg),
+    /// Provisioned and used size of images and snapshots.
+    #[command(alias = "disk-usage")]
+    Du(DuArgs),
+    /// Write an image or snapshot's content to a file (`-` for stdout).
+    Export(ExportArgs),
+    /// Create an image from a file's content (`-` for stdin).
+    Import(ImportArgs),
+    /// Show the store (or an image): who holds it, its pools, a flatten in progress.
+    Status(StatusArgs),
+    /// Mount the store: every image and snapshot as a file under MOUNTPOINT.
+    Mount(MountArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Directory of one OSD (repeat; default: 3 OSDs inside the store).
+    #[arg(long = "osd")]
+    pub osds: Vec<PathBuf>,
+    /// Replicas kept of every object in the default pool.
+    #[arg(long, default_value_t = 3)]
+    pub replicas: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolVerb {
+    /// Create a pool.
+    Create(PoolCreateArgs),
+    /// List pools.
+    #[command(alias = "list")]
+    Ls,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolCreateArgs {
+    pub name: String,
+    /// Replicas kept of every object (default: the store's).
+    #[arg(long)]
+    pub size: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct SpecArg {
+    /// `[pool/]image[@snap]`
+    pub spec: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// `[pool/]image`
+    pub spec: String,
+    /// Size, in bytes or with a K/M/G/T suffix.
+    #[arg(short, long)]
+    pub size: Option<String>,
+    /// Object size as a power of two (12..=26; default 22 = 4 MiB).
+    #[arg(long)]
+    pub order: Option<u8>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Long listing: size, parent, protection.
+    #[arg(short = 'l', long)]
+    pub long: bool,
+    /// Pool (default `rbd`).
+    pub pool: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ResizeArgs {
+    pub spec: String,
+    #[arg(short, long)]
+    pub size: String,
+    /// Allow making the image smaller (data past the new end is lost).
+    #[arg(long)]
+    pub allow_shrink: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RenameArgs {
+    pub src: String,
+    pub dst: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapVerb {
+    /// Create a snapshot `image@snap`.
+    #[command(alias = "add")]
+    Create(SpecArg),
+    /// List the snapshots of an image.
+    #[command(alias = "list")]
+    Ls(SpecArg),
+    /// Remove a snapshot (it must not be protected).
+    #[command(alias = "remove")]
+    Rm(SpecArg),
+    /// Protect a snapshot from removal (needed before cloning it).
+    Protect(SpecArg),
+    /// Unprotect a snapshot (it must have no clones).
+    Unprotect(SpecArg),
+    /// Make the image's head equal to the snapshot again.
+    #[command(alias = "revert")]
+    Rollback(SpecArg),
+}
+
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    /// `[pool/]image@snap` (protected)
+    pub parent: String,
+    /// `[pool/]child`
+    pub child: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DuArgs {
+    /// `[pool/]image[@snap]` (default: every image of the pool `rbd`).
+    pub spec: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    pub spec: String,
+    /// Output file, `-` for stdout.
+    pub path: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Input file, `-` for stdin.
+    pub path: String,
+    pub spec: String,
+    /// Object size as a power of two (default 22).
+    #[arg(long)]
+    pub order: Option<u8>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// `[pool/]image` (default: the store).
+    pub spec: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    pub mountpoint: PathBuf,
+    /// Go to the background once the mount is ready.
+    #[arg(long)]
+    pub daemon: bool,
+    /// Let users other than the mounting one use the mount.
+    #[arg(long)]
+    pub allow_other: bool,
+    /// FUSE request threads.
+    #[arg(long, default_value_t = 8)]
+    pub threads: usize,
+}

@@ -1,0 +1,288 @@
+//! Printing command outputs the way `rbd` does: aligned text tables, or JSON
+//! (`--format json`, indented with `--pretty-format`).
+
+use serde::Serialize;
+
+use super::command::{InfoOut, Output};
+use super::size::format_size;
+
+/// Text or JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    Plain,
+    Json { pretty: bool },
+}
+
+fn to_json<T: Serialize>(v: &T, pretty: bool) -> String {
+    let r = if pretty {
+        // rbd indents by 4.
+        let mut buf = Vec::new();
+        let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+        let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
+        v.serialize(&mut ser)
+            .map(|_| String::from_utf8_lossy(&buf).into_owned())
+    } else {
+        serde_json::to_string(v)
+    };
+    r.unwrap_or_default()
+}
+
+/// Columns padded to their widest cell, two spaces apart, like `rbd ls -l`.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = line(header.to_vec());
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+fn info_text(i: &InfoOut) -> String {
+    let mut s = format!(
+        "rbd image '{}':\n\tsize {} in {} objects\n\torder {} ({} objects)\n\
+         \tsnapshot_count: {}\n\tid: {}\n\tblock_name_prefix: {}\n\tformat: {}\n\
+         \tfeatures: {}\n\top_features: \n\tflags: \n\tcreate_timestamp: {}\n",
+        i.name,
+        format_size(i.size),
+        i.objects,
+        i.order,
+        format_size(i.object_size),
+        i.snapshot_count,
+        i.id,
+        i.block_name_prefix,
+        i.format,
+        i.features.join(", "),
+        i.create_timestamp,
+    );
+    if let Some(p) = &i.parent {
+        s.push_str(&format!(
+            "\tparent: {}/{}@{}\n\toverlap: {}\n",
+            p.pool,
+            p.image,
+            p.snapshot,
+            format_size(p.overlap)
+        ));
+    }
+    if let Some(p) = &i.protected {
+        let cap = if p == "true" { "True" } else { "False" };
+        s.push_str(&format!("\tprotected: {cap}\n"));
+    }
+    s
+}
+
+/// The text to print on stdout for `out` (empty for nothing).
+pub fn render(out: &Output, style: Style) -> String {
+    if let Style::Json { pretty } = style {
+        #[derive(Serialize)]
+        struct Images<'a> {
+            images: &'a [super::command::DuRow],
+        }
+        #[derive(Serialize)]
+        struct Child<'a> {
+            pool: &'a str,
+            pool_namespace: &'a str,
+            image: &'a str,
+        }
+        // Typed values, not `serde_json::Value`, so fields keep rbd's order.
+        let text = match out {
+            Output::Nothing => return String::new(),
+            Output::Pools(p) => to_json(p, pretty),
+            Output::Names(n) => to_json(n, pretty),
+            Output::Long(r) => to_json(r, pretty),
+            Output::Info(i) => to_json(i, pretty),
+            Output::Snaps(s) => to_json(s, pretty),
+            Output::Children(c) => {
+                let kids: Vec<Child<'_>> = c
+                    .iter()
+                    .map(|c| {
+                        let (pool, image) = c.split_once('/').unwrap_or(("", c));
+                        Child {
+                            pool,
+                            pool_namespace: "",
+                            image,
+                        }
+                    })
+                    .collect();
+                to_json(&kids, pretty)
+            }
+            Output::Du(d) => to_json(&Images { images: d }, pretty),
+            Output::Status(s) => to_json(s, pretty),
+        };
+        return text + "\n";
+    }
+    match out {
+        Output::Nothing => String::new(),
+        Output::Pools(p) => p.iter().map(|p| format!("{}\n", p.name)).collect(),
+        Output::Names(n) | Output::Children(n) => n.iter().map(|n| format!("{n}\n")).collect(),
+        Output::Long(rows) => {
+            if rows.is_empty() {
+                return String::new();
+            }
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    let name = match &r.snapshot {
+                        Some(s) => format!("{}@{s}", r.image),
+                        None => r.image.clone(),
+                    };
+                    let parent = r
+                        .parent
+                        .as_ref()
+                        .map(|p| format!("{}/{}@{}", p.pool, p.image, p.snapshot))
+                        .unwrap_or_default();
+                    let prot = match r.protected.as_deref() {
+                        Some("true") => "yes".to_string(),
+                        _ => String::new(),
+                    };
+                    vec![
+                        name,
+                        format_size(r.size),
+                        parent,
+                        r.format.to_string(),
+                        prot,
+                        String::new(),
+                    ]
+                })
+                .collect();
+            table(&["NAME", "SIZE", "PARENT", "FMT", "PROT", "LOCK"], &cells)
+        }
+        Output::Info(i) => info_text(i),
+        Output::Snaps(s) => {
+            if s.is_empty() {
+                return String::new();
+            }
+            let cells: Vec<Vec<String>> = s
+                .iter()
+                .map(|s| {
+                    let prot = if s.protected == "true" { "yes" } else { "" };
+                    vec![
+                        s.id.to_string(),
+                        s.name.clone(),
+                        format_size(s.size),
+                        prot.to_string(),
+                        s.timestamp.clone(),
+                    ]
+                })
+                .collect();
+            table(
+                &["SNAPID", "NAME", "SIZE", "PROTECTED", "TIMESTAMP"],
+                &cells,
+            )
+        }
+        Output::Du(d) => {
+            let mut cells: Vec<Vec<String>> = d
+                .iter()
+                .map(|e| {
+                    let name = match &e.snapshot {
+                        Some(s) => format!("{}@{s}", e.name),
+                        None => e.name.clone(),
+                    };
+                    vec![
+                        name,
+                        format_size(e.provisioned_size),
+                        format_size(e.used_size),
+                    ]
+                })
+                .collect();
+            if d.len() > 1 {
+                let prov = d
+                    .iter()
+                    .filter(|e| e.snapshot.is_none())
+                    .map(|e| e.provisioned_size)
+                    .sum();
+                let used = d.iter().map(|e| e.used_size).sum();
+                cells.push(vec!["<TOTAL>".into(), format_size(prov), format_size(used)]);
+            }
+            table(&["NAME", "PROVISIONED", "USED"], &cells)
+        }
+        Output::Status(s) => {
+            let mut t = format!("store: {}\n", s.store);
+            match (s.daemon_pid, &s.mountpoint) {
+                (Some(pid), Some(m)) => t.push_str(&format!("mounted: {m} (daemon pid {pid})\n")),
+                (Some(pid), None) => t.push_str(&format!("daemon pid {pid}\n")),
+                _ => t.push_str("mounted: no\n"),
+            }
+            for p in &s.pools {
+                t.push_str(&format!(
+                    "pool {} id {} size {} min_size {} pg_num {}\n",
+                    p.name, p.id, p.size, p.min_size, p.pg_num
+                ));
+            }
+            if let Some(i) = &s.image {
+                let w = if s.daemon_pid.is_some() {
+                    "the mount's daemon"
+                } else {
+                    "none"
+                };
+                t.push_str(&format!("image {i}: watchers: {w}\n"));
+            }
+            if let Some(f) = &s.flatten {
+                t.push_str(&format!("flatten: {f}\n"));
+            }
+            t
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::command::{DuRow, LsRow};
+
+    #[test]
+    fn test_render_du_json_has_rbd_shape() {
+        let out = Output::Du(vec![DuRow {
+            name: "child".into(),
+            id: "abc".into(),
+            snapshot: None,
+            snapshot_id: None,
+            provisioned_size: 1 << 30,
+            used_size: 4 << 20,
+        }]);
+
+        let text = render(&out, Style::Json { pretty: false });
+
+        assert_eq!(
+            text,
+            "{\"images\":[{\"name\":\"child\",\"id\":\"abc\",\
+             \"provisioned_size\":1073741824,\"used_size\":4194304}]}\n"
+        );
+    }
+
+    #[test]
+    fn test_render_ls_long_aligns_columns() {
+        let out = Output::Long(vec![LsRow {
+            image: "parent".into(),
+            snapshot: Some("s1".into()),
+            size: 1 << 30,
+            parent: None,
+            format: 2,
+            protected: Some("true".into()),
+        }]);
+
+        let text = render(&out, Style::Plain);
+
+        assert_eq!(
+            text,
+            "NAME       SIZE   PARENT  FMT  PROT  LOCK\nparent@s1  1 GiB          2    yes\n"
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! Opening a store directory: lock it, start its object layer, hand out a
+//! [`Rados`]. One function, so the daemon and the CLI open stores the same way.
+
+use std::path::{Path, PathBuf};
+
+use crate::osd::{Cluster, ClusterConfig, CreateOptions, OpenedStore, OsdError, StoreOpener};
+use crate::rados::{Rados, RadosBackend, RadosError};
+use crate::store::{FileStore, StoreConfig, StoreResult};
+use crate::sync::Arc;
+
+/// The pool every new store gets.
+pub const DEFAULT_POOL: &str = "rbd";
+/// Replicas of the default pool.
+pub const DEFAULT_REPLICAS: u32 = 3;
+/// OSDs a store created with defaults has.
+pub const DEFAULT_OSDS: usize = 3;
+
+/// The daemon's log file inside a store directory (with `mount --daemon`).
+pub const LOG_NAME: &str = "rbdfs.log";
+
+/// Opening or creating a store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "store {0} is in use by another rbdfs process (a mount or a command); \
+         unmount it or wait for the command, then retry"
+    )]
+    Locked(PathBuf),
+    #[error("store {0} does not exist; create it with `rbdfs --store {0} init`")]
+    Missing(PathBuf),
+    #[error("store {0} already exists")]
+    Exists(PathBuf),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Rados(#[from] RadosError),
+    #[error(transparent)]
+    Osd(OsdError),
+}
+
+impl StoreError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            StoreError::Locked(_) => libc::EBUSY,
+            StoreError::Missing(_) => libc::ENOENT,
+            StoreError::Exists(_) => libc::EEXIST,
+            StoreError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            StoreError::Rados(e) => e.errno(),
+            StoreError::Osd(_) => libc::EIO,
+        }
+    }
+}
+
+/// How to lay out a new store.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// One directory per OSD; empty: [`DEFAULT_OSDS`] inside the store.
+    pub osds: Vec<PathBuf>,
+    /// Replicas of the default pool.
+    pub replicas: u32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        Self {
+            osds: Vec::new(),
+            replicas: DEFAULT_REPLICAS,
+        }
+    }
+}
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |source| StoreError::Io { context, source }
+}
+
+/// Opens OSD stores as [`FileStore`]s: what a real store directory holds.
+pub struct FileStoreOpener;
+
+impl StoreOpener for FileStoreOpener {
+    fn mkfs(&self, path: &Path) -> StoreResult<()> {
+        FileStore::mkfs(path)
+    }
+
+    fn open(&self, path: &Path) -> StoreResult<OpenedStore> {
+        let store = FileStore::open(path, StoreConfig::default())?;
+        let closing = store.clone();
+        let crashing = store.clone();
+        Ok(OpenedStore {
+            store,
+            close: Box::new(move || closing.close()),
+            crash: Box::new(move || crashing.crash()),
+        })
+    }
+}
+
+fn cluster_config() -> ClusterConfig {
+    ClusterConfig {
+        default_pool_size: DEFAULT_REPLICAS,
+        store: Arc::new(FileStoreOpener),
+        ..ClusterConfig::default()
+    }
+}
+
+fn osd_err(e: OsdError) -> StoreError {
+    match e {
+        OsdError::Locked { dir } => StoreError::Locked(dir),
+        OsdError::NoCluster(dir) => StoreError::Missing(dir),
+        OsdError::ClusterExists(dir) => StoreError::Exists(dir),
+        other => StoreError::Osd(other),
+    }
+}
+
+/// An open store: its cluster and a client handle on it. Call
+/// [`Store::shutdown`] to flush, stop the OSDs and release the lock.
+pub struct Store {
+    pub rados: Rados,
+    cluster: Arc<Cluster>,
+    dir: PathBuf,
+}
+
+/// Whether `dir` holds a store.
+pub fn exists(dir: &Path) -> bool {
+    dir.join("osdmap.json").exists()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Io {
+            context: "opening the store".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+}
+
+async fn open_cluster(dir: &Path) -> Result<Store, StoreError> {
+    let d = dir.to_path_buf();
+    let cluster = blocking(move || Cluster::open(&d, cluster_config()).map_err(osd_err)).await?;
+    let backend: Arc<dyn RadosBackend> = cluster.clone();
+    Ok(Store {
+        rados: Rados::new(backend),
+        cluster,
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// Create a new store in `dir` (which must not hold one): its OSDs, then the
+/// default pool.
+pub async fn init(dir: &Path, opts: &InitOptions) -> Result<Store, StoreError> {
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    if exists(dir) {
+        return Err(StoreError::Exists(dir.to_path_buf()));
+    }
+    let create = CreateOptions {
+        osd_paths: opts.osds.clone(),
+        num_osds: DEFAULT_OSDS,
+        config: cluster_config(),
+    };
+    let d = dir.to_path_buf();
+    blocking(move || Cluster::create(&d, create).map_err(osd_err)).await?;
+    let st = open_cluster(dir).await?;
+    // A crash between creating the OSDs and the pool leaves a store without
+    // pools; `open` finishes the job then.
+    st.rados
+        .pool_create(DEFAULT_POOL, Some(opts.replicas))
+        .await?;
+    Ok(st)
+}
+
+/// Open the store in `dir`; with `create`, a missing or empty directory gets a
+/// new store with the defaults.
+pub async fn open(dir: &Path, create: bool) -> Result<Store, StoreError> {
+    if !exists(dir) {
+        // The daemon's log may already be there (it is opened first).
+        let empty = match std::fs::read_dir(dir) {
+            Ok(d) => d.flatten().all(|e| e.file_name() == LOG_NAME),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(io(format!("reading {}", dir.display()))(e)),
+        };
+        if create && empty {
+            return init(dir, &InitOptions::default()).await;
+        }
+        return Err(StoreError::Missing(dir.to_path_buf()));
+    }
+    let st = open_cluster(dir).await?;
+    if st.rados.pool_list()?.is_empty() {
+        st.rados.pool_create(DEFAULT_POOL, None).await?;
+    }
+    Ok(st)
+}
+
+impl Store {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Flush everything to every replica, stop the OSDs, release the lock.
+    pub async fn shutdown(self) -> Result<(), StoreError> {
+        let flushed = self.rados.flush().await;
+        let cluster = self.cluster.clone();
+        drop(self.rados);
+        blocking(move || cluster.shutdown().map_err(osd_err)).await?;
+        flushed?;
+        Ok(())
+    }
+}

@@ -1,0 +1,552 @@
+//! The fuser adapter: every FUSE callback is one call into [`ImageFs`] and one
+//! reply, nothing else. Requests run as tokio tasks, so a few FUSE threads keep
+//! many requests in flight (a direct-I/O loop device queues dozens).
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use super::errno::FsError;
+use super::fs::{Attr, ImageFs, Kind};
+use crate::sync::Arc;
+
+/// How long the kernel may cache names and attributes. Short, because the CLI
+/// can change images behind the mount's back.
+const TTL: Duration = Duration::from_secs(1);
+
+/// Largest write the kernel sends in one request.
+pub const MAX_WRITE: u32 = 1 << 20;
+
+/// Requests the kernel keeps in flight in the background (async direct I/O,
+/// readahead) before it throttles; the default of 12 starves a loop device.
+const MAX_BACKGROUND: u16 = 64;
+
+/// The `fuser::Filesystem` of the mount.
+pub struct FuseAdapter {
+    fs: Arc<ImageFs>,
+    rt: tokio::runtime::Handle,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<ImageFs>, rt: tokio::runtime::Handle) -> Self {
+        Self { fs, rt }
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind: match a.kind {
+            Kind::Dir => FileType::Directory,
+            Kind::File => FileType::RegularFile,
+        },
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn log_err(op: &str, e: &FsError) {
+    // Expected refusals are the user's business; only real failures are logged.
+    match e.errno() {
+        libc::ENOENT | libc::ENODATA | libc::EEXIST => log::debug!("{op}: {e}"),
+        libc::EIO | libc::ENOSPC | libc::ETIMEDOUT | libc::ESHUTDOWN => {
+            log::error!("{op}: {e}")
+        }
+        _ => log::info!("{op}: {e}"),
+    }
+}
+
+/// Reply with the xattr protocol: size query when `size == 0`, else the data
+/// (ERANGE when it does not fit).
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(data);
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
+        // Async direct I/O lets the loop driver's requests overlap; parallel
+        // dirops lets lookups of different names run at once.
+        let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        let fs = self.fs.clone();
+        if let Err(e) = self.rt.block_on(async move { fs.flush_all().await }) {
+            log::error!("flush at unmount failed: {e}");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let fs = self.fs.clone();
+        let name = name.to_owned();
+        self.rt.spawn(async move {
+            match fs.lookup(parent.0, &name).await {
+                Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+                Err(e) => {
+                    log_err("lookup", &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.getattr(ino.0).await {
+                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                Err(e) => {
+                    log_err("getattr", &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.setattr(ino.0, size, mode, Some((uid, gid))).await {
+                Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+                Err(e) => {
+                    log_err("setattr", &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(errno(&self.fs.refuse("mknod")));
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(errno(&self.fs.refuse("mkdir")));
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(errno(&self.fs.refuse("symlink")));
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(errno(&self.fs.refuse("link")));
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(errno(&self.fs.refuse("rmdir")));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        let name = name.to_owned();
+        self.rt.spawn(async move {
+            match fs.unlink(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_err("unlink", &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        let (name, newname) = (name.to_owned(), newname.to_owned());
+        let flags = flags.bits();
+        self.rt.spawn(async move {
+            match fs
+                .rename(parent.0, &name, newparent.0, &newname, flags)
+                .await
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_err("rename", &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.open(ino.0, flags.0).await {
+                // Parallel direct writes: O_DIRECT writes (a loop device with
+                // --direct-io=on) are not serialised on the inode lock.
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES),
+                Err(e) => {
+                    log_err("open", &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.read(fh.0, offset, size).await {
+                Ok(d) => reply.data(&d),
+                Err(e) => {
+                    log_err("read", &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let fs = self.fs.clone();
+        let data = Bytes::copy_from_slice(data);
+        self.rt.spawn(async move {
+            match fs.write(fh.0, offset, data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => {
+                    log_err("write", &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.fsync(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_err("flush", &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.fsync(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_err("fsync", &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.readdir(ino.0).await {
+                Ok(entries) => {
+                    for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+                        let kind = match e.kind {
+                            Kind::Dir => FileType::Directory,
+                            Kind::File => FileType::RegularFile,
+                        };
+                        if reply.add(INodeNo(e.ino), (i + 1) as u64, kind, &e.name) {
+                            break;
+                        }
+                    }
+                    reply.ok()
+                }
+                Err(e) => {
+                    log_err("readdir", &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.fs.statfs();
+        reply.statfs(
+            s.blocks, s.bfree, s.bavail, s.files, 0, s.bsize, 255, s.bsize,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        let name = name.to_string_lossy().into_owned();
+        let value = value.to_vec();
+        self.rt.spawn(async move {
+            match fs.setxattr(ino.0, &name, &value).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_err("setxattr", &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let fs = self.fs.clone();
+        let name = name.to_string_lossy().into_owned();
+        self.rt.spawn(async move {
+            match fs.getxattr(ino.0, &name).await {
+                Ok(v) => reply_xattr(reply, size, &v),
+                Err(e) => {
+                    log_err("getxattr", &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.listxattr(ino.0).await {
+                Ok(names) => {
+                    let mut buf = Vec::new();
+                    for n in names {
+                        buf.extend_from_slice(n.as_bytes());
+                        buf.push(0);
+                    }
+                    reply_xattr(reply, size, &buf)
+                }
+                Err(e) => {
+                    log_err("listxattr", &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply.error(errno(&self.fs.removexattr(ino.0, &name.to_string_lossy())));
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let fs = self.fs.clone();
+        let name = name.to_owned();
+        self.rt.spawn(async move {
+            match fs.create(parent.0, &name, flags).await {
+                Ok((a, fh)) => reply.created(
+                    &TTL,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES,
+                ),
+                Err(e) => {
+                    log_err("create", &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.fallocate(fh.0, offset, length, mode).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_err("fallocate", &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            let off = u64::try_from(offset).unwrap_or(u64::MAX);
+            match fs.lseek(fh.0, off, whence).await {
+                Ok(pos) => reply.offset(pos as i64),
+                Err(e) => {
+                    log_err("lseek", &e);
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,808 @@
+//! The cluster: a directory with an OSD map and N OSDs, run in this process,
+//! serving the librados-shaped [`RadosBackend`].
+//!
+//! Layout of a cluster directory:
+//!
+//! ```text
+//!  DIR/lock          flock'ed while a process has the cluster open
+//!  DIR/osdmap.json   the OSD map (see osdmap.rs), replaced atomically
+//!  DIR/osd.N/        the store of osd.N (by default; any path may be given)
+//! ```
+//!
+//! Client side: object name -> PG (stable hash) -> acting set (placement over
+//! the map) -> the primary's op queue, with a one-shot reply. The futures only
+//! wait on that reply; the work happens on the OSDs' own threads.
+//!
+//! Map changes (pool creation, OSDs going down/up/in/out) hold new client ops
+//! back, let those in flight finish, save the new map, peer every PG, then
+//! release the held ops:
+//!
+//! ```text
+//!  Serving ──map change──> Draining ──inflight = 0, queues idle──> Peering
+//!     ^                                                              │
+//!     └──────────────── parked ops resubmitted <─────────────────────┘
+//! ```
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use tokio::sync::oneshot;
+
+use super::PgId;
+use super::daemon::{Osd, Shared};
+use super::error::{OsdError, OsdResult};
+use super::osdmap::{OSDMAP_FILE, OsdId, OsdMap, PendingTrim, PoolEntry};
+use super::peering::peer_all;
+use super::pg::PgEvent;
+use super::placement::object_pg;
+use super::store_open::{CloseFn, CrashFn, FileStoreOpener, StoreOpener};
+use super::tracker::{Admit, FlushTracker, Gate, Leave, Reply};
+use crate::rados::{
+    BoxFuture, PoolId, PoolInfo, RadosBackend, RadosError, ReadOp, ReadResult, Result, SNAP_HEAD,
+    SnapContext, SnapId, WriteOp,
+};
+use crate::store::ObjectStore;
+use crate::sync::{Arc, Mutex, RwLock};
+
+/// Tunables of a running cluster.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    /// Shards of each OSD's op queue (a PG always maps to the same shard).
+    pub osd_op_num_shards: usize,
+    /// Worker threads per shard.
+    pub osd_op_num_threads_per_shard: usize,
+    /// Entries kept in each PG's log; a replica further behind is backfilled.
+    pub pg_log_max_entries: usize,
+    /// Pool defaults when `pool_create` leaves them out.
+    pub default_pool_size: u32,
+    pub default_pg_num: u32,
+    /// Makes and opens the OSDs' stores.
+    pub store: Arc<dyn StoreOpener>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            // Sized for small machines: 2 shards x 2 threads per OSD.
+            osd_op_num_shards: 2,
+            osd_op_num_threads_per_shard: 2,
+            pg_log_max_entries: 3000,
+            default_pool_size: 3,
+            default_pg_num: 32,
+            store: Arc::new(FileStoreOpener::default()),
+        }
+    }
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("osd_op_num_shards", &self.osd_op_num_shards)
+            .field(
+                "osd_op_num_threads_per_shard",
+                &self.osd_op_num_threads_per_shard,
+            )
+            .field("pg_log_max_entries", &self.pg_log_max_entries)
+            .field("default_pool_size", &self.default_pool_size)
+            .field("default_pg_num", &self.default_pg_num)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to lay out a new cluster.
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    /// One store directory per OSD; empty: `num_osds` directories `DIR/osd.N`.
+    pub osd_paths: Vec<PathBuf>,
+    pub num_osds: usize,
+    pub config: ClusterConfig,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            osd_paths: Vec::new(),
+            num_osds: 3,
+            config: ClusterConfig::default(),
+        }
+    }
+}
+
+/// Where a client op goes.
+enum Target {
+    Object(String),
+    Pg(u32),
+}
+
+/// A client op on its way to a primary.
+struct ClientOp {
+    pool: PoolId,
+    target: Target,
+    kind: ClientKind,
+}
+
+enum ClientKind {
+    Read {
+        snap: SnapId,
+        ops: Vec<ReadOp>,
+        tx: oneshot::Sender<Result<Vec<ReadResult>>>,
+    },
+    Write {
+        snapc: SnapContext,
+        ops: Vec<WriteOp>,
+        tx: oneshot::Sender<Result<()>>,
+    },
+    Trim {
+        snap: SnapId,
+        tx: oneshot::Sender<Result<()>>,
+    },
+}
+
+struct Inner {
+    dir: PathBuf,
+    config: ClusterConfig,
+    shared: Arc<Shared>,
+    osds: Vec<Arc<Osd>>,
+    closers: Mutex<Vec<(CloseFn, CrashFn)>>,
+    gate: Arc<Gate<ClientOp>>,
+    /// Serialises map changes.
+    map_change: Mutex<()>,
+    lock: Mutex<Option<File>>,
+}
+
+/// A running cluster of in-process OSDs.
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+fn lock_dir(dir: &Path) -> OsdResult<File> {
+    let path = dir.join("lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| OsdError::io(format!("opening {}", path.display()), e))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(OsdError::Locked {
+                dir: dir.to_path_buf(),
+            });
+        }
+        return Err(OsdError::io(format!("locking {}", path.display()), e));
+    }
+    Ok(f)
+}
+
+impl Cluster {
+    /// Make a new cluster in `dir` (created if missing): the map and an empty
+    /// store per OSD. Pools are created later by clients.
+    pub fn create(dir: &Path, opts: CreateOptions) -> OsdResult<()> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| OsdError::io(format!("creating {}", dir.display()), e))?;
+        let _lock = lock_dir(dir)?;
+        if dir.join(OSDMAP_FILE).exists() {
+            return Err(OsdError::ClusterExists(dir.to_path_buf()));
+        }
+        let paths: Vec<PathBuf> = if opts.osd_paths.is_empty() {
+            (0..opts.num_osds.max(1))
+                .map(|i| PathBuf::from(format!("osd.{i}")))
+                .collect()
+        } else {
+            opts.osd_paths.clone()
+        };
+        for (i, p) in paths.iter().enumerate() {
+            opts.config
+                .store
+                .mkfs(&dir.join(p))
+                .map_err(|source| OsdError::Store {
+                    osd: i as OsdId,
+                    source,
+                })?;
+        }
+        OsdMap::new(paths).save(dir)
+    }
+
+    /// Open the cluster in `dir`: lock it, open every OSD's store, mark all
+    /// OSDs up (a new epoch), peer every PG.
+    pub fn open(dir: &Path, config: ClusterConfig) -> OsdResult<Arc<Cluster>> {
+        let lock = lock_dir(dir)?;
+        let mut map = OsdMap::load(dir)?;
+        for o in &mut map.osds {
+            o.up = true;
+        }
+        map.epoch += 1;
+        map.save(dir)?;
+        let shared = Arc::new(Shared {
+            map: RwLock::new(Arc::new(map.clone())),
+            flush: FlushTracker::default(),
+            pg_log_max_entries: config.pg_log_max_entries.max(1),
+        });
+        let mut osds = Vec::new();
+        let mut closers = Vec::new();
+        for info in &map.osds {
+            let path = dir.join(&info.path);
+            let opened = config.store.open(&path).map_err(|source| OsdError::Store {
+                osd: info.id,
+                source,
+            })?;
+            closers.push((opened.close, opened.crash));
+            osds.push(Osd::start(
+                info.id,
+                opened.store,
+                shared.clone(),
+                config.osd_op_num_shards,
+                config.osd_op_num_threads_per_shard,
+            )?);
+        }
+        let weak: Vec<_> = osds.iter().map(Arc::downgrade).collect();
+        for o in &osds {
+            o.set_peers(weak.clone());
+        }
+        peer_all(&osds, &map)?;
+        let cluster = Arc::new(Cluster {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                config,
+                shared,
+                osds,
+                closers: Mutex::new(closers),
+                gate: Arc::new(Gate::new()),
+                map_change: Mutex::new(()),
+                lock: Mutex::new(Some(lock)),
+            }),
+        });
+        cluster.inner.retry_pending_trims()?;
+        Ok(cluster)
+    }
+
+    /// The cluster directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The current OSD map.
+    pub fn osdmap(&self) -> Arc<OsdMap> {
+        self.inner.shared.map()
+    }
+
+    /// The store of an OSD, for inspection (tests, scrub).
+    pub fn osd_store(&self, osd: OsdId) -> Option<Arc<dyn ObjectStore>> {
+        self.inner.osds.get(osd as usize).map(|o| o.store.clone())
+    }
+
+    /// The PG of an object and its acting set (primary first).
+    pub fn object_acting(&self, pool: PoolId, name: &str) -> OsdResult<(PgId, Vec<OsdId>)> {
+        let map = self.osdmap();
+        let p = map
+            .pool(pool)
+            .ok_or_else(|| OsdError::PoolNotFound(pool.to_string()))?;
+        let pg = object_pg(name, p.info.pg_num);
+        Ok((PgId { pool, pg }, map.pg_acting(&p.info, pg)))
+    }
+
+    /// Mark an OSD up or down. Down: PGs it serves go on degraded with the
+    /// others (while at least `min_size` remain). Up again: peering brings
+    /// its PGs up to date from the primaries' logs before I/O resumes.
+    pub fn set_osd_up(&self, osd: OsdId, up: bool) -> OsdResult<()> {
+        self.inner.change_map(true, |m| {
+            let o = m
+                .osds
+                .iter_mut()
+                .find(|o| o.id == osd)
+                .ok_or(OsdError::NoSuchOsd(osd))?;
+            o.up = up;
+            Ok(())
+        })?;
+        self.inner.retry_pending_trims()
+    }
+
+    /// Mark an OSD in or out: out moves its PGs to other OSDs (backfilled).
+    pub fn set_osd_in(&self, osd: OsdId, in_: bool) -> OsdResult<()> {
+        self.inner.change_map(true, |m| {
+            let o = m
+                .osds
+                .iter_mut()
+                .find(|o| o.id == osd)
+                .ok_or(OsdError::NoSuchOsd(osd))?;
+            o.in_ = in_;
+            Ok(())
+        })?;
+        self.inner.retry_pending_trims()
+    }
+
+    /// Test hook: stop replicating to `osd` (it is marked down and misses
+    /// writes) or resume (marked up; log recovery catches it up).
+    pub fn set_replica_paused(&self, osd: OsdId, paused: bool) -> OsdResult<()> {
+        self.set_osd_up(osd, !paused)
+    }
+
+    /// Finish every op in flight, stop the OSDs, close their stores cleanly
+    /// and release the directory lock. Later ops fail with `ShuttingDown`.
+    pub fn shutdown(&self) -> OsdResult<()> {
+        let parked = self.inner.gate.close();
+        drop(parked);
+        for o in &self.inner.osds {
+            o.wait_idle();
+        }
+        for o in &self.inner.osds {
+            o.stop();
+        }
+        let closers = std::mem::take(&mut *self.inner.closers.lock());
+        let mut first_err = None;
+        for (i, (close, _)) in closers.into_iter().enumerate() {
+            if let Err(source) = close() {
+                first_err.get_or_insert(OsdError::Store {
+                    osd: i as OsdId,
+                    source,
+                });
+            }
+        }
+        self.inner.lock.lock().take();
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Cluster {
+    /// Simulate power loss, for tests: every store stops where it is without
+    /// syncing (transactions not yet journaled are lost), the OSDs stop and
+    /// the directory lock is released so the cluster can be opened again.
+    /// Every write acknowledged before the call must survive the reopen.
+    pub fn simulate_crash(&self) {
+        let closers = std::mem::take(&mut *self.inner.closers.lock());
+        for (_, crash) in closers {
+            crash();
+        }
+        for o in &self.inner.osds {
+            o.stop();
+        }
+        self.inner.lock.lock().take();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Without shutdown() this is a crash as far as the stores know; the
+        // workers still exit once their queues drain.
+        for o in &self.inner.osds {
+            o.stop();
+        }
+    }
+}
+
+impl Inner {
+    /// Change the map; with `peer`, quiesce I/O and peer every PG (module doc).
+    fn change_map(
+        &self,
+        peer: bool,
+        f: impl FnOnce(&mut OsdMap) -> OsdResult<()>,
+    ) -> OsdResult<()> {
+        self.change_map_with(peer, f).map(|_| ())
+    }
+
+    fn change_map_with(
+        &self,
+        peer: bool,
+        f: impl FnOnce(&mut OsdMap) -> OsdResult<()>,
+    ) -> OsdResult<Arc<OsdMap>> {
+        let _serial = self.map_change.lock();
+        if peer {
+            self.gate.begin_peering();
+            for o in &self.osds {
+                o.wait_idle();
+            }
+        }
+        let r = self.apply_map_change(peer, f);
+        if peer {
+            for op in self.gate.end_peering() {
+                self.submit(op);
+            }
+        }
+        r
+    }
+
+    fn apply_map_change(
+        &self,
+        peer: bool,
+        f: impl FnOnce(&mut OsdMap) -> OsdResult<()>,
+    ) -> OsdResult<Arc<OsdMap>> {
+        let mut map = (*self.shared.map()).clone();
+        f(&mut map)?;
+        map.epoch += 1;
+        map.save(&self.dir)?;
+        let map = Arc::new(map);
+        *self.shared.map.write() = map.clone();
+        if peer {
+            peer_all(&self.osds, &map)?;
+        }
+        Ok(map)
+    }
+
+    /// Admit and route a client op (or park it while peering).
+    fn submit(&self, op: ClientOp) {
+        match self.gate.admit(op) {
+            Admit::Go(op) => self.route(op),
+            Admit::Parked => {}
+            Admit::Closed(op) => fail(op, RadosError::ShuttingDown),
+        }
+    }
+
+    fn locate(&self, pool: PoolId, target: &Target) -> Result<(PgId, OsdId)> {
+        let map = self.shared.map();
+        let p = map
+            .pool(pool)
+            .ok_or_else(|| RadosError::PoolNotFound(pool.to_string()))?;
+        let pg = match target {
+            Target::Object(name) => object_pg(name, p.info.pg_num),
+            Target::Pg(pg) => *pg,
+        };
+        let acting = map.pg_acting(&p.info, pg);
+        if acting.len() < p.info.min_size.max(1) as usize {
+            return Err(OsdError::Undersized {
+                pool,
+                pg,
+                up: acting.len(),
+                min_size: p.info.min_size,
+            }
+            .into());
+        }
+        Ok((PgId { pool, pg }, acting[0]))
+    }
+
+    /// Send an admitted op to its PG's primary.
+    fn route(&self, op: ClientOp) {
+        let gate: Arc<dyn Leave> = self.gate.clone();
+        let located = self.locate(op.pool, &op.target);
+        let name = match op.target {
+            Target::Object(n) => n,
+            Target::Pg(_) => String::new(),
+        };
+        let send = |pgid: PgId, primary: OsdId, ev: PgEvent| {
+            // An OSD that is gone drops the event; its reply answers ShuttingDown.
+            if let Some(o) = self.osds.get(primary as usize) {
+                o.enqueue(pgid, ev);
+            }
+        };
+        match op.kind {
+            ClientKind::Read { snap, ops, tx } => {
+                let reply = Reply::new(tx, gate);
+                match located {
+                    Ok((pgid, primary)) => send(
+                        pgid,
+                        primary,
+                        PgEvent::Read {
+                            name,
+                            snap,
+                            ops,
+                            reply,
+                        },
+                    ),
+                    Err(e) => reply.send(Err(e)),
+                }
+            }
+            ClientKind::Write { snapc, ops, tx } => {
+                let reply = Reply::new(tx, gate);
+                match located {
+                    Ok((pgid, primary)) => send(
+                        pgid,
+                        primary,
+                        PgEvent::Write {
+                            name,
+                            snapc,
+                            ops,
+                            reply,
+                        },
+                    ),
+                    Err(e) => reply.send(Err(e)),
+                }
+            }
+            ClientKind::Trim { snap, tx } => {
+                let reply = Reply::new(tx, gate);
+                match located {
+                    Ok((pgid, primary)) => send(pgid, primary, PgEvent::Trim { snap, reply }),
+                    Err(e) => reply.send(Err(e)),
+                }
+            }
+        }
+    }
+
+    fn pool_create(
+        &self,
+        name: &str,
+        size: Option<u32>,
+        min_size: Option<u32>,
+        pg_num: Option<u32>,
+    ) -> OsdResult<PoolInfo> {
+        let mut created = None;
+        self.change_map(true, |m| {
+            if m.pools.iter().any(|p| p.info.name == name) {
+                return Err(OsdError::PoolExists(name.to_string()));
+            }
+            let size = size.unwrap_or(self.config.default_pool_size);
+            let in_osds = m.osds.iter().filter(|o| o.in_).count();
+            if size == 0 || size as usize > in_osds {
+                return Err(OsdError::SizeTooLarge {
+                    size,
+                    osds: in_osds,
+                });
+            }
+            let min_size = min_size.unwrap_or(size.div_ceil(2).max(1));
+            if min_size == 0 || min_size > size {
+                return Err(OsdError::InvalidArgument(format!(
+                    "min_size {min_size} must be between 1 and the size {size}"
+                )));
+            }
+            let pg_num = pg_num.unwrap_or(self.config.default_pg_num);
+            if pg_num == 0 {
+                return Err(OsdError::InvalidArgument(
+                    "pg_num must be at least 1".into(),
+                ));
+            }
+            let info = PoolInfo {
+                id: m.next_pool_id,
+                name: name.to_string(),
+                size,
+                min_size,
+                pg_num,
+            };
+            m.next_pool_id += 1;
+            m.pools.push(PoolEntry {
+                info: info.clone(),
+                snap_seq: 0,
+                removed_snaps: Default::default(),
+            });
+            created = Some(info);
+            Ok(())
+        })?;
+        created.ok_or_else(|| OsdError::InvalidArgument("pool was not created".into()))
+    }
+
+    fn snap_create(&self, pool: PoolId) -> OsdResult<SnapId> {
+        let map = self.change_map_with(false, |m| {
+            let p = m
+                .pool_mut(pool)
+                .ok_or_else(|| OsdError::PoolNotFound(pool.to_string()))?;
+            p.snap_seq += 1;
+            Ok(())
+        })?;
+        Ok(map.pool(pool).map(|p| p.snap_seq).unwrap_or_default())
+    }
+
+    /// Record the removal in the map, then trim every PG of the pool and wait.
+    fn snap_remove(self: &Arc<Self>, pool: PoolId, snap: SnapId) -> Result<()> {
+        let mut missing = false;
+        let map = self.change_map_with(false, |m| {
+            let p = m
+                .pool_mut(pool)
+                .ok_or_else(|| OsdError::PoolNotFound(pool.to_string()))?;
+            if snap == 0 || snap > p.snap_seq || !p.removed_snaps.insert(snap) {
+                missing = true;
+                return Err(OsdError::InvalidArgument(format!("no snap {snap}")));
+            }
+            Ok(())
+        });
+        let map = match map {
+            Err(_) if missing => return Err(RadosError::NotFound),
+            other => other?,
+        };
+        let pg_num = map.pool(pool).map(|p| p.info.pg_num).unwrap_or_default();
+        let trims = (0..pg_num)
+            .map(|pg| PendingTrim { pool, pg, snap })
+            .collect();
+        let failed = self.run_trims(trims);
+        if failed.is_empty() {
+            return Ok(());
+        }
+        // The snapshot is gone for readers already; the clones of the PGs
+        // that could not trim now are trimmed once they peer again.
+        log::warn!(
+            "snap {snap} of pool {pool}: {} PGs could not trim now; retried after peering",
+            failed.len()
+        );
+        self.change_map(false, |m| {
+            m.pending_trims.extend(failed);
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Trim PGs and wait; returns the trims that failed.
+    fn run_trims(&self, trims: Vec<PendingTrim>) -> Vec<PendingTrim> {
+        let waits: Vec<_> = trims
+            .into_iter()
+            .map(|t| {
+                let (tx, rx) = oneshot::channel();
+                self.submit(ClientOp {
+                    pool: t.pool,
+                    target: Target::Pg(t.pg),
+                    kind: ClientKind::Trim { snap: t.snap, tx },
+                });
+                (t, rx)
+            })
+            .collect();
+        waits
+            .into_iter()
+            .filter_map(|(t, rx)| match rx.blocking_recv() {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => {
+                    log::warn!("trimming snap {} in pg {}.{:x}: {e}", t.snap, t.pool, t.pg);
+                    Some(t)
+                }
+                Err(_) => Some(t),
+            })
+            .collect()
+    }
+
+    /// Retry the trims the map still owes (after peering, and at open).
+    fn retry_pending_trims(&self) -> OsdResult<()> {
+        let pending = self.shared.map().pending_trims.clone();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let failed = self.run_trims(pending.clone());
+        self.change_map(false, |m| {
+            m.pending_trims
+                .retain(|t| !pending.contains(t) || failed.contains(t));
+            Ok(())
+        })
+    }
+
+    fn list_objects(&self, pool: PoolId) -> Result<Vec<String>> {
+        if !self.gate.enter_blocking() {
+            return Err(RadosError::ShuttingDown);
+        }
+        let r = (|| {
+            let map = self.shared.map();
+            let p = map
+                .pool(pool)
+                .ok_or_else(|| RadosError::PoolNotFound(pool.to_string()))?;
+            let mut names = Vec::new();
+            for pg in 0..p.info.pg_num {
+                let Some(&primary) = map.pg_acting(&p.info, pg).first() else {
+                    continue;
+                };
+                let Some(o) = self.osds.get(primary as usize) else {
+                    continue;
+                };
+                let keys = o
+                    .store
+                    .list_objects(PgId { pool, pg })
+                    .map_err(|e| super::error::store_to_rados(&e))?;
+                names.extend(keys.into_iter().map(|k| k.name));
+            }
+            names.sort();
+            names.dedup();
+            Ok(names)
+        })();
+        self.gate.leave();
+        r
+    }
+}
+
+/// Answer an op that was never admitted.
+fn fail(op: ClientOp, e: RadosError) {
+    match op.kind {
+        ClientKind::Read { tx, .. } => drop(tx.send(Err(e))),
+        ClientKind::Write { tx, .. } | ClientKind::Trim { tx, .. } => drop(tx.send(Err(e))),
+    }
+}
+
+/// Run `f` on its own thread (map changes fsync and may wait for peering;
+/// the caller's async runtime must not block on that).
+fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> BoxFuture<'static, Result<T>> {
+    let (tx, rx) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("rbdfs-admin".into())
+        .spawn(move || drop(tx.send(f())));
+    Box::pin(async move {
+        spawned.map_err(|e| RadosError::Io(format!("spawning a thread: {e}")))?;
+        rx.await.unwrap_or(Err(RadosError::ShuttingDown))
+    })
+}
+
+fn wait<T: Send + 'static>(rx: oneshot::Receiver<Result<T>>) -> BoxFuture<'static, Result<T>> {
+    Box::pin(async move { rx.await.unwrap_or(Err(RadosError::ShuttingDown)) })
+}
+
+impl RadosBackend for Cluster {
+    fn read(
+        &self,
+        pool: PoolId,
+        oid: &str,
+        snap: SnapId,
+        ops: Vec<ReadOp>,
+    ) -> BoxFuture<'static, Result<Vec<ReadResult>>> {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.shared.map().pool(pool).is_none() {
+            return Box::pin(std::future::ready(Err(RadosError::PoolNotFound(
+                pool.to_string(),
+            ))));
+        }
+        if snap != SNAP_HEAD && ops.iter().any(|o| matches!(o, ReadOp::ListSnaps)) {
+            return Box::pin(std::future::ready(Err(RadosError::InvalidArgument(
+                "list_snaps is only valid at the head".into(),
+            ))));
+        }
+        self.inner.submit(ClientOp {
+            pool,
+            target: Target::Object(oid.to_string()),
+            kind: ClientKind::Read { snap, ops, tx },
+        });
+        wait(rx)
+    }
+
+    fn write(
+        &self,
+        pool: PoolId,
+        oid: &str,
+        snapc: SnapContext,
+        ops: Vec<WriteOp>,
+    ) -> BoxFuture<'static, Result<()>> {
+        if !snapc.is_valid() {
+            return Box::pin(std::future::ready(Err(RadosError::InvalidArgument(
+                format!("bad snap context {snapc:?}"),
+            ))));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.inner.submit(ClientOp {
+            pool,
+            target: Target::Object(oid.to_string()),
+            kind: ClientKind::Write { snapc, ops, tx },
+        });
+        wait(rx)
+    }
+
+    fn flush(&self) -> BoxFuture<'static, Result<()>> {
+        let pending = self.inner.shared.flush.flush();
+        Box::pin(async move {
+            if let Some(rx) = pending {
+                rx.await.map_err(|_| RadosError::ShuttingDown)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn list_objects(&self, pool: PoolId) -> BoxFuture<'static, Result<Vec<String>>> {
+        let inner = self.inner.clone();
+        blocking(move || inner.list_objects(pool))
+    }
+
+    fn snap_create(&self, pool: PoolId) -> BoxFuture<'static, Result<SnapId>> {
+        let inner = self.inner.clone();
+        blocking(move || Ok(inner.snap_create(pool)?))
+    }
+
+    fn snap_remove(&self, pool: PoolId, snap: SnapId) -> BoxFuture<'static, Result<()>> {
+        let inner = self.inner.clone();
+        blocking(move || inner.snap_remove(pool, snap))
+    }
+
+    fn pool_create(
+        &self,
+        name: &str,
+        size: Option<u32>,
+        min_size: Option<u32>,
+        pg_num: Option<u32>,
+    ) -> BoxFuture<'static, Result<PoolInfo>> {
+        let inner = self.inner.clone();
+        let name = name.to_string();
+        blocking(move || Ok(inner.pool_create(&name, size, min_size, pg_num)?))
+    }
+
+    fn pool_list(&self) -> Result<Vec<PoolInfo>> {
+        Ok(self
+            .inner
+            .shared
+            .map()
+            .pools
+            .iter()
+            .map(|p| p.info.clone())
+            .collect())
+    }
+}

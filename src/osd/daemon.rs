@@ -1,0 +1,189 @@
+//! One OSD: its store, its sharded op queue and its PGs. Events for a PG
+//! (client ops on the primary, repops on replicas, store completions and
+//! replica replies on the primary) all go through the PG's queue, so a PG's
+//! state is only ever touched by one worker at a time, in event order.
+
+use std::collections::HashMap;
+use std::sync::{OnceLock, Weak};
+
+use super::PgId;
+use super::error::{OsdError, OsdResult};
+use super::op_queue::ShardedOpQueue;
+use super::osdmap::{OsdId, OsdMap};
+use super::pg::{Pg, PgEvent};
+use super::pg_log::PgLog;
+use super::tracker::FlushTracker;
+use crate::store::{ObjectStore, StoreError, StoreResult, Transaction, TxOp};
+use crate::sync::{Arc, Mutex, RwLock};
+
+/// What every OSD of a cluster shares.
+pub(crate) struct Shared {
+    pub map: RwLock<Arc<OsdMap>>,
+    pub flush: FlushTracker,
+    pub pg_log_max_entries: usize,
+}
+
+impl Shared {
+    pub fn map(&self) -> Arc<OsdMap> {
+        self.map.read().clone()
+    }
+}
+
+/// An in-process OSD.
+pub(crate) struct Osd {
+    pub id: OsdId,
+    pub store: Arc<dyn ObjectStore>,
+    pub shared: Arc<Shared>,
+    queue: OnceLock<ShardedOpQueue<PgId, PgEvent>>,
+    pgs: Mutex<HashMap<PgId, Arc<Mutex<Pg>>>>,
+    /// Every OSD of the cluster by id (this one included); weak so that the
+    /// OSDs do not keep each other alive.
+    peers: OnceLock<Vec<Weak<Osd>>>,
+}
+
+impl Osd {
+    /// Start an OSD over an open store with `shards x threads` workers.
+    pub fn start(
+        id: OsdId,
+        store: Arc<dyn ObjectStore>,
+        shared: Arc<Shared>,
+        shards: usize,
+        threads_per_shard: usize,
+    ) -> OsdResult<Arc<Osd>> {
+        let osd = Arc::new(Osd {
+            id,
+            store,
+            shared,
+            queue: OnceLock::new(),
+            pgs: Mutex::new(HashMap::new()),
+            peers: OnceLock::new(),
+        });
+        let weak = Arc::downgrade(&osd);
+        let queue = ShardedOpQueue::new(
+            &format!("osd.{id}"),
+            shards,
+            threads_per_shard,
+            Arc::new(move |pg: &PgId, events: Vec<PgEvent>| {
+                if let Some(osd) = weak.upgrade() {
+                    osd.handle(*pg, events);
+                }
+            }),
+        )
+        .map_err(|e| OsdError::io(format!("starting the workers of osd.{id}"), e))?;
+        let _ = osd.queue.set(queue);
+        Ok(osd)
+    }
+
+    pub fn set_peers(&self, peers: Vec<Weak<Osd>>) {
+        let _ = self.peers.set(peers);
+    }
+
+    pub fn peer(&self, id: OsdId) -> Option<Arc<Osd>> {
+        self.peers.get()?.get(id as usize)?.upgrade()
+    }
+
+    /// Queue an event for a PG of this OSD. A stopped OSD drops it (dropping
+    /// a client reply answers `ShuttingDown`).
+    pub fn enqueue(&self, pg: PgId, ev: PgEvent) {
+        if let Some(q) = self.queue.get() {
+            if q.enqueue(pg, ev).is_err() {
+                log::debug!("osd.{}: dropped an event for {pg:?}: stopping", self.id);
+            }
+        }
+    }
+
+    pub fn wait_idle(&self) {
+        if let Some(q) = self.queue.get() {
+            q.wait_idle();
+        }
+    }
+
+    pub fn stop(&self) {
+        if let Some(q) = self.queue.get() {
+            q.stop();
+        }
+    }
+
+    pub fn pg(&self, id: PgId) -> Option<Arc<Mutex<Pg>>> {
+        self.pgs.lock().get(&id).cloned()
+    }
+
+    pub fn pgs(&self) -> Vec<(PgId, Arc<Mutex<Pg>>)> {
+        self.pgs
+            .lock()
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
+    }
+
+    /// The PG, loaded from the store or created empty there.
+    pub fn ensure_pg(&self, id: PgId) -> OsdResult<Arc<Mutex<Pg>>> {
+        self.load_pg(id, true)?
+            .ok_or_else(|| OsdError::io("creating a pg", std::io::Error::other("not created")))
+    }
+
+    /// The PG if this OSD holds a copy of it (loading it from the store).
+    pub fn find_pg(&self, id: PgId) -> OsdResult<Option<Arc<Mutex<Pg>>>> {
+        self.load_pg(id, false)
+    }
+
+    fn load_pg(&self, id: PgId, create: bool) -> OsdResult<Option<Arc<Mutex<Pg>>>> {
+        if let Some(pg) = self.pg(id) {
+            return Ok(Some(pg));
+        }
+        let store_err = |source| OsdError::Store {
+            osd: self.id,
+            source,
+        };
+        let log = if self.store.list_collections().contains(&id) {
+            let meta = self.store.coll_meta_get(id).map_err(store_err)?;
+            PgLog::from_meta(&meta).map_err(|e| {
+                store_err(StoreError::Corrupt {
+                    path: format!("osd.{} pg {}.{:x}", self.id, id.pool, id.pg),
+                    why: format!("pg log: {e}"),
+                })
+            })?
+        } else if !create {
+            return Ok(None);
+        } else {
+            let log = PgLog::default();
+            let mut t = Transaction::new();
+            t.push(TxOp::CreateCollection(id));
+            t.push(TxOp::CollMetaSet {
+                coll: id,
+                entries: log.to_meta(),
+            });
+            queue_and_wait(self.store.as_ref(), t).map_err(store_err)?;
+            log
+        };
+        let pg = Arc::new(Mutex::new(Pg::new(id, log)));
+        self.pgs.lock().insert(id, pg.clone());
+        Ok(Some(pg))
+    }
+
+    fn handle(self: &Arc<Self>, id: PgId, events: Vec<PgEvent>) {
+        let Some(pg) = self.pg(id) else {
+            // Client replies inside are dropped, answering ShuttingDown; this
+            // only happens for ops racing a shutdown.
+            log::warn!(
+                "osd.{}: {} events for unknown pg {id:?}",
+                self.id,
+                events.len()
+            );
+            return;
+        };
+        let mut pg = pg.lock();
+        for ev in events {
+            pg.handle(self, ev);
+        }
+    }
+}
+
+/// Queue a transaction and wait until it is applied (for peering and setup,
+/// which run on their own thread while no client I/O is in flight).
+pub(crate) fn queue_and_wait(store: &dyn ObjectStore, t: Transaction) -> StoreResult<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    store.queue_transaction(t, Box::new(|_| {}), Box::new(move |r| drop(tx.send(r))))?;
+    rx.recv()
+        .map_err(|_| StoreError::Failed("the store dropped a transaction".into()))?
+}

@@ -1,0 +1,1008 @@
+//! A placement group on one OSD: on the primary it executes client ops, on a
+//! replica it applies repops.
+//!
+//! Write path (primary), as in Ceph's `ReplicatedPG::execute_ctx`:
+//!
+//! ```text
+//!  client write ─> load PROJECTED object state (in-flight writes included)
+//!    ─> make writeable (COW clone when snapc.seq > snapset.seq)
+//!    ─> evaluate every step on a copy; any failure: reply, nothing queued
+//!    ─> one Transaction: clone + data ops + "_"/"snapset" attrs + PG log
+//!       entry + PG info
+//!    ─> queue on the local store, send the same transaction to each replica
+//!    ─> in-flight op: waiting_for_commit = waiting_for_applied = acting set
+//!  each OSD: commit (journal durable) ─> reply; applied (readable) ─> reply
+//!  all applied ─> client reply; all committed ─> flushes may pass it
+//! ```
+//!
+//! Reads run on the primary's store directly, except that a read of an object
+//! with writes in flight waits ("wait for readable") until they are applied;
+//! writes to that object arriving after the waiting read queue behind it, so
+//! each read sees exactly the writes that came before it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use bytes::Bytes;
+
+use super::PgId;
+use super::daemon::Osd;
+use super::error::store_to_rados;
+use super::object_info::{
+    CloneRecord, OI_ATTR, ObjectInfo, SNAPSET_ATTR, SnapSet, user_attr_key, user_attrs,
+};
+use super::osdmap::{OsdId, PoolEntry};
+use super::pg_log::{Eversion, LogOp, PgLog, PgLogEntry};
+use super::tracker::Reply;
+use crate::rados::mem::MAX_OBJECT_SIZE;
+use crate::rados::{
+    CloneInfo, ObjectStat, RadosError, ReadOp, ReadResult, Result, SNAP_HEAD, SnapContext, SnapId,
+    SnapSetInfo, WriteOp,
+};
+use crate::store::{ObjectKey, StoreError, StoreResult, Transaction, TxOp};
+
+/// Which completion a store or replica reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Durable (journal synced).
+    Commit,
+    /// Readable.
+    Applied,
+}
+
+/// Everything that happens to a PG, in its queue.
+pub(crate) enum PgEvent {
+    Read {
+        name: String,
+        snap: SnapId,
+        ops: Vec<ReadOp>,
+        reply: Reply<Vec<ReadResult>>,
+    },
+    Write {
+        name: String,
+        snapc: SnapContext,
+        ops: Vec<WriteOp>,
+        reply: Reply<()>,
+    },
+    /// Remove a snapshot from every clone of the PG (the snap trimmer).
+    Trim { snap: SnapId, reply: Reply<()> },
+    /// A replica's share of a write.
+    RepOp {
+        from: OsdId,
+        tid: u64,
+        txn: Transaction,
+        entries: Vec<PgLogEntry>,
+    },
+    /// A completion of write `tid` on OSD `from` (the primary itself included).
+    RepReply {
+        from: OsdId,
+        tid: u64,
+        stage: Stage,
+        result: StoreResult<()>,
+    },
+}
+
+/// An object's state as the write path needs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ObjState {
+    /// The head exists (present and not a whiteout).
+    pub exists: bool,
+    pub size: u64,
+    /// User extended attributes of the head.
+    pub xattrs: BTreeMap<String, Bytes>,
+    pub snapset: SnapSet,
+}
+
+impl ObjState {
+    /// Neither head nor clones.
+    fn vanished(&self) -> bool {
+        !self.exists && self.snapset.clones.is_empty()
+    }
+}
+
+struct Projected {
+    state: ObjState,
+    writes: usize,
+}
+
+struct InFlight {
+    names: Vec<String>,
+    waiting_for_commit: BTreeSet<OsdId>,
+    waiting_for_applied: BTreeSet<OsdId>,
+    reply: Option<Reply<()>>,
+    error: Option<RadosError>,
+    flush_id: Option<u64>,
+}
+
+/// A PG on one OSD.
+pub(crate) struct Pg {
+    pub id: PgId,
+    pub log: PgLog,
+    /// Acting set from the last peering (primary first); empty on an OSD that
+    /// does not serve the PG.
+    pub acting: Vec<OsdId>,
+    /// Map epoch of the last peering: the epoch of new log entries.
+    pub epoch: u64,
+    /// Set by peering when the newest copy is on this down OSD: client ops
+    /// are refused until it returns.
+    pub incomplete: Option<OsdId>,
+    next_tid: u64,
+    projected: HashMap<String, Projected>,
+    inflight: BTreeMap<u64, InFlight>,
+    waiting_for_readable: HashMap<String, VecDeque<PgEvent>>,
+}
+
+fn key(pg: PgId, name: &str, snap: SnapId) -> ObjectKey {
+    ObjectKey {
+        coll: pg,
+        name: name.to_string(),
+        snap,
+    }
+}
+
+fn check_extent(off: u64, len: u64) -> Result<u64> {
+    match off.checked_add(len) {
+        Some(end) if end <= MAX_OBJECT_SIZE => Ok(end),
+        _ => Err(RadosError::InvalidArgument(format!(
+            "extent {off}+{len} is past the largest object size {MAX_OBJECT_SIZE}"
+        ))),
+    }
+}
+
+fn io(e: StoreError) -> RadosError {
+    store_to_rados(&e)
+}
+
+/// Load an object's state from a store (applied state).
+pub(crate) fn load_state(
+    store: &dyn crate::store::ObjectStore,
+    pg: PgId,
+    name: &str,
+) -> Result<Option<ObjState>> {
+    let head = key(pg, name, SNAP_HEAD);
+    if !store.exists(&head) {
+        return Ok(None);
+    }
+    let attrs = store.getattrs(&head).map_err(io)?;
+    let corrupt = |what: &str, e: String| {
+        RadosError::Io(format!(
+            "object {name} in pg {}.{:x}: bad {what}: {e}",
+            pg.pool, pg.pg
+        ))
+    };
+    let oi = match attrs.get(OI_ATTR) {
+        Some(b) => ObjectInfo::decode(b).map_err(|e| corrupt("object info", e.to_string()))?,
+        None => return Err(corrupt("object info", "missing".into())),
+    };
+    let snapset = match attrs.get(SNAPSET_ATTR) {
+        Some(b) => SnapSet::decode(b).map_err(|e| corrupt("snapset", e.to_string()))?,
+        None => SnapSet::default(),
+    };
+    let size = if oi.whiteout {
+        0
+    } else {
+        store.stat(&head).map_err(io)?
+    };
+    Ok(Some(ObjState {
+        exists: !oi.whiteout,
+        size,
+        xattrs: if oi.whiteout {
+            BTreeMap::new()
+        } else {
+            user_attrs(&attrs)
+        },
+        snapset,
+    }))
+}
+
+/// The transaction steps, new state and clone made by a client write, or
+/// `None` when the write changes nothing.
+struct WritePlan {
+    ops: Vec<TxOp>,
+    state: ObjState,
+    clone: Option<SnapId>,
+}
+
+/// Evaluate a compound write against `old` (MemRados semantics, step by step).
+fn plan_write(
+    pg: PgId,
+    name: &str,
+    old: &ObjState,
+    snapc: &SnapContext,
+    ops: &[WriteOp],
+    pool: &PoolEntry,
+    version: Eversion,
+) -> Result<Option<WritePlan>> {
+    let head = key(pg, name, SNAP_HEAD);
+    let mut st = old.clone();
+    let mut t: Vec<TxOp> = Vec::new();
+    let mut clone = None;
+
+    // make_writeable: preserve the head for the snapshots taken since it was
+    // last written.
+    if snapc.seq > st.snapset.seq {
+        if st.exists {
+            let mut snaps: Vec<SnapId> = snapc
+                .snaps
+                .iter()
+                .copied()
+                .filter(|s| *s > st.snapset.seq && !pool.removed_snaps.contains(s))
+                .collect();
+            snaps.reverse();
+            if !snaps.is_empty() {
+                t.push(TxOp::Clone {
+                    from: head.clone(),
+                    to: key(pg, name, snapc.seq),
+                });
+                st.snapset.clones.push(CloneRecord {
+                    id: snapc.seq,
+                    snaps,
+                    size: st.size,
+                });
+                clone = Some(snapc.seq);
+            }
+        }
+        st.snapset.seq = snapc.seq;
+    }
+
+    for op in ops {
+        apply_step(&head, &mut st, &mut t, op)?;
+    }
+
+    if t.is_empty() && (st == *old || (old.vanished() && st.vanished())) {
+        return Ok(None);
+    }
+    if st.exists {
+        t.push(TxOp::SetAttrs {
+            key: head,
+            attrs: head_attrs(false, version, &st.snapset),
+        });
+    } else if !st.snapset.clones.is_empty() {
+        // Clones remain: keep a whiteout head to carry the snapset.
+        t.push(TxOp::Touch(head.clone()));
+        t.push(TxOp::SetAttrs {
+            key: head,
+            attrs: head_attrs(true, version, &st.snapset),
+        });
+    } else {
+        t.push(TxOp::Remove(head));
+        st = ObjState::default();
+    }
+    Ok(Some(WritePlan {
+        ops: t,
+        state: st,
+        clone,
+    }))
+}
+
+fn head_attrs(whiteout: bool, version: Eversion, ss: &SnapSet) -> BTreeMap<String, Bytes> {
+    [
+        (
+            OI_ATTR.to_string(),
+            ObjectInfo { whiteout, version }.encode(),
+        ),
+        (SNAPSET_ATTR.to_string(), ss.encode()),
+    ]
+    .into()
+}
+
+/// Create the head if it does not exist (a whiteout or absent head store
+/// object holds no data, user attributes or omap).
+fn ensure_exists(head: &ObjectKey, st: &mut ObjState, t: &mut Vec<TxOp>) {
+    if !st.exists {
+        st.exists = true;
+        st.size = 0;
+        st.xattrs.clear();
+        t.push(TxOp::Touch(head.clone()));
+    }
+}
+
+fn apply_step(head: &ObjectKey, st: &mut ObjState, t: &mut Vec<TxOp>, op: &WriteOp) -> Result<()> {
+    match op {
+        WriteOp::AssertExists => {
+            if !st.exists {
+                return Err(RadosError::NotFound);
+            }
+        }
+        WriteOp::CmpXattr { name, value } => {
+            let cur = if st.exists { st.xattrs.get(name) } else { None };
+            if cur.map(|v| v.as_ref()).unwrap_or(b"") != value.as_ref() {
+                return Err(RadosError::Canceled);
+            }
+        }
+        WriteOp::Create { exclusive } => {
+            if st.exists && *exclusive {
+                return Err(RadosError::Exists);
+            }
+            ensure_exists(head, st, t);
+        }
+        WriteOp::Write { off, data } => {
+            let end = check_extent(*off, data.len() as u64)?;
+            ensure_exists(head, st, t);
+            if data.is_empty() {
+                // A zero-length write still extends the object to `off`.
+                if *off > st.size {
+                    t.push(TxOp::Truncate {
+                        key: head.clone(),
+                        size: *off,
+                    });
+                    st.size = *off;
+                }
+            } else {
+                t.push(TxOp::Write {
+                    key: head.clone(),
+                    off: *off,
+                    data: data.clone(),
+                });
+                st.size = st.size.max(end);
+            }
+        }
+        WriteOp::WriteFull { data } => {
+            check_extent(0, data.len() as u64)?;
+            ensure_exists(head, st, t);
+            let len = data.len() as u64;
+            if len > 0 {
+                t.push(TxOp::Write {
+                    key: head.clone(),
+                    off: 0,
+                    data: data.clone(),
+                });
+            }
+            // Only a shrink needs a truncate: the write covers the rest.
+            if len < st.size {
+                t.push(TxOp::Truncate {
+                    key: head.clone(),
+                    size: len,
+                });
+            }
+            st.size = len;
+        }
+        WriteOp::Zero { off, len } => {
+            let end = check_extent(*off, *len)?;
+            if st.exists {
+                let (a, b) = ((*off).min(st.size), end.min(st.size));
+                if b > a {
+                    t.push(TxOp::Zero {
+                        key: head.clone(),
+                        off: a,
+                        len: b - a,
+                    });
+                }
+            }
+        }
+        WriteOp::Truncate { size } => {
+            check_extent(*size, 0)?;
+            ensure_exists(head, st, t);
+            t.push(TxOp::Truncate {
+                key: head.clone(),
+                size: *size,
+            });
+            st.size = *size;
+        }
+        WriteOp::Remove => {
+            if !st.exists {
+                return Err(RadosError::NotFound);
+            }
+            t.push(TxOp::Remove(head.clone()));
+            st.exists = false;
+            st.size = 0;
+            st.xattrs.clear();
+        }
+        WriteOp::SetXattr { name, value } => {
+            ensure_exists(head, st, t);
+            t.push(TxOp::SetAttrs {
+                key: head.clone(),
+                attrs: [(user_attr_key(name), value.clone())].into(),
+            });
+            st.xattrs.insert(name.clone(), value.clone());
+        }
+        WriteOp::RmXattr { name } => {
+            if !st.exists {
+                return Err(RadosError::NotFound);
+            }
+            if st.xattrs.remove(name).is_none() {
+                return Err(RadosError::NoData);
+            }
+            t.push(TxOp::RmAttr {
+                key: head.clone(),
+                name: user_attr_key(name),
+            });
+        }
+        WriteOp::OmapSet { entries } => {
+            ensure_exists(head, st, t);
+            t.push(TxOp::OmapSet {
+                key: head.clone(),
+                entries: entries.clone(),
+            });
+        }
+        WriteOp::OmapRmKeys { keys } => {
+            ensure_exists(head, st, t);
+            t.push(TxOp::OmapRmKeys {
+                key: head.clone(),
+                keys: keys.clone(),
+            });
+        }
+        WriteOp::OmapClear => {
+            if st.exists {
+                t.push(TxOp::OmapClear(head.clone()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a read resolves to: the store object holding the state at the snap.
+struct Target {
+    key: ObjectKey,
+    size: u64,
+    /// Known user attributes (the head's); loaded on demand for clones.
+    xattrs: Option<BTreeMap<String, Bytes>>,
+}
+
+impl Pg {
+    pub fn new(id: PgId, log: PgLog) -> Self {
+        Pg {
+            id,
+            log,
+            acting: Vec::new(),
+            epoch: 0,
+            incomplete: None,
+            next_tid: 1,
+            projected: HashMap::new(),
+            inflight: BTreeMap::new(),
+            waiting_for_readable: HashMap::new(),
+        }
+    }
+
+    pub fn handle(&mut self, osd: &Osd, ev: PgEvent) {
+        match ev {
+            PgEvent::Read {
+                name,
+                snap,
+                ops,
+                reply,
+            } => {
+                if self.projected.contains_key(&name)
+                    || self.waiting_for_readable.contains_key(&name)
+                {
+                    self.waiting_for_readable
+                        .entry(name.clone())
+                        .or_default()
+                        .push_back(PgEvent::Read {
+                            name,
+                            snap,
+                            ops,
+                            reply,
+                        });
+                    return;
+                }
+                if !self.is_primary(osd) {
+                    return reply.send(Err(self.not_primary(osd)));
+                }
+                reply.send(self.do_read(osd, &name, snap, &ops));
+            }
+            PgEvent::Write {
+                name,
+                snapc,
+                ops,
+                reply,
+            } => {
+                // Behind a waiting read, so that a stream of writes cannot
+                // keep the read waiting forever (first come, first served).
+                if let Some(q) = self.waiting_for_readable.get_mut(&name) {
+                    q.push_back(PgEvent::Write {
+                        name,
+                        snapc,
+                        ops,
+                        reply,
+                    });
+                    return;
+                }
+                self.do_write(osd, name, snapc, ops, reply)
+            }
+            PgEvent::Trim { snap, reply } => self.do_trim(osd, snap, reply),
+            PgEvent::RepOp {
+                from,
+                tid,
+                txn,
+                entries,
+            } => self.do_repop(osd, from, tid, txn, entries),
+            PgEvent::RepReply {
+                from,
+                tid,
+                stage,
+                result,
+            } => self.on_reply(osd, from, tid, stage, result),
+        }
+    }
+
+    /// Primary of the PG and able to serve it.
+    fn is_primary(&self, osd: &Osd) -> bool {
+        self.acting.first() == Some(&osd.id) && self.incomplete.is_none()
+    }
+
+    fn not_primary(&self, osd: &Osd) -> RadosError {
+        if let Some(holder) = self.incomplete {
+            return RadosError::Busy(format!(
+                "pg {}.{:x} is incomplete: its newest copy is on osd.{holder}, which is down; \
+                 bring osd.{holder} back up",
+                self.id.pool, self.id.pg
+            ));
+        }
+        RadosError::Io(format!(
+            "osd.{} is not the primary of pg {}.{:x} (acting {:?})",
+            osd.id, self.id.pool, self.id.pg, self.acting
+        ))
+    }
+
+    fn pool(&self, osd: &Osd) -> Result<PoolEntry> {
+        osd.shared
+            .map()
+            .pool(self.id.pool)
+            .cloned()
+            .ok_or_else(|| RadosError::PoolNotFound(self.id.pool.to_string()))
+    }
+
+    fn state(&self, osd: &Osd, name: &str) -> Result<ObjState> {
+        match self.projected.get(name) {
+            Some(p) => Ok(p.state.clone()),
+            None => Ok(load_state(osd.store.as_ref(), self.id, name)?.unwrap_or_default()),
+        }
+    }
+
+    fn next_version(&self, n: u64) -> Eversion {
+        Eversion {
+            epoch: self.epoch.max(self.log.info.last_update.epoch),
+            version: self.log.info.last_update.version + n,
+        }
+    }
+
+    fn do_read(
+        &self,
+        osd: &Osd,
+        name: &str,
+        snap: SnapId,
+        ops: &[ReadOp],
+    ) -> Result<Vec<ReadResult>> {
+        let pool = self.pool(osd)?;
+        let store = osd.store.as_ref();
+        let head = load_state(store, self.id, name)?;
+        let target = head
+            .as_ref()
+            .and_then(|h| self.resolve(&pool, name, h, snap));
+        let mut target = target;
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            out.push(match op {
+                ReadOp::ListSnaps => {
+                    let h = head.as_ref().ok_or(RadosError::NotFound)?;
+                    let mut clones: Vec<CloneInfo> = h
+                        .snapset
+                        .clones
+                        .iter()
+                        .map(|c| CloneInfo {
+                            cloneid: c.id,
+                            snaps: c.snaps.clone(),
+                            size: c.size,
+                        })
+                        .collect();
+                    if h.exists {
+                        clones.push(CloneInfo {
+                            cloneid: SNAP_HEAD,
+                            snaps: vec![],
+                            size: h.size,
+                        });
+                    }
+                    ReadResult::Snaps(SnapSetInfo {
+                        seq: h.snapset.seq,
+                        clones,
+                    })
+                }
+                ReadOp::CmpXattr { name: attr, value } => {
+                    let t = target.as_mut().ok_or(RadosError::NotFound)?;
+                    let x = Self::xattrs(store, t)?;
+                    if x.get(attr).map(|v| v.as_ref()).unwrap_or(b"") != value.as_ref() {
+                        return Err(RadosError::Canceled);
+                    }
+                    ReadResult::Done
+                }
+                ReadOp::Read { off, len } => {
+                    let t = target.as_ref().ok_or(RadosError::NotFound)?;
+                    off.checked_add(*len).ok_or_else(|| {
+                        RadosError::InvalidArgument("read range overflows".into())
+                    })?;
+                    if *off >= t.size || *len == 0 {
+                        ReadResult::Data(Bytes::new())
+                    } else {
+                        let n = (*len).min(t.size - off);
+                        ReadResult::Data(store.read(&t.key, *off, n).map_err(io)?)
+                    }
+                }
+                ReadOp::Stat => ReadResult::Stat(ObjectStat {
+                    size: target.as_ref().ok_or(RadosError::NotFound)?.size,
+                }),
+                ReadOp::GetXattr { name: attr } => {
+                    let t = target.as_mut().ok_or(RadosError::NotFound)?;
+                    ReadResult::Xattr(
+                        Self::xattrs(store, t)?
+                            .get(attr)
+                            .cloned()
+                            .ok_or(RadosError::NoData)?,
+                    )
+                }
+                ReadOp::GetXattrs => {
+                    let t = target.as_mut().ok_or(RadosError::NotFound)?;
+                    ReadResult::Xattrs(Self::xattrs(store, t)?.clone())
+                }
+                ReadOp::OmapGetVals { start_after, max } => {
+                    let t = target.as_ref().ok_or(RadosError::NotFound)?;
+                    let omap = store.omap_get(&t.key).map_err(io)?;
+                    let iter = omap
+                        .range::<String, _>((
+                            std::ops::Bound::Excluded(start_after.clone()),
+                            std::ops::Bound::Unbounded,
+                        ))
+                        .take(usize::try_from(*max).unwrap_or(usize::MAX));
+                    ReadResult::Omap(iter.map(|(k, v)| (k.clone(), v.clone())).collect())
+                }
+                ReadOp::OmapGetValsByKeys { keys } => {
+                    let t = target.as_ref().ok_or(RadosError::NotFound)?;
+                    let omap = store.omap_get(&t.key).map_err(io)?;
+                    ReadResult::Omap(
+                        keys.iter()
+                            .filter_map(|k| omap.get(k).map(|v| (k.clone(), v.clone())))
+                            .collect(),
+                    )
+                }
+                ReadOp::AssertExists => {
+                    target.as_ref().ok_or(RadosError::NotFound)?;
+                    ReadResult::Done
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    fn xattrs<'a>(
+        store: &dyn crate::store::ObjectStore,
+        t: &'a mut Target,
+    ) -> Result<&'a BTreeMap<String, Bytes>> {
+        if t.xattrs.is_none() {
+            t.xattrs = Some(user_attrs(&store.getattrs(&t.key).map_err(io)?));
+        }
+        Ok(t.xattrs.get_or_insert_default())
+    }
+
+    /// Which store object holds `name` as of `snap` (MemRados::resolve).
+    fn resolve(&self, pool: &PoolEntry, name: &str, h: &ObjState, snap: SnapId) -> Option<Target> {
+        let head = || {
+            h.exists.then(|| Target {
+                key: key(self.id, name, SNAP_HEAD),
+                size: h.size,
+                xattrs: Some(h.xattrs.clone()),
+            })
+        };
+        if snap == SNAP_HEAD {
+            return head();
+        }
+        if snap > pool.snap_seq || pool.removed_snaps.contains(&snap) {
+            return None;
+        }
+        if snap > h.snapset.seq {
+            return head();
+        }
+        let c = h.snapset.clones.iter().find(|c| c.id >= snap)?;
+        c.snaps.contains(&snap).then(|| Target {
+            key: key(self.id, name, c.id),
+            size: c.size,
+            xattrs: None,
+        })
+    }
+
+    fn do_write(
+        &mut self,
+        osd: &Osd,
+        name: String,
+        snapc: SnapContext,
+        ops: Vec<WriteOp>,
+        reply: Reply<()>,
+    ) {
+        if !self.is_primary(osd) {
+            return reply.send(Err(self.not_primary(osd)));
+        }
+        let plan = self.pool(osd).and_then(|pool| {
+            let old = self.state(osd, &name)?;
+            plan_write(
+                self.id,
+                &name,
+                &old,
+                &snapc,
+                &ops,
+                &pool,
+                self.next_version(1),
+            )
+        });
+        match plan {
+            Err(e) => reply.send(Err(e)),
+            Ok(None) => reply.send(Ok(())),
+            Ok(Some(plan)) => {
+                let entry = PgLogEntry {
+                    version: self.next_version(1),
+                    op: LogOp::Modify,
+                    name: name.clone(),
+                    clone: plan.clone,
+                };
+                let txn = Transaction { ops: plan.ops };
+                self.submit(osd, txn, vec![entry], vec![(name, plan.state)], reply);
+            }
+        }
+    }
+
+    /// Remove `snap` from every clone of the PG; drop clones left with none.
+    fn do_trim(&mut self, osd: &Osd, snap: SnapId, reply: Reply<()>) {
+        if !self.is_primary(osd) {
+            return reply.send(Err(self.not_primary(osd)));
+        }
+        let mut names: BTreeSet<String> = match osd.store.list_objects(self.id) {
+            Ok(keys) => keys.into_iter().map(|k| k.name).collect(),
+            Err(e) => return reply.send(Err(io(e))),
+        };
+        names.extend(self.projected.keys().cloned());
+        let mut ops = Vec::new();
+        let mut entries = Vec::new();
+        let mut updates = Vec::new();
+        for name in names {
+            let old = match self.state(osd, &name) {
+                Ok(s) => s,
+                Err(e) => return reply.send(Err(e)),
+            };
+            if !old.snapset.clones.iter().any(|c| c.snaps.contains(&snap)) {
+                continue;
+            }
+            let version = self.next_version(entries.len() as u64 + 1);
+            let mut st = old.clone();
+            for c in &mut st.snapset.clones {
+                c.snaps.retain(|s| *s != snap);
+                if c.snaps.is_empty() {
+                    ops.push(TxOp::Remove(key(self.id, &name, c.id)));
+                }
+            }
+            st.snapset.clones.retain(|c| !c.snaps.is_empty());
+            let head = key(self.id, &name, SNAP_HEAD);
+            if st.vanished() {
+                ops.push(TxOp::Remove(head));
+                st = ObjState::default();
+            } else {
+                ops.push(TxOp::SetAttrs {
+                    key: head,
+                    attrs: head_attrs(!st.exists, version, &st.snapset),
+                });
+            }
+            entries.push(PgLogEntry {
+                version,
+                op: LogOp::Trim,
+                name: name.clone(),
+                clone: None,
+            });
+            updates.push((name, st));
+        }
+        if entries.is_empty() {
+            return reply.send(Ok(()));
+        }
+        self.submit(osd, Transaction { ops }, entries, updates, reply);
+    }
+
+    /// Log, queue locally, replicate, and track a write until it is applied
+    /// and committed on every acting OSD.
+    fn submit(
+        &mut self,
+        osd: &Osd,
+        mut txn: Transaction,
+        entries: Vec<PgLogEntry>,
+        updates: Vec<(String, ObjState)>,
+        reply: Reply<()>,
+    ) {
+        let delta = self
+            .log
+            .append(entries.clone(), osd.shared.pg_log_max_entries);
+        let undo = delta.undo;
+        if !delta.rm.is_empty() {
+            txn.push(TxOp::CollMetaRm {
+                coll: self.id,
+                keys: delta.rm,
+            });
+        }
+        txn.push(TxOp::CollMetaSet {
+            coll: self.id,
+            entries: delta.set,
+        });
+        let tid = self.next_tid;
+        self.next_tid += 1;
+        let replicas: Vec<OsdId> = self.acting[1..].to_vec();
+        let queued = osd.store.queue_transaction(
+            txn.clone(),
+            completion(osd, osd.id, self.id, tid, Stage::Commit),
+            completion(osd, osd.id, self.id, tid, Stage::Applied),
+        );
+        if let Err(e) = queued {
+            // Nothing was queued: the log must not claim the entries.
+            self.log.undo(undo);
+            return reply.send(Err(io(e)));
+        }
+        for r in &replicas {
+            match osd.peer(*r) {
+                Some(peer) => peer.enqueue(
+                    self.id,
+                    PgEvent::RepOp {
+                        from: osd.id,
+                        tid,
+                        txn: txn.clone(),
+                        entries: entries.clone(),
+                    },
+                ),
+                None => log::error!("osd.{}: replica osd.{r} is gone", osd.id),
+            }
+        }
+        let mut names = Vec::with_capacity(updates.len());
+        for (name, state) in updates {
+            let p = self.projected.entry(name.clone()).or_insert(Projected {
+                state: ObjState::default(),
+                writes: 0,
+            });
+            p.state = state;
+            p.writes += 1;
+            names.push(name);
+        }
+        let all: BTreeSet<OsdId> = self.acting.iter().copied().collect();
+        self.inflight.insert(
+            tid,
+            InFlight {
+                names,
+                waiting_for_commit: all.clone(),
+                waiting_for_applied: all,
+                reply: Some(reply),
+                error: None,
+                flush_id: None,
+            },
+        );
+    }
+
+    fn do_repop(
+        &mut self,
+        osd: &Osd,
+        from: OsdId,
+        tid: u64,
+        txn: Transaction,
+        entries: Vec<PgLogEntry>,
+    ) {
+        let undo = self.log.append(entries, osd.shared.pg_log_max_entries).undo;
+        let Some(primary) = osd.peer(from) else {
+            log::error!("osd.{}: primary osd.{from} is gone", osd.id);
+            return;
+        };
+        let queued = osd.store.queue_transaction(
+            txn,
+            completion(&primary, osd.id, self.id, tid, Stage::Commit),
+            completion(&primary, osd.id, self.id, tid, Stage::Applied),
+        );
+        if let Err(e) = queued {
+            self.log.undo(undo);
+            for stage in [Stage::Commit, Stage::Applied] {
+                primary.enqueue(
+                    self.id,
+                    PgEvent::RepReply {
+                        from: osd.id,
+                        tid,
+                        stage,
+                        result: Err(e.clone()),
+                    },
+                );
+            }
+        }
+    }
+
+    fn on_reply(
+        &mut self,
+        osd: &Osd,
+        from: OsdId,
+        tid: u64,
+        stage: Stage,
+        result: StoreResult<()>,
+    ) {
+        let Some(op) = self.inflight.get_mut(&tid) else {
+            return;
+        };
+        match stage {
+            Stage::Commit => op.waiting_for_commit.remove(&from),
+            Stage::Applied => op.waiting_for_applied.remove(&from),
+        };
+        if let Err(e) = result {
+            log::error!(
+                "osd.{from}: write {tid} of pg {}.{:x} failed: {e}",
+                self.id.pool,
+                self.id.pg
+            );
+            op.error.get_or_insert(io(e));
+        }
+        let mut release = Vec::new();
+        if op.waiting_for_applied.is_empty() {
+            if let Some(reply) = op.reply.take() {
+                if !op.waiting_for_commit.is_empty() {
+                    op.flush_id = Some(osd.shared.flush.add_pending());
+                }
+                reply.send(match op.error.take() {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                });
+                release = std::mem::take(&mut op.names);
+            }
+        }
+        if op.reply.is_none() && op.waiting_for_commit.is_empty() {
+            if let Some(id) = op.flush_id.take() {
+                osd.shared.flush.committed(id);
+            }
+            self.inflight.remove(&tid);
+        }
+        for name in release {
+            self.release(osd, &name);
+        }
+    }
+
+    /// One write of `name` is applied everywhere: once none remain, the
+    /// projected state is the store's, and parked reads can run.
+    fn release(&mut self, osd: &Osd, name: &str) {
+        let Some(p) = self.projected.get_mut(name) else {
+            return;
+        };
+        p.writes -= 1;
+        if p.writes > 0 {
+            return;
+        }
+        self.projected.remove(name);
+        let Some(mut waiting) = self.waiting_for_readable.remove(name) else {
+            return;
+        };
+        // In arrival order: reads run until a released write is in flight
+        // again, then the rest waits for that one.
+        while let Some(ev) = waiting.pop_front() {
+            if matches!(ev, PgEvent::Read { .. }) && self.projected.contains_key(name) {
+                waiting.push_front(ev);
+                self.waiting_for_readable.insert(name.to_string(), waiting);
+                return;
+            }
+            self.handle(osd, ev);
+        }
+    }
+
+    /// True when nothing is in flight (peering requires it).
+    pub fn is_idle(&self) -> bool {
+        self.inflight.is_empty()
+            && self.projected.is_empty()
+            && self.waiting_for_readable.is_empty()
+    }
+}
+
+/// A store callback that reports a stage of write `tid` to the primary's queue.
+fn completion(
+    primary: &Osd,
+    from: OsdId,
+    pg: PgId,
+    tid: u64,
+    stage: Stage,
+) -> crate::store::Callback {
+    let target = primary
+        .peer(primary.id)
+        .map(|p| std::sync::Arc::downgrade(&p));
+    Box::new(move |result| {
+        if let Some(p) = target.and_then(|w| w.upgrade()) {
+            p.enqueue(
+                pg,
+                PgEvent::RepReply {
+                    from,
+                    tid,
+                    stage,
+                    result,
+                },
+            );
+        }
+    })
+}

@@ -1,0 +1,254 @@
+//! Bookkeeping shared by the client side and the OSDs:
+//! - [`Reply`]: the one-shot answer to a client op; dropping it unanswered
+//!   answers `ShuttingDown`, so a caller never hangs on a lost op;
+//! - [`Gate`]: counts client ops in flight and holds new ones back while the
+//!   map changes and PGs peer (Ceph's "waiting for map");
+//! - [`FlushTracker`]: writes that completed (applied everywhere) but are not
+//!   yet committed everywhere, and the flushes waiting for them.
+
+use std::collections::HashMap;
+
+use tokio::sync::oneshot;
+
+use crate::rados::{RadosError, Result};
+use crate::sync::{Arc, AtomicUsize, Condvar, Mutex, Ordering};
+
+/// Counts ops in flight and blocks new ones during peering.
+pub(crate) struct Gate<P> {
+    st: Mutex<GateState<P>>,
+    cond: Condvar,
+}
+
+struct GateState<P> {
+    inflight: usize,
+    peering: bool,
+    closed: bool,
+    /// Ops that arrived during peering, in arrival order.
+    parked: Vec<P>,
+}
+
+/// What the gate says about a new op.
+pub(crate) enum Admit<P> {
+    /// Go ahead; the op counts as in flight until its [`Reply`] is dropped.
+    Go(P),
+    /// Parked until peering ends.
+    Parked,
+    /// The cluster is shutting down; the op is handed back.
+    Closed(P),
+}
+
+impl<P> Gate<P> {
+    pub fn new() -> Self {
+        Gate {
+            st: Mutex::new(GateState {
+                inflight: 0,
+                peering: false,
+                closed: false,
+                parked: Vec::new(),
+            }),
+            cond: Condvar::new(),
+        }
+    }
+
+    pub fn admit(&self, op: P) -> Admit<P> {
+        let mut st = self.st.lock();
+        if st.closed {
+            return Admit::Closed(op);
+        }
+        if st.peering {
+            st.parked.push(op);
+            return Admit::Parked;
+        }
+        st.inflight += 1;
+        Admit::Go(op)
+    }
+
+    /// Like [`Gate::admit`] but waits out peering instead of parking (for
+    /// callers on their own thread). Returns false when closed.
+    pub fn enter_blocking(&self) -> bool {
+        let mut st = self.st.lock();
+        while st.peering && !st.closed {
+            self.cond.wait(&mut st);
+        }
+        if st.closed {
+            return false;
+        }
+        st.inflight += 1;
+        true
+    }
+
+    pub fn leave(&self) {
+        let mut st = self.st.lock();
+        st.inflight -= 1;
+        if st.inflight == 0 {
+            self.cond.notify_all();
+        }
+    }
+
+    /// Stop admitting ops and wait for those in flight to finish.
+    pub fn begin_peering(&self) {
+        let mut st = self.st.lock();
+        while st.peering {
+            self.cond.wait(&mut st);
+        }
+        st.peering = true;
+        while st.inflight > 0 {
+            self.cond.wait(&mut st);
+        }
+    }
+
+    /// Admit ops again; returns the parked ones for the caller to resubmit.
+    pub fn end_peering(&self) -> Vec<P> {
+        let mut st = self.st.lock();
+        st.peering = false;
+        self.cond.notify_all();
+        std::mem::take(&mut st.parked)
+    }
+
+    /// Refuse new ops, wait for those in flight; returns the parked ones.
+    pub fn close(&self) -> Vec<P> {
+        let mut st = self.st.lock();
+        st.closed = true;
+        self.cond.notify_all();
+        while st.inflight > 0 {
+            self.cond.wait(&mut st);
+        }
+        std::mem::take(&mut st.parked)
+    }
+}
+
+/// Something that can leave the gate (type-erased over the parked op type).
+pub(crate) trait Leave: Send + Sync {
+    fn leave(&self);
+}
+
+impl<P: Send> Leave for Gate<P> {
+    fn leave(&self) {
+        Gate::leave(self)
+    }
+}
+
+/// The answer to one client op; counts as in flight until dropped.
+pub(crate) struct Reply<T> {
+    tx: Option<oneshot::Sender<Result<T>>>,
+    gate: Arc<dyn Leave>,
+}
+
+impl<T> Reply<T> {
+    /// Wrap a sender for an op the gate admitted.
+    pub fn new(tx: oneshot::Sender<Result<T>>, gate: Arc<dyn Leave>) -> Self {
+        Reply { tx: Some(tx), gate }
+    }
+
+    pub fn send(mut self, r: Result<T>) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(r);
+        }
+    }
+}
+
+impl<T> Drop for Reply<T> {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Err(RadosError::ShuttingDown));
+        }
+        self.gate.leave();
+    }
+}
+
+struct FlushWaiter {
+    remaining: AtomicUsize,
+    tx: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+#[derive(Default)]
+struct FlushState {
+    next_id: u64,
+    pending: HashMap<u64, Vec<Arc<FlushWaiter>>>,
+}
+
+/// Writes completed but not yet committed on every acting OSD.
+#[derive(Default)]
+pub(crate) struct FlushTracker {
+    st: Mutex<FlushState>,
+}
+
+impl FlushTracker {
+    /// Record a completed write still waiting for commits; returns its id.
+    pub fn add_pending(&self) -> u64 {
+        let mut st = self.st.lock();
+        st.next_id += 1;
+        let id = st.next_id;
+        st.pending.insert(id, Vec::new());
+        id
+    }
+
+    /// The write `id` is now committed everywhere.
+    pub fn committed(&self, id: u64) {
+        let waiters = self.st.lock().pending.remove(&id).unwrap_or_default();
+        for w in waiters {
+            if w.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                if let Some(tx) = w.tx.lock().take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    }
+
+    /// A receiver that fires once every write pending now is committed
+    /// (`None`: nothing is pending, the flush is already complete).
+    pub fn flush(&self) -> Option<oneshot::Receiver<()>> {
+        let mut st = self.st.lock();
+        if st.pending.is_empty() {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        let w = Arc::new(FlushWaiter {
+            remaining: AtomicUsize::new(st.pending.len()),
+            tx: Mutex::new(Some(tx)),
+        });
+        for waiters in st.pending.values_mut() {
+            waiters.push(w.clone());
+        }
+        Some(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_flush_tracker_flush_waits_for_writes_pending_at_call_only() {
+        let t = FlushTracker::default();
+        let a = t.add_pending();
+        let mut rx = t.flush().unwrap();
+        let b = t.add_pending();
+
+        t.committed(a);
+
+        assert_eq!(rx.try_recv(), Ok(()));
+        t.committed(b);
+        assert!(t.flush().is_none());
+    }
+
+    #[test]
+    fn test_flush_tracker_flush_with_nothing_pending_is_immediate() {
+        assert!(FlushTracker::default().flush().is_none());
+    }
+
+    #[test]
+    fn test_reply_dropped_unanswered_answers_shutting_down_and_leaves_gate() {
+        let gate: Arc<Gate<()>> = Arc::new(Gate::new());
+        assert!(matches!(gate.admit(()), Admit::Go(())));
+        let (tx, mut rx) = oneshot::channel::<Result<()>>();
+
+        drop(Reply::new(tx, gate.clone()));
+
+        assert_eq!(rx.try_recv(), Ok(Err(RadosError::ShuttingDown)));
+        assert!(
+            gate.close().is_empty(),
+            "close returns once nothing is in flight"
+        );
+    }
+}
