@@ -7,7 +7,7 @@
 //! removed afterwards. `RBDFS_BENCH_MIB` sets the data written per case
 //! (default 256 MiB for 4 MiB objects, less for smaller ones).
 //! Compare with the disk's own sequential write speed:
-//! `contrib/dd-baseline.sh DIR`.
+//! `contrib/bench/disk-baseline.sh DIR`.
 
 use std::path::PathBuf;
 use std::sync::Arc;

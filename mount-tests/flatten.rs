@@ -58,8 +58,9 @@ fn test_flatten_by_xattr_under_fio_verify_detaches_clone() {
             "--do_verify=1",
             "--verify_fatal=1",
         ])
-        .args(["--loops=3", "--fsync=64"])
+        .args(["--loops=3", "--fsync=64", "--verify_state_save=0"])
         .arg(format!("--filename={}", fio_file.display()))
+        .current_dir(&at)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

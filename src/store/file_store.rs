@@ -18,7 +18,8 @@
 //! STORE/lock                flock'ed while open; holds the owner's pid
 //! STORE/meta.snapshot       metadata table as of a journal seq (see meta.rs)
 //! STORE/journal.<seq hex>   journal segments (see journal.rs, codec.rs)
-//! STORE/objects/<xx>/<id>   object data, one file per object (see data.rs)
+//! STORE/objects/<xx>/<id>   object data, one file per object (see data.rs);
+//!                           ids with the top bit set hold placed writes
 //! ```
 //!
 //! Large writes take a direct path (BlueStore's "big writes go to new space"):
@@ -1782,8 +1783,8 @@ impl Inner {
         };
         inner.reserved.fetch_add(held.reserved, Ordering::AcqRel);
         if tx.send(p).is_err() {
-            // Placed files stay for open's sweep: the record may be in
-            // the journal writer's hands already.
+            // The journal writer is gone; the record never reached it.
+            placed.discard(&inner.root);
             return Err(inner.failed_err());
         }
         s.next_seq += 1;

@@ -173,6 +173,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// `on_applied` once it is readable; both run exactly once, in queue order
     /// across transactions, and `on_commit` before `on_applied`. An `Err` return
     /// (no space, store failed) means nothing was queued and no callback runs.
+    /// May block: while too much queued data waits to be applied, and while
+    /// a large write's data is written and synced (on the caller's thread,
+    /// so callers on several threads write in parallel).
     fn queue_transaction(
         &self,
         txn: Transaction,
