@@ -202,3 +202,89 @@ fn test_peering_pg_held_in_recovery_does_not_stop_io_to_peered_pgs() {
     common::assert_replicas_identical(&c);
     c.shutdown().unwrap();
 }
+
+#[test]
+fn test_peering_backfill_runs_while_the_pg_serves_and_catches_up_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let latch = Arc::new(Latch::default());
+    let config = ClusterConfig {
+        store: Arc::new(Opener {
+            stores: Mutex::new(BTreeMap::new()),
+            latch: latch.clone(),
+        }),
+        pg_log_max_entries: 5,
+        ..ClusterConfig::default()
+    };
+    Cluster::create(
+        dir.path(),
+        CreateOptions {
+            config: config.clone(),
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    let c = Cluster::open(dir.path(), config).unwrap();
+    let rados = Rados::new(c.clone());
+    let p = block_on(
+        rados
+            .backend()
+            .pool_create("rbd", Some(3), Some(2), Some(8)),
+    )
+    .unwrap();
+    let io = rados.ioctx_by_id(p.id);
+    let names: Vec<String> = (0..)
+        .map(|i| format!("o{i}"))
+        .filter(|n| c.object_acting(p.id, n).unwrap().0.pg == 7)
+        .take(12)
+        .collect();
+    let snapc = SnapContext::empty();
+    block_on(io.write(&names[0], &snapc, 0, Bytes::from_static(b"a0"))).unwrap();
+    c.set_osd_up(2, false).unwrap();
+    // More writes than the log keeps: osd.2's copy of pg 7 needs a backfill.
+    for n in &names {
+        block_on(io.write(n, &snapc, 0, Bytes::from_static(b"b1"))).unwrap();
+    }
+    latch.state.lock().unwrap().0 = Some(PgId { pool: p.id, pg: 7 });
+    let before = c.status().recovery.objects_backfilled;
+
+    let c2 = c.clone();
+    let peering = std::thread::spawn(move || c2.set_osd_up(2, true));
+    {
+        let mut st = latch.state.lock().unwrap();
+        while !st.1 {
+            st = latch.cond.wait(st).unwrap();
+        }
+    }
+
+    // The copy to osd.2 is held: pg 7 still serves, from osd.0 and osd.1.
+    let pg7 = c.pg_list().into_iter().find(|p| p.pg == 7).unwrap();
+    assert_eq!(
+        pg7.state, "active+undersized+degraded+backfilling",
+        "{pg7:?}"
+    );
+    assert!(!pg7.acting.contains(&2), "{pg7:?}");
+    block_on(io.write(&names[3], &snapc, 0, Bytes::from_static(b"c2"))).unwrap();
+    assert_eq!(
+        block_on(io.read(&names[3], SNAP_HEAD, 0, 2)),
+        Ok(Bytes::from_static(b"c2"))
+    );
+    assert!(!peering.is_finished(), "the backfill must still be running");
+    {
+        let mut st = latch.state.lock().unwrap();
+        st.0 = None;
+        latch.cond.notify_all();
+    }
+    peering.join().unwrap().unwrap();
+
+    let pg7 = c.pg_list().into_iter().find(|p| p.pg == 7).unwrap();
+    assert_eq!(pg7.state, "active+clean");
+    assert!(pg7.acting.contains(&2));
+    assert!(c.status().recovery.objects_backfilled >= before + 12);
+    // The write made during the copy reached osd.2 through the catch-up.
+    common::assert_replicas_identical(&c);
+    assert_eq!(
+        block_on(io.read(&names[3], SNAP_HEAD, 0, 2)),
+        Ok(Bytes::from_static(b"c2"))
+    );
+    c.shutdown().unwrap();
+}

@@ -450,7 +450,10 @@ impl Cluster {
             .pool(pool)
             .ok_or_else(|| OsdError::PoolNotFound(pool.to_string()))?;
         let pg = object_pg(name, p.info.pg_num);
-        Ok((PgId { pool, pg }, map.pg_acting(&p.info, pg)))
+        Ok((
+            PgId { pool, pg },
+            self.inner.shared.acting(&map, &p.info, pg),
+        ))
     }
 
     /// Mark an OSD up or down. Down: PGs it serves go on degraded with the
@@ -666,7 +669,7 @@ impl Inner {
             Target::Object(name) => object_pg(name, p.info.pg_num),
             Target::Pg(pg) => *pg,
         };
-        let acting = map.pg_acting(&p.info, pg);
+        let acting = self.shared.acting(&map, &p.info, pg);
         if acting.len() < p.info.min_size.max(1) as usize {
             return Err(OsdError::Undersized {
                 pool,

@@ -44,6 +44,9 @@ pub(crate) struct Shared {
     pub recovery: RecoveryCounters,
     /// PGs being recovered right now and how ("recovering", "backfilling").
     pub activity: Mutex<HashMap<PgId, &'static str>>,
+    /// PGs served by fewer OSDs than the map says while the others are
+    /// backfilled (Ceph's pg_temp): pg -> the serving OSDs, primary first.
+    pub pg_temp: Mutex<HashMap<PgId, Vec<OsdId>>>,
     /// A map change is peering PGs (their locks may be held for long).
     pub peering: crate::sync::AtomicBool,
     /// The last recovery-rate sample: (when, objects recovered by then).
@@ -60,6 +63,7 @@ impl Shared {
             damaged: Mutex::new(BTreeMap::new()),
             recovery: RecoveryCounters::default(),
             activity: Mutex::new(HashMap::new()),
+            pg_temp: Mutex::new(HashMap::new()),
             peering: crate::sync::AtomicBool::new(false),
             rate_sample: Mutex::new(None),
         }
@@ -67,6 +71,16 @@ impl Shared {
 
     pub fn map(&self) -> Arc<OsdMap> {
         self.map.read().clone()
+    }
+
+    /// The OSDs serving a PG now: its pg_temp while it is backfilled, else
+    /// the map's acting set.
+    pub fn acting(&self, map: &OsdMap, pool: &crate::rados::PoolInfo, pg: u32) -> Vec<OsdId> {
+        let id = PgId { pool: pool.id, pg };
+        match self.pg_temp.lock().get(&id) {
+            Some(t) => t.clone(),
+            None => map.pg_acting(pool, pg),
+        }
     }
 
     /// An OSD's store is failing: have it marked down (asynchronously; the

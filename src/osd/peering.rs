@@ -52,6 +52,7 @@ pub(crate) fn peer_all(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -
 fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -> OsdResult<()> {
     let mut serving: BTreeMap<OsdId, BTreeSet<PgId>> = BTreeMap::new();
     let mut first_err = None;
+    let mut backfills = Vec::new();
     for pool in &map.pools {
         for pg in 0..pool.info.pg_num {
             let id = PgId {
@@ -59,7 +60,13 @@ fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -> OsdRe
                 pg,
             };
             let acting = map.pg_acting(&pool.info, pg);
-            if let Err(e) = peer_pg(osds, map, id, &acting) {
+            let peered = peer_pg(osds, map, id, &acting);
+            if let Ok(deferred) = &peered {
+                if !deferred.is_empty() {
+                    backfills.push((id, acting.clone(), deferred.clone()));
+                }
+            }
+            if let Err(e) = peered {
                 // One PG's failure must not stop the others: an acting OSD
                 // whose store fails is reported and goes down in the next
                 // epoch, which peers this PG again without it.
@@ -98,6 +105,18 @@ fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -> OsdRe
             }
         }
     }
+    // Every PG serves now; backfill the copies deferred above.
+    for (id, acting, targets) in backfills {
+        if let Err(e) = backfill_live(osds, id, &acting, &targets) {
+            log::error!("backfilling pg {}.{:x}: {e}", id.pool, id.pg);
+            if let OsdError::Recovery { osd, .. } = &e {
+                report_failure(osds, *osd, &e.to_string());
+            } else {
+                first_err.get_or_insert(e);
+            }
+        }
+        after_each();
+    }
     first_err.map_or(Ok(()), Err)
 }
 
@@ -121,9 +140,11 @@ fn osd(osds: &[Arc<Osd>], id: OsdId) -> OsdResult<&Arc<Osd>> {
     osds.get(id as usize).ok_or(OsdError::NoSuchOsd(id))
 }
 
-fn peer_pg(osds: &[Arc<Osd>], map: &OsdMap, id: PgId, acting: &[OsdId]) -> OsdResult<()> {
+/// Peer one PG; returns the acting OSDs whose copy is left to backfill while
+/// the others serve (see [`backfill_live`]).
+fn peer_pg(osds: &[Arc<Osd>], map: &OsdMap, id: PgId, acting: &[OsdId]) -> OsdResult<Vec<OsdId>> {
     let Some(&primary) = acting.first() else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     for &o in acting {
         osd(osds, o)?.ensure_pg(id)?;
@@ -158,6 +179,7 @@ fn peer_pg(osds: &[Arc<Osd>], map: &OsdMap, id: PgId, acting: &[OsdId]) -> OsdRe
         Some((_, v)) if v == newest => None,
         _ => copies.iter().find(|(_, c)| c.0 == newest).map(|(o, _)| *o),
     };
+    let mut deferred = Vec::new();
     if let Some(holder) = incomplete {
         log::warn!(
             "pg {}.{:x} is incomplete: its newest copy ({newest}) is on osd.{holder}, which is down; \
@@ -166,26 +188,199 @@ fn peer_pg(osds: &[Arc<Osd>], map: &OsdMap, id: PgId, acting: &[OsdId]) -> OsdRe
             id.pg
         );
     } else if let Some((auth, v)) = auth {
-        if v > copies[&primary].0 {
-            recover(osd(osds, primary)?, osd(osds, auth)?, id)?;
-        }
-        for &r in &acting[1..] {
-            if copies[&r].0 != v {
-                recover(osd(osds, r)?, osd(osds, primary)?, id)?;
+        let auth_osd = osd(osds, auth)?;
+        let alog = match auth_osd.pg(id) {
+            Some(pg) => pg.lock().log.clone(),
+            None => return Ok(Vec::new()),
+        };
+        let min_size = map
+            .pool(id.pool)
+            .map_or(1, |p| p.info.min_size.max(1) as usize);
+        let needs_backfill =
+            |since: Eversion| since == Eversion::default() || alog.entries_after(since).is_none();
+        // Copies current now or after a quick log recovery.
+        let ready = acting
+            .iter()
+            .filter(|o| copies[*o].0 == v || !needs_backfill(copies[*o].0))
+            .count();
+        for &o in acting {
+            let since = copies[&o].0;
+            if since == v {
+                continue;
             }
+            if needs_backfill(since) && ready >= min_size {
+                deferred.push(o);
+            } else {
+                recover(osd(osds, o)?, auth_osd, id)?;
+            }
+        }
+    }
+    let serving: Vec<OsdId> = acting
+        .iter()
+        .copied()
+        .filter(|o| !deferred.contains(o))
+        .collect();
+    {
+        let mut temp = osd(osds, primary)?.shared.pg_temp.lock();
+        if deferred.is_empty() {
+            temp.remove(&id);
+        } else {
+            temp.insert(id, serving.clone());
         }
     }
     for &o in acting {
         if let Some(pg) = osd(osds, o)?.pg(id) {
             let mut pg = pg.lock();
             debug_assert!(pg.is_idle(), "peering a busy pg");
-            pg.acting = acting.to_vec();
+            pg.acting = if deferred.contains(&o) {
+                Vec::new()
+            } else {
+                serving.clone()
+            };
             pg.epoch = map.epoch;
             pg.incomplete = incomplete;
             pg.pending = false;
         }
     }
-    Ok(())
+    Ok(deferred)
+}
+
+/// Backfill `targets` while the rest of `acting` serves the PG (its
+/// pg_temp): copy every object from the serving primary as it is now, then
+/// hold the PG's I/O briefly and catch up from the log what changed during
+/// the copy (an object copied mid-write was written after the copy began,
+/// so the log names it). Then the whole acting set serves.
+///
+/// ```text
+///  serving (pg_temp) ── copy pass (I/O flows) ──> PG pending, idle
+///     ──> log recovery since the pass began ──> acting = up, pg_temp gone
+/// ```
+///
+/// A crash in between leaves a target whose PG info predates the copy: the
+/// next peering backfills it again.
+fn backfill_live(
+    osds: &[Arc<Osd>],
+    id: PgId,
+    acting: &[OsdId],
+    targets: &[OsdId],
+) -> OsdResult<()> {
+    let serving: Vec<OsdId> = acting
+        .iter()
+        .copied()
+        .filter(|o| !targets.contains(o))
+        .collect();
+    let source = osd(osds, serving[0])?;
+    let Some(spg) = source.pg(id) else {
+        return Ok(());
+    };
+    let shared = &source.shared;
+    let mut began = Vec::new();
+    for &t in targets {
+        let target = osd(osds, t)?;
+        // Between writes: every entry logged by then is applied, so all
+        // the copy can miss is logged after `since`.
+        let since = when_idle(&spg, |pg| pg.log.info.last_update);
+        shared.activity.lock().insert(id, "backfilling");
+        let copied = copy_pass(target, source, id);
+        shared.activity.lock().remove(&id);
+        let (objects, bytes) = copied?;
+        shared.count_recovered(true, objects, bytes);
+        began.push((target, since));
+    }
+    // Wait for the writes in flight, then hold new ones (Busy, retried).
+    when_idle(&spg, |pg| pg.pending = true);
+    let caught_up = began.iter().try_for_each(|(target, since)| {
+        if let Some(tpg) = target.pg(id) {
+            tpg.lock().log.info.last_update = *since;
+        }
+        recover(target, source, id)
+    });
+    let members = if caught_up.is_ok() {
+        acting
+    } else {
+        &serving[..]
+    };
+    for &o in members {
+        if let Some(pg) = osd(osds, o)?.pg(id) {
+            let mut pg = pg.lock();
+            pg.acting = members.to_vec();
+            pg.pending = false;
+        }
+    }
+    if caught_up.is_ok() {
+        shared.pg_temp.lock().remove(&id);
+    }
+    caught_up
+}
+
+/// Run `f` on the PG once no write is in flight in it (polled: writes in
+/// flight finish within a store round trip; new ones wait for the lock).
+fn when_idle<T>(
+    pg: &crate::sync::Mutex<super::pg::Pg>,
+    f: impl FnOnce(&mut super::pg::Pg) -> T,
+) -> T {
+    loop {
+        let mut g = pg.lock();
+        if g.is_idle() {
+            return f(&mut g);
+        }
+        drop(g);
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Make `target`'s objects of PG `id` those of `source` as they are now,
+/// object by object, while `source` serves; returns objects and bytes copied.
+fn copy_pass(target: &Arc<Osd>, source: &Arc<Osd>, id: PgId) -> OsdResult<(u64, u64)> {
+    let err = |why: String| OsdError::Recovery {
+        osd: target.id,
+        from: source.id,
+        why,
+    };
+    let src = by_name(
+        source
+            .store
+            .list_objects(id)
+            .map_err(|e| err(e.to_string()))?,
+    );
+    let dst = by_name(
+        target
+            .store
+            .list_objects(id)
+            .map_err(|e| err(e.to_string()))?,
+    );
+    let names: BTreeSet<&String> = src.keys().chain(dst.keys()).collect();
+    log::info!(
+        "osd.{}: pg {}.{:x}: backfill of {} objects from osd.{} while it serves",
+        target.id,
+        id.pool,
+        id.pg,
+        names.len(),
+        source.id
+    );
+    let (mut objects, mut bytes) = (0, 0);
+    for name in names {
+        let mut t = Transaction::new();
+        for k in dst.get(name).into_iter().flatten() {
+            t.push(TxOp::Remove(k.clone()));
+        }
+        for k in src.get(name).into_iter().flatten() {
+            match copy_object(source.store.as_ref(), k, &mut t) {
+                Ok(n) => bytes += n,
+                // Removed meanwhile: the catch-up removes it from the target.
+                Err(crate::store::StoreError::NotFound(_)) => {}
+                Err(e) => {
+                    return Err(OsdError::Store {
+                        osd: source.id,
+                        source: e,
+                    });
+                }
+            }
+        }
+        queue_and_wait(target.store.as_ref(), t).map_err(|e| err(e.to_string()))?;
+        objects += 1;
+    }
+    Ok((objects, bytes))
 }
 
 /// Bring `target`'s copy of PG `id` up to `source`'s (see the module doc).

@@ -8,6 +8,7 @@
 //!  no acting OSD up            down
 //!  newest copy on a down OSD   incomplete
 //!  being recovered now         peering+recovering / peering+backfilling
+//!  backfilled while serving    active+undersized+degraded+backfilling
 //!  not peered under this map   peering  (its I/O waits; others serve)
 //!  acting < min_size           undersized+degraded+peered  (I/O waits)
 //!  acting < size               active+undersized+degraded
@@ -129,7 +130,7 @@ impl Cluster {
                     pg,
                 };
                 let up = map.pg_up_set(&pool.info, pg);
-                let acting = map.pg_acting(&pool.info, pg);
+                let acting = inner.shared.acting(&map, &pool.info, pg);
                 let primary = acting.first().copied();
                 let posd = primary.and_then(|p| inner.osd(p));
                 let objects = posd
@@ -160,8 +161,13 @@ impl Cluster {
                 } else if incomplete.is_some() {
                     "incomplete".to_string()
                 } else if let Some(a) = activity.get(&id) {
-                    // Recovered while pending: its I/O waits meanwhile.
-                    format!("peering+{a}")
+                    if busy {
+                        // Recovered while pending: its I/O waits meanwhile.
+                        format!("peering+{a}")
+                    } else {
+                        // Backfilled while the others serve.
+                        format!("active+undersized+degraded+{a}")
+                    }
                 } else if busy {
                     "peering".to_string()
                 } else if acting.len() < min_size {
