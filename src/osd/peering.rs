@@ -8,15 +8,19 @@
 //!     │    is back (serving an older copy would lose acknowledged writes)
 //!     ├─ authoritative = up OSD (acting or stray) with the newest
 //!     │    last_update (the primary on a tie)
-//!     ├─ primary behind it?  recover primary from it
-//!     └─ each replica behind the primary?  recover it from the primary
+//!     └─ each acting OSD behind it:
+//!          its log position covered by the authoritative log?
+//!             yes: log recovery now (copy the objects named in the
+//!                  entries it missed)
+//!             no (or its copy is empty): backfill; if at least min_size
+//!                  copies are current without it, deferred: the PG serves
+//!                  from those (pg_temp) and backfill_live runs once every
+//!                  PG serves; else a backfill now (copy every object)
 //!
-//!  recover(target from source):
-//!     source log covers target.last_update?
-//!        yes: log-based: copy the objects named in the missed entries
-//!        no:  backfill: copy every object of the PG
-//!     then: target's PG log and info := source's (last, so that a crash in
-//!     between leaves the target "behind" and recovery simply runs again)
+//!  recover(target from source), the PG pending:
+//!     copy what the log or the backfill names, then target's PG log and
+//!     info := source's (last, so that a crash in between leaves the target
+//!     "behind" and recovery simply runs again)
 //! ```
 //!
 //! Runs on the thread that changes the map. At a map change client I/O is
