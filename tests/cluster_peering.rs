@@ -288,3 +288,50 @@ fn test_peering_backfill_runs_while_the_pg_serves_and_catches_up_after() {
     );
     c.shutdown().unwrap();
 }
+
+#[test]
+fn test_peering_rate_bounded_backfill_of_an_out_osd_leaves_identical_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ClusterConfig {
+        store: Arc::new(rbdfs::osd::MemStoreOpener::new()),
+        recovery_max_bytes_per_sec: Some(16 << 20),
+        ..ClusterConfig::default()
+    };
+    Cluster::create(
+        dir.path(),
+        CreateOptions {
+            num_osds: 4,
+            config: config.clone(),
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    let c = Cluster::open(dir.path(), config).unwrap();
+    let rados = Rados::new(c.clone());
+    let p = block_on(
+        rados
+            .backend()
+            .pool_create("rbd", Some(3), Some(2), Some(16)),
+    )
+    .unwrap();
+    let io = rados.ioctx_by_id(p.id);
+    let snapc = SnapContext::empty();
+    for i in 0..40 {
+        let data = Bytes::from(vec![i as u8; 16 << 10]);
+        block_on(io.write(&format!("o{i}"), &snapc, 0, data)).unwrap();
+    }
+    let before = c.status().recovery.objects_backfilled;
+
+    c.set_osd_in(3, false).unwrap();
+
+    assert!(c.status().recovery.objects_backfilled > before);
+    assert!(c.pg_list().iter().all(|p| p.state == "active+clean"));
+    common::assert_replicas_identical(&c);
+    for i in 0..40 {
+        assert_eq!(
+            block_on(io.read(&format!("o{i}"), SNAP_HEAD, 0, 1 << 20)),
+            Ok(Bytes::from(vec![i as u8; 16 << 10]))
+        );
+    }
+    c.shutdown().unwrap();
+}

@@ -77,6 +77,9 @@ pub struct ClusterConfig {
     pub op_timeout: Duration,
     /// How often the monitor polls the stores' health.
     pub monitor_interval: Duration,
+    /// Bound on the rate of backfill copies made while PGs serve (bytes per
+    /// second, averaged over each PG's copy); `None`: as fast as it goes.
+    pub recovery_max_bytes_per_sec: Option<u64>,
 }
 
 impl Default for ClusterConfig {
@@ -91,6 +94,7 @@ impl Default for ClusterConfig {
             store: Arc::new(FileStoreOpener::default()),
             op_timeout: Duration::from_secs(300),
             monitor_interval: Duration::from_millis(500),
+            recovery_max_bytes_per_sec: None,
         }
     }
 }
@@ -108,6 +112,10 @@ impl std::fmt::Debug for ClusterConfig {
             .field("default_pg_num", &self.default_pg_num)
             .field("op_timeout", &self.op_timeout)
             .field("monitor_interval", &self.monitor_interval)
+            .field(
+                "recovery_max_bytes_per_sec",
+                &self.recovery_max_bytes_per_sec,
+            )
             .finish_non_exhaustive()
     }
 }
@@ -272,7 +280,9 @@ impl Cluster {
         }
         map.epoch += 1;
         map.save(dir)?;
-        let shared = Arc::new(Shared::new(map.clone(), config.pg_log_max_entries.max(1)));
+        let mut shared = Shared::new(map.clone(), config.pg_log_max_entries.max(1));
+        shared.recovery_max_bytes_per_sec = config.recovery_max_bytes_per_sec.filter(|r| *r > 0);
+        let shared = Arc::new(shared);
         let (fail_tx, fail_rx) = std::sync::mpsc::channel();
         *shared.failures.lock() = Some(fail_tx);
         let mut osds = Vec::new();

@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     /// PGs served by fewer OSDs than the map says while the others are
     /// backfilled (Ceph's pg_temp): pg -> the serving OSDs, primary first.
     pub pg_temp: Mutex<HashMap<PgId, Vec<OsdId>>>,
+    /// Bound on backfill copy bandwidth (see `ClusterConfig`).
+    pub recovery_max_bytes_per_sec: Option<u64>,
     /// A map change is peering PGs (their locks may be held for long).
     pub peering: crate::sync::AtomicBool,
     /// The last recovery-rate sample: (when, objects recovered by then).
@@ -64,6 +66,7 @@ impl Shared {
             recovery: RecoveryCounters::default(),
             activity: Mutex::new(HashMap::new()),
             pg_temp: Mutex::new(HashMap::new()),
+            recovery_max_bytes_per_sec: None,
             peering: crate::sync::AtomicBool::new(false),
             rate_sample: Mutex::new(None),
         }

@@ -363,7 +363,15 @@ fn copy_pass(target: &Arc<Osd>, source: &Arc<Osd>, id: PgId) -> OsdResult<(u64, 
         source.id
     );
     let (mut objects, mut bytes) = (0, 0);
+    let start = std::time::Instant::now();
     for name in names {
+        // Client I/O shares the disks: keep to the configured rate.
+        if let Some(rate) = source.shared.recovery_max_bytes_per_sec {
+            let due = std::time::Duration::from_secs_f64(bytes as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
         let mut t = Transaction::new();
         for k in dst.get(name).into_iter().flatten() {
             t.push(TxOp::Remove(k.clone()));
