@@ -106,7 +106,7 @@ pub struct ClusterStatus {
     pub pgs_by_state: BTreeMap<String, usize>,
     pub objects: u64,
     pub objects_degraded: u64,
-    /// Always 0: a PG moves only while I/O is held (no pg_temp yet).
+    /// Always 0: copies being backfilled count as degraded instead.
     pub objects_misplaced: u64,
     pub recovery: RecoveryStatus,
     /// Client ops waiting for enough OSDs.
