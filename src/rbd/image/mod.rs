@@ -20,7 +20,7 @@ use crate::rados::{IoCtx, SNAP_HEAD, SnapContext, SnapId, WriteOp};
 use crate::rbd::error::{RbdError, Result};
 use crate::rbd::io::read_parent::ParentView;
 use crate::rbd::io::striper;
-use crate::rbd::object_map::ObjectMap;
+use crate::rbd::object_map::{NONEXISTENT, ObjectMap};
 use crate::rbd::spec::ImageSpec;
 use crate::rbd::types::{DuEntry, DuInfo, Features, ImageInfo, ParentInfo, SnapInfo};
 use crate::rbd::{Rbd, exclusive_lock::ExclusiveLock};
@@ -28,8 +28,11 @@ use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock};
 
 pub use header::{Header, ParentLink, SnapRecord};
 
-/// Per-object lock stripes: I/O to one object (write, copyup, flatten,
-/// rollback, trim) is serialised by the stripe `objno % OBJECT_LOCK_STRIPES`.
+/// Per-object lock stripes: anything that may change an object's map state or
+/// copy it up (first write, discard, copyup, flatten, rollback, trim) holds the
+/// stripe `objno % OBJECT_LOCK_STRIPES` exclusively; plain writes to an object
+/// that already exists and needs nothing of that share it, so they overlap and
+/// the OSD orders them.
 const OBJECT_LOCK_STRIPES: usize = 128;
 
 /// A parent link's (pool id, image id, snap id).
@@ -75,7 +78,7 @@ pub struct ImageCtx {
     /// I/O must not straddle (snapshot, resize, rollback, detaching the
     /// parent) hold it exclusively. This is librbd's "block writes".
     pub(crate) io_gate: tokio::sync::RwLock<()>,
-    object_locks: Vec<tokio::sync::Mutex<()>>,
+    object_locks: Vec<tokio::sync::RwLock<()>>,
     pub(crate) lock: ExclusiveLock,
     /// Objects with a recorded copyup intent (see `io::copyup::settle`).
     pending_copyups: Mutex<std::collections::HashSet<u64>>,
@@ -113,7 +116,7 @@ impl ImageCtx {
             parent_names: Mutex::new(HashMap::new()),
             io_gate: tokio::sync::RwLock::new(()),
             object_locks: (0..OBJECT_LOCK_STRIPES)
-                .map(|_| tokio::sync::Mutex::new(()))
+                .map(|_| tokio::sync::RwLock::new(()))
                 .collect(),
             lock: ExclusiveLock::new(client),
             pending_copyups: Mutex::new(std::collections::HashSet::new()),
@@ -139,7 +142,7 @@ impl ImageCtx {
     }
 
     /// The lock stripe of object `objno`.
-    pub(crate) fn object_lock(&self, objno: u64) -> &tokio::sync::Mutex<()> {
+    pub(crate) fn object_lock(&self, objno: u64) -> &tokio::sync::RwLock<()> {
         &self.object_locks[(objno % OBJECT_LOCK_STRIPES as u64) as usize]
     }
 
@@ -201,6 +204,16 @@ impl ImageCtx {
     }
 
     /// True when object `objno` may exist at the head or in any snapshot.
+    /// The head map's state of `objno` (`NONEXISTENT` past the end).
+    pub(crate) fn head_state(&self, objno: u64) -> u8 {
+        let m = self.head_map.lock();
+        if objno < m.len() {
+            m.state(objno)
+        } else {
+            NONEXISTENT
+        }
+    }
+
     pub(crate) fn map_exists_anywhere(&self, objno: u64) -> bool {
         self.head_map.lock().exists(objno)
             || self.snap_maps.lock().values().any(|m| m.exists(objno))
@@ -319,7 +332,7 @@ impl ImageCtx {
             .collect();
         self.pending_copyups.lock().extend(objs.iter().copied());
         for objno in objs {
-            let _obj = self.object_lock(objno).lock().await;
+            let _obj = self.object_lock(objno).write().await;
             crate::rbd::io::copyup::settle(self, objno).await?;
         }
         Ok(())

@@ -127,7 +127,7 @@ async fn read_object(
             return Ok(data);
         }
     }
-    let _obj = ctx.object_lock(e.objno).lock().await;
+    let _obj = ctx.object_lock(e.objno).write().await;
     copyup::settle(ctx, e.objno).await?;
     read_object_unlocked(ctx, snap, link.as_ref(), e).await
 }
@@ -161,7 +161,7 @@ async fn copy_on_read(ctx: &ImageCtx, hdr: &Header, objno: u64) -> Result<()> {
     if ctx.map_exists(SNAP_HEAD, objno) {
         return Ok(());
     }
-    let _obj = ctx.object_lock(objno).lock().await;
+    let _obj = ctx.object_lock(objno).write().await;
     copyup::settle(ctx, objno).await?;
     if let Some(plan) = copyup::plan(ctx, hdr, objno).await? {
         copyup::execute(ctx, hdr, objno, plan, Vec::new()).await?;
@@ -243,11 +243,32 @@ pub(crate) async fn write_object(
     objno: u64,
     op: ObjectWrite,
 ) -> Result<()> {
-    let _obj = ctx.object_lock(objno).lock().await;
-    copyup::settle(ctx, objno).await?;
     let oid = names::data_oid(ctx.id(), objno);
     let snapc = hdr.snapc();
     let has_parent = hdr.parent.is_some() || hdr.snaps.iter().any(|s| s.parent.is_some());
+    if matches!(op, ObjectWrite::Write { .. } | ObjectWrite::Zero { .. }) {
+        // Steady state: the object exists and has changed since the newest
+        // snapshot (EXISTS, not EXISTS_CLEAN) and no copyup is under way, so
+        // neither the map nor a copyup is needed. Every transition away from
+        // that state holds the stripe exclusively (and snapshot creation holds
+        // the I/O gate), so it cannot change while the shared lock is held.
+        let _shared = ctx.object_lock(objno).read().await;
+        if ctx.head_state(objno) == EXISTS && !ctx.copyup_pending(objno) {
+            let mut ops = op.to_ops();
+            if has_parent {
+                ops.insert(0, WriteOp::AssertExists);
+            }
+            match ctx.ioctx.operate_write(&oid, &snapc, ops).await {
+                Ok(()) => return Ok(()),
+                // A map entry left by a crash: take the exclusive path,
+                // which copies up first.
+                Err(RadosError::NotFound) if has_parent => {}
+                Err(e) => return Err(RbdError::rados(oid, e)),
+            }
+        }
+    }
+    let _obj = ctx.object_lock(objno).write().await;
+    copyup::settle(ctx, objno).await?;
     if ctx.map_exists(SNAP_HEAD, objno) {
         if !matches!(op, ObjectWrite::Remove) {
             // EXISTS_CLEAN -> EXISTS: the object changes after the snapshot.

@@ -97,7 +97,7 @@ pub(crate) async fn run(
 
 async fn flatten_object(ctx: &ImageCtx, objno: u64) -> Result<()> {
     let _gate = ctx.io_gate.read().await;
-    let _obj = ctx.object_lock(objno).lock().await;
+    let _obj = ctx.object_lock(objno).write().await;
     copyup::settle(ctx, objno).await?;
     let hdr = ctx.header();
     if let Some(plan) = copyup::plan(ctx, &hdr, objno).await? {

@@ -90,7 +90,7 @@ pub(crate) async fn run(
         |objno| {
             let snapc = &snapc;
             async move {
-                let _obj = ctx.object_lock(objno).lock().await;
+                let _obj = ctx.object_lock(objno).write().await;
                 crate::rbd::io::copyup::settle(ctx, objno).await?;
                 let oid = names::data_oid(ctx.id(), objno);
                 if objno >= first_whole {

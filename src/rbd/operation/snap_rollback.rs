@@ -55,7 +55,7 @@ pub(crate) async fn run(ctx: &ImageCtx, name: &str, progress: &dyn ProgressSink)
         |objno| {
             let (snapc, rec) = (&snapc, &rec);
             async move {
-                let _obj = ctx.object_lock(objno).lock().await;
+                let _obj = ctx.object_lock(objno).write().await;
                 crate::rbd::io::copyup::settle(ctx, objno).await?;
                 let oid = names::data_oid(ctx.id(), objno);
                 if objno < snap_count && ctx.map_exists(rec.id, objno) {

@@ -662,3 +662,124 @@ fn test_public_futures_are_send() {
         send(&rbd.execute(&spec("a"), img.new_request_id(), &op, &p, &c));
     });
 }
+
+/// Holds every data-object write until `n` of them are waiting, then lets
+/// them all through: writes that the image layer serialises never meet.
+struct Rendezvous {
+    inner: std::sync::Arc<dyn crate::rados::RadosBackend>,
+    barrier: std::sync::Arc<tokio::sync::Barrier>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl crate::rados::RadosBackend for Rendezvous {
+    fn read(
+        &self,
+        pool: crate::rados::PoolId,
+        oid: &str,
+        snap: crate::rados::SnapId,
+        ops: Vec<crate::rados::ReadOp>,
+    ) -> crate::rados::BoxFuture<'static, crate::rados::Result<Vec<crate::rados::ReadResult>>> {
+        self.inner.read(pool, oid, snap, ops)
+    }
+
+    fn write(
+        &self,
+        pool: crate::rados::PoolId,
+        oid: &str,
+        snapc: crate::rados::SnapContext,
+        ops: Vec<crate::rados::WriteOp>,
+    ) -> crate::rados::BoxFuture<'static, crate::rados::Result<()>> {
+        let held =
+            oid.starts_with("rbd_data.") && self.armed.load(std::sync::atomic::Ordering::SeqCst);
+        let barrier = self.barrier.clone();
+        let inner = self.inner.clone();
+        let oid = oid.to_string();
+        Box::pin(async move {
+            if held {
+                barrier.wait().await;
+            }
+            inner.write(pool, &oid, snapc, ops).await
+        })
+    }
+
+    fn flush(&self) -> crate::rados::BoxFuture<'static, crate::rados::Result<()>> {
+        self.inner.flush()
+    }
+
+    fn list_objects(
+        &self,
+        pool: crate::rados::PoolId,
+    ) -> crate::rados::BoxFuture<'static, crate::rados::Result<Vec<String>>> {
+        self.inner.list_objects(pool)
+    }
+
+    fn snap_create(
+        &self,
+        pool: crate::rados::PoolId,
+    ) -> crate::rados::BoxFuture<'static, crate::rados::Result<crate::rados::SnapId>> {
+        self.inner.snap_create(pool)
+    }
+
+    fn snap_remove(
+        &self,
+        pool: crate::rados::PoolId,
+        snap: crate::rados::SnapId,
+    ) -> crate::rados::BoxFuture<'static, crate::rados::Result<()>> {
+        self.inner.snap_remove(pool, snap)
+    }
+
+    fn pool_create(
+        &self,
+        name: &str,
+        size: Option<u32>,
+        min_size: Option<u32>,
+        pg_num: Option<u32>,
+    ) -> crate::rados::BoxFuture<'static, crate::rados::Result<crate::rados::PoolInfo>> {
+        self.inner.pool_create(name, size, min_size, pg_num)
+    }
+
+    fn pool_list(&self) -> crate::rados::Result<Vec<crate::rados::PoolInfo>> {
+        self.inner.pool_list()
+    }
+}
+
+#[tokio::test]
+async fn test_image_writes_to_one_existing_object_overlap() {
+    // Arrange: an image whose object 0 exists, on a backend that holds data
+    // writes until two are in flight at once.
+    let backend = std::sync::Arc::new(Rendezvous {
+        inner: std::sync::Arc::new(crate::rados::mem::MemRados::new()),
+        barrier: std::sync::Arc::new(tokio::sync::Barrier::new(2)),
+        armed: std::sync::atomic::AtomicBool::new(false),
+    });
+    let rados = crate::rados::Rados::new(backend.clone());
+    rados.pool_create("rbd", None).await.unwrap();
+    let rbd = crate::rbd::Rbd::new(rados, test_config());
+    rbd.create("rbd", "a", 4 * OBJ, &opts()).await.unwrap();
+    let img = rbd.open("rbd", "a", None).await.unwrap();
+    img.write(0, Bytes::from(vec![1u8; 512])).await.unwrap();
+    backend
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+
+    // Act: two writes to different ranges of object 0.
+    let both = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        tokio::join!(
+            img.write(0, Bytes::from(vec![2u8; 512])),
+            img.write(1024, Bytes::from(vec![3u8; 512])),
+        )
+    })
+    .await
+    .expect("the second write never reached the object store while the first was in flight");
+
+    // Assert
+    both.0.unwrap();
+    both.1.unwrap();
+    backend
+        .armed
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut want = vec![2u8; 512];
+    want.extend_from_slice(&[0u8; 512]);
+    want.extend_from_slice(&[3u8; 512]);
+    assert_bytes(&img.read(0, 1536).await.unwrap(), &want);
+}
