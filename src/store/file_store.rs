@@ -1057,7 +1057,7 @@ fn fail_callbacks(err: &StoreError, on_commit: Option<Callback>, on_applied: Cal
 /// written to and the journal's size, or why it was not written.
 struct Written {
     batch: Vec<Pending>,
-    res: Result<(Arc<File>, u64), StoreError>,
+    res: Result<journal::Appended, StoreError>,
 }
 
 /// Journal writer: takes every transaction queued so far and appends their
@@ -1095,6 +1095,10 @@ fn journal_loop(inner: Arc<Inner>, rx: mpsc::Receiver<Pending>, stx: mpsc::Sende
     }
 }
 
+/// Page-cache granule the syncer drops journal pages in (the largest common
+/// page size, so no partly written page is ever dropped).
+const JOURNAL_DROP_PAGE: u64 = 64 << 10;
+
 /// Journal syncer: one `fdatasync` for every batch written so far (it
 /// overlaps the writer's next `writev`), then `on_commit` in seq order and
 /// hand-off to the apply thread. The first failure fails the store: that
@@ -1108,20 +1112,28 @@ fn sync_loop(inner: Arc<Inner>, srx: mpsc::Receiver<Written>, atx: mpsc::Sender<
         let mut synced: Vec<*const File> = Vec::new();
         let mut total = 0;
         for w in &mut group {
-            let Ok((file, t)) = &w.res else { break };
-            total = *t;
-            if synced.contains(&Arc::as_ptr(file)) {
+            let Ok(a) = &w.res else { break };
+            total = a.total;
+            if synced.contains(&Arc::as_ptr(&a.file)) {
                 continue;
             }
-            if let Err(e) = file.sync_data() {
+            if let Err(e) = a.file.sync_data() {
                 w.res = Err(StoreError::Failed(format!("journal sync failed: {e}")));
                 break;
             }
             // The journal is read only by replay: drop its now clean pages
-            // so they do not crowd out object data in the page cache.
-            // SAFETY: posix_fadvise on a valid fd; advice only.
-            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-            synced.push(Arc::as_ptr(file));
+            // so they do not crowd out object data in the page cache. Only
+            // whole pages below the synced end: the partly filled last page
+            // is where the next append goes, and dropping it would make that
+            // append read the block back from disk first.
+            let whole = (a.end & !(JOURNAL_DROP_PAGE - 1)) as libc::off_t;
+            if whole > 0 {
+                // SAFETY: posix_fadvise on a valid fd; advice only.
+                unsafe {
+                    libc::posix_fadvise(a.file.as_raw_fd(), 0, whole, libc::POSIX_FADV_DONTNEED)
+                };
+            }
+            synced.push(Arc::as_ptr(&a.file));
         }
         for w in group {
             let ok = match &w.res {

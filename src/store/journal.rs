@@ -58,6 +58,16 @@ pub fn create_segment(root: &Path, start: u64) -> io::Result<File> {
     Ok(f)
 }
 
+/// Where an append went.
+pub struct Appended {
+    /// The segment written to.
+    pub file: Arc<File>,
+    /// The segment's length after the append.
+    pub end: u64,
+    /// Bytes in every segment still on disk.
+    pub total: u64,
+}
+
 /// The appending side of the journal.
 pub struct JournalWriter {
     root: PathBuf,
@@ -92,16 +102,11 @@ impl JournalWriter {
     }
 
     /// Append records (already in seq order, starting at `next_seq`) with one
-    /// `writev` loop. Returns the file they went to, which the caller must
-    /// `fdatasync` before calling them committed, and the journal's total
-    /// size. On error the segment may hold a partial record; the caller must
-    /// stop appending (replay treats it as a torn tail).
-    pub fn write(
-        &mut self,
-        first_seq: u64,
-        count: u64,
-        bufs: &[Bytes],
-    ) -> io::Result<(Arc<File>, u64)> {
+    /// `writev` loop. Returns where they went: the file, which the caller
+    /// must `fdatasync` before calling them committed. On error the segment
+    /// may hold a partial record; the caller must stop appending (replay
+    /// treats it as a torn tail).
+    pub fn write(&mut self, first_seq: u64, count: u64, bufs: &[Bytes]) -> io::Result<Appended> {
         if first_seq != self.next_seq {
             return Err(io::Error::other(format!(
                 "journal sequence gap: expected {}, got {first_seq}",
@@ -112,7 +117,11 @@ impl JournalWriter {
         write_all_bufs(&self.file, bufs)?;
         self.bytes += len;
         self.next_seq += count;
-        Ok((self.file.clone(), self.total_bytes()))
+        Ok(Appended {
+            file: self.file.clone(),
+            end: self.bytes,
+            total: self.total_bytes(),
+        })
     }
 
     /// Start a new segment at the next seq; returns the seq below which every
