@@ -3,9 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::osd::{Cluster, ClusterConfig, CreateOptions, OpenedStore, OsdError, StoreOpener};
+use crate::osd::{Cluster, ClusterConfig, CreateOptions, OsdError};
 use crate::rados::{Rados, RadosBackend, RadosError};
-use crate::store::{FileStore, StoreConfig, StoreResult};
 use crate::sync::Arc;
 
 /// The pool every new store gets.
@@ -77,30 +76,9 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
     move |source| StoreError::Io { context, source }
 }
 
-/// Opens OSD stores as [`FileStore`]s: what a real store directory holds.
-pub struct FileStoreOpener;
-
-impl StoreOpener for FileStoreOpener {
-    fn mkfs(&self, path: &Path) -> StoreResult<()> {
-        FileStore::mkfs(path)
-    }
-
-    fn open(&self, path: &Path) -> StoreResult<OpenedStore> {
-        let store = FileStore::open(path, StoreConfig::default())?;
-        let closing = store.clone();
-        let crashing = store.clone();
-        Ok(OpenedStore {
-            store,
-            close: Box::new(move || closing.close()),
-            crash: Box::new(move || crashing.crash()),
-        })
-    }
-}
-
 fn cluster_config() -> ClusterConfig {
     ClusterConfig {
         default_pool_size: DEFAULT_REPLICAS,
-        store: Arc::new(FileStoreOpener),
         ..ClusterConfig::default()
     }
 }
