@@ -383,6 +383,18 @@ fn osd_err(context: String) -> impl FnOnce(OsdError) -> CmdError {
 }
 
 /// Run a cluster call (map changes fsync and peer) off the async runtime.
+/// Mark osd.`id` `state` (up, down, in, out) through `f`.
+async fn mark_osd(
+    ctx: &Ctx,
+    id: u32,
+    state: &str,
+    f: impl FnOnce(&Cluster) -> Result<(), OsdError> + Send + 'static,
+) -> Result<Output, CmdError> {
+    on_cluster(ctx, format!("marking osd.{id} {state}"), f)
+        .await
+        .map(|_| Output::Nothing)
+}
+
 async fn on_cluster<T: Send + 'static>(
     ctx: &Ctx,
     context: String,
@@ -779,35 +791,19 @@ pub async fn execute(
             .map(Output::Osds),
         Command::OsdOut { id } => {
             let id = *id;
-            on_cluster(ctx, format!("marking osd.{id} out"), move |c| {
-                c.set_osd_in(id, false)
-            })
-            .await
-            .map(|_| Output::Nothing)
+            mark_osd(ctx, id, "out", move |c| c.set_osd_in(id, false)).await
         }
         Command::OsdIn { id } => {
             let id = *id;
-            on_cluster(ctx, format!("marking osd.{id} in"), move |c| {
-                c.set_osd_in(id, true)
-            })
-            .await
-            .map(|_| Output::Nothing)
+            mark_osd(ctx, id, "in", move |c| c.set_osd_in(id, true)).await
         }
         Command::OsdDown { id } => {
             let id = *id;
-            on_cluster(ctx, format!("marking osd.{id} down"), move |c| {
-                c.set_osd_up(id, false)
-            })
-            .await
-            .map(|_| Output::Nothing)
+            mark_osd(ctx, id, "down", move |c| c.set_osd_up(id, false)).await
         }
         Command::OsdUp { id } => {
             let id = *id;
-            on_cluster(ctx, format!("marking osd.{id} up"), move |c| {
-                c.set_osd_up(id, true)
-            })
-            .await
-            .map(|_| Output::Nothing)
+            mark_osd(ctx, id, "up", move |c| c.set_osd_up(id, true)).await
         }
         Command::OsdAdd { path } => {
             let p = std::path::PathBuf::from(path);

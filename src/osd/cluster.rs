@@ -475,27 +475,23 @@ impl Cluster {
                 return Err(OsdError::Store { osd, source: e });
             }
         }
-        self.inner.change_map(true, |m| {
-            let o = m
-                .osds
-                .iter_mut()
-                .find(|o| o.id == osd)
-                .ok_or(OsdError::NoSuchOsd(osd))?;
-            o.up = up;
-            Ok(())
-        })?;
-        self.inner.retry_pending_trims()
+        self.update_osd(osd, |o| o.up = up)
     }
 
     /// Mark an OSD in or out: out moves its PGs to other OSDs (backfilled).
     pub fn set_osd_in(&self, osd: OsdId, in_: bool) -> OsdResult<()> {
+        self.update_osd(osd, |o| o.in_ = in_)
+    }
+
+    /// Change one OSD's entry in a new map epoch, then retry owed trims.
+    fn update_osd(&self, osd: OsdId, f: impl FnOnce(&mut OsdInfo)) -> OsdResult<()> {
         self.inner.change_map(true, |m| {
             let o = m
                 .osds
                 .iter_mut()
                 .find(|o| o.id == osd)
                 .ok_or(OsdError::NoSuchOsd(osd))?;
-            o.in_ = in_;
+            f(o);
             Ok(())
         })?;
         self.inner.retry_pending_trims()
