@@ -106,7 +106,7 @@ fn commit(store: &FileStore, ops: Vec<TxOp>) {
     let (tx, rx) = channel();
     store
         .queue_transaction(
-            Transaction { ops },
+            Transaction::from(ops),
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),

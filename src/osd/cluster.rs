@@ -1095,6 +1095,12 @@ impl RadosBackend for Cluster {
 
     fn flush(&self) -> BoxFuture<'static, Result<()>> {
         let pending = self.inner.shared.flush.flush();
+        if pending.is_some() {
+            // Stores commit lazily; this flush is what they wait for.
+            for o in self.inner.osds.read().iter() {
+                o.store.commit_soon();
+            }
+        }
         Box::pin(async move {
             if let Some(rx) = pending {
                 rx.await.map_err(|_| RadosError::ShuttingDown)?;

@@ -46,6 +46,16 @@ pub(crate) fn peer_all(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -
     let Some(first) = osds.first() else {
         return Ok(());
     };
+    // Writes answered but not yet committed keep their PG busy: have every
+    // store commit, and the commit replies reach the primaries' queues.
+    for o in osds {
+        if let Err(e) = o.store.wait_committed() {
+            log::debug!("osd.{}: commit before peering: {e}", o.id);
+        }
+    }
+    for o in osds {
+        o.wait_idle();
+    }
     let flag = &first.shared.peering;
     flag.store(true, crate::sync::Ordering::SeqCst);
     let r = peer_all_pgs(osds, map, after_each);
@@ -235,7 +245,13 @@ fn peer_pg(osds: &[Arc<Osd>], map: &OsdMap, id: PgId, acting: &[OsdId]) -> OsdRe
     for &o in acting {
         if let Some(pg) = osd(osds, o)?.pg(id) {
             let mut pg = pg.lock();
-            debug_assert!(pg.is_idle(), "peering a busy pg");
+            debug_assert!(
+                pg.is_idle(),
+                "peering a busy pg {}.{:x} on osd.{o}: {}",
+                id.pool,
+                id.pg,
+                pg.busy_summary()
+            );
             pg.acting = if deferred.contains(&o) {
                 Vec::new()
             } else {
@@ -283,7 +299,7 @@ fn backfill_live(
         let target = osd(osds, t)?;
         // Between writes: every entry logged by then is applied, so all
         // the copy can miss is logged after `since`.
-        let since = when_idle(&spg, |pg| pg.log.info.last_update);
+        let since = when_idle(osds, &spg, |pg| pg.log.info.last_update);
         shared.activity.lock().insert(id, "backfilling");
         let copied = copy_pass(target, source, id);
         shared.activity.lock().remove(&id);
@@ -292,7 +308,7 @@ fn backfill_live(
         began.push((target, since));
     }
     // Wait for the writes in flight, then hold new ones (Busy, retried).
-    when_idle(&spg, |pg| pg.pending = true);
+    when_idle(osds, &spg, |pg| pg.pending = true);
     let caught_up = began.iter().try_for_each(|(target, since)| {
         if let Some(tpg) = target.pg(id) {
             tpg.lock().log.info.last_update = *since;
@@ -318,8 +334,10 @@ fn backfill_live(
 }
 
 /// Run `f` on the PG once no write is in flight in it (polled: writes in
-/// flight finish within a store round trip; new ones wait for the lock).
+/// flight finish within a store round trip once the stores commit, which
+/// they are asked to; new ones wait for the lock).
 fn when_idle<T>(
+    osds: &[Arc<Osd>],
     pg: &crate::sync::Mutex<super::pg::Pg>,
     f: impl FnOnce(&mut super::pg::Pg) -> T,
 ) -> T {
@@ -329,6 +347,9 @@ fn when_idle<T>(
             return f(&mut g);
         }
         drop(g);
+        for o in osds {
+            o.store.commit_soon();
+        }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }

@@ -832,7 +832,7 @@ impl Pg {
         }
         let plan = self.pool(osd).and_then(|pool| {
             let old = self.state(osd, &name)?;
-            plan_write(
+            let plan = plan_write(
                 self.id,
                 &name,
                 &old,
@@ -840,19 +840,26 @@ impl Pg {
                 &ops,
                 &pool,
                 self.next_version(1),
-            )
+            )?;
+            Ok(plan.map(|p| (p, old.digest)))
         });
         match plan {
             Err(e) => reply.send(self.check_failed(osd, Err(e))),
             Ok(None) => reply.send(Ok(())),
-            Ok(Some(plan)) => {
+            Ok(Some((plan, old_digest))) => {
                 let entry = PgLogEntry {
                     version: self.next_version(1),
                     op: LogOp::Modify,
                     name: name.clone(),
                     clone: plan.clone,
                 };
-                let txn = Transaction { ops: plan.ops };
+                // An object with a digest gets its first in-place overwrite:
+                // were the data to land without the record (a power loss),
+                // the digest that stays would call the object damaged.
+                let txn = Transaction {
+                    ops: plan.ops,
+                    commit_first: old_digest.is_some() && plan.state.digest.is_none(),
+                };
                 self.submit(osd, txn, vec![entry], vec![(name, plan.state)], reply);
             }
         }
@@ -909,7 +916,7 @@ impl Pg {
         if entries.is_empty() {
             return reply.send(Ok(()));
         }
-        self.submit(osd, Transaction { ops }, entries, updates, reply);
+        self.submit(osd, Transaction::from(ops), entries, updates, reply);
     }
 
     /// Log, queue locally, replicate, and track a write until it is applied
@@ -1117,6 +1124,27 @@ impl Pg {
             }
             self.handle(osd, ev);
         }
+    }
+
+    /// What keeps the PG busy (for assertions and logs).
+    pub fn busy_summary(&self) -> String {
+        let ops: Vec<String> = self
+            .inflight
+            .iter()
+            .map(|(tid, op)| {
+                format!(
+                    "tid {tid}: commit {:?} applied {:?} replied {}",
+                    op.waiting_for_commit,
+                    op.waiting_for_applied,
+                    op.reply.is_none()
+                )
+            })
+            .collect();
+        format!(
+            "{ops:?}, projected {:?}, parked {:?}",
+            self.projected.keys().collect::<Vec<_>>(),
+            self.waiting_for_readable.keys().collect::<Vec<_>>()
+        )
     }
 
     /// True when nothing is in flight (peering requires it).

@@ -1,15 +1,33 @@
 //! `FileStore`: the on-disk `ObjectStore`, write-ahead journaled.
 //!
 //! ```text
-//! queue_transaction ──> journal writer ──> journal syncer ──> apply thread
-//!   validate, space       one writev for     one fdatasync for   steps applied in
-//!   check, seq, encode    every queued       every written       seq order to the
-//!                         record             batch, on_commit    object files and
-//!                                            (durable)           the metadata table,
-//!                                                                on_applied (readable)
-//!                         checkpoint thread: rotate journal, snapshot metadata,
-//!                         syncfs, write snapshot, delete covered segments
+//! queue_transaction (caller's thread, under the submit lock)
+//!   validate, space check, seq, encode
+//!   append the record to the journal (write(2): page cache, survives kill -9)
+//!   [commit-first transactions: fdatasync the journal now]
+//!   apply the steps to the object files and the metadata table
+//!   on_applied (readable)  ── returns
+//!
+//! journal syncer: fdatasync of everything appended so far, when asked
+//!   (wait_committed, commit_soon: a client's flush) or every
+//!   commit_interval; then on_commit (durable) in seq order
+//! checkpoint thread: rotate journal, snapshot metadata, syncfs, write
+//!   snapshot, delete covered segments
 //! ```
+//!
+//! A transaction is applied as soon as its record is in the journal file, and
+//! committed (durable against power loss) by the next sync: the write-back
+//! semantics of a disk with a volatile cache, with the journal as the cache.
+//! A killed process loses nothing that was applied (the page cache keeps the
+//! record, replay re-applies it). A power loss loses at most what was applied
+//! since the last sync: the journal ends at a prefix, and object files may
+//! hold some bytes of the lost transactions' in-place `Write`/`Zero` steps
+//! (as a disk may hold some sectors of writes it never acknowledged as
+//! flushed). Steps whose early effect could damage state that was already
+//! committed are applied only after their record is durable: a `Clone` (a
+//! later in-place write would otherwise change what a lost clone record
+//! should have preserved), a `Truncate` of an existing file, and any
+//! transaction the caller marks [`Transaction::commit_first`].
 //!
 //! Store directory:
 //!
@@ -53,12 +71,12 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::codec::{self, EncodedRecord, MAX_PAYLOAD_LEN, Step};
+use super::codec::{self, MAX_PAYLOAD_LEN, Step};
 use super::data::{self, PLACED_ID_BIT, fsync_dir, obj_dir, obj_path, tmp_path};
 use super::journal::{self, JournalWriter, ReplayEnd, ReplayError};
 use super::meta::MetaTable;
@@ -86,9 +104,10 @@ pub struct StoreConfig {
     /// A `Write` at offset 0 of at least this many bytes goes straight to a
     /// new data file instead of through the journal; 0 turns this off.
     pub direct_write_min: u64,
-    /// `queue_transaction` blocks while queued, not yet applied transactions
-    /// carry more write data than this (one transaction always passes).
-    pub max_queued_bytes: u64,
+    /// The syncer commits applied transactions at least this often, when
+    /// nobody asks sooner (a flush, `wait_committed`): the most a power loss
+    /// can take of writes that nobody flushed.
+    pub commit_interval: Duration,
 }
 
 impl Default for StoreConfig {
@@ -98,14 +117,9 @@ impl Default for StoreConfig {
             min_free_bytes: 64 << 20,
             fake_available_bytes: None,
             direct_write_min: 512 << 10,
-            max_queued_bytes: 256 << 20,
+            commit_interval: Duration::from_secs(1),
         }
     }
-}
-
-thread_local! {
-    /// Set on a store's own threads, where callbacks run.
-    static ON_STORE_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -154,48 +168,31 @@ impl FdCache {
     }
 }
 
-/// Bytes a queued transaction holds until it is applied or fails.
-#[derive(Clone, Copy, Default)]
-struct Held {
-    /// Against the free-space check.
-    reserved: u64,
-    /// Against `max_queued_bytes`.
-    queued: u64,
-}
-
-/// A transaction on its way to the journal.
-struct Pending {
-    seq: u64,
-    rec: EncodedRecord,
-    steps: Vec<Step>,
-    /// The object shards it touches, sorted.
-    shards: Vec<usize>,
-    held: Held,
-    on_commit: Callback,
-    on_applied: Callback,
-}
-
-/// A durable transaction on its way to the apply thread.
-struct Committed {
-    seq: u64,
-    steps: Vec<Step>,
-    shards: Vec<usize>,
-    held: Held,
-    on_applied: Callback,
-}
-
 struct Submit {
     /// Seq the next queued transaction gets.
     next_seq: u64,
-    /// Collections as they will be once everything queued is applied.
+    /// Collections as they are with everything queued applied.
     colls: BTreeSet<CollId>,
-    tx: Option<mpsc::Sender<Pending>>,
+    /// False once the store stops taking transactions.
+    open: bool,
 }
 
 struct Progress {
     committed: u64,
     applied: u64,
     failed: Option<String>,
+}
+
+/// Commit callbacks of journaled transactions not yet synced, in seq order.
+#[derive(Default)]
+struct Commits {
+    waiting: std::collections::VecDeque<(u64, Callback)>,
+}
+
+#[derive(Default)]
+struct SyncReq {
+    requested: bool,
+    stop: bool,
 }
 
 #[derive(Default)]
@@ -212,22 +209,28 @@ struct Inner {
     meta: RwLock<MetaTable>,
     /// See [`SHARDS`].
     shards: Vec<RwLock<()>>,
-    /// Held by the apply thread for each transaction, by checkpoints to copy
-    /// the table between transactions.
+    /// Held while a transaction is applied, by checkpoints to copy the
+    /// table between transactions.
     apply_gate: Mutex<()>,
+    /// Held while a transaction is checked, journaled and applied: queue
+    /// order is journal order is apply order.
     submit: Mutex<Submit>,
     progress: Mutex<Progress>,
     progress_cv: Condvar,
+    /// Lock order: `submit`, then `journal`, then `commits`.
     journal: Mutex<JournalWriter>,
+    commits: Mutex<Commits>,
+    /// Held while commit callbacks run, so they run in seq order.
+    commit_run: Mutex<()>,
+    sync_req: Mutex<SyncReq>,
+    sync_cv: Condvar,
+    /// (segment start seq, bytes) of the journal as last synced (tests cut
+    /// the journal there to simulate a power loss).
+    synced_end: Mutex<(u64, u64)>,
     /// Serialises checkpoints.
     ckpt_lock: Mutex<()>,
     ckpt_req: Mutex<CkptReq>,
     ckpt_cv: Condvar,
-    /// Space reserved by queued transactions not yet applied.
-    reserved: AtomicU64,
-    /// Write data of queued transactions not yet applied (back-pressure).
-    queued: Mutex<u64>,
-    queued_cv: Condvar,
     /// Next placed-write file id (below `PLACED_ID_BIT`).
     next_placed: AtomicU64,
     /// Files of objects dropped by applied transactions: (seq, id). Deleted
@@ -242,18 +245,16 @@ struct Inner {
 
 #[derive(Default)]
 struct Threads {
-    journal: Option<JoinHandle<()>>,
     syncer: Option<JoinHandle<()>>,
-    apply: Option<JoinHandle<()>>,
     ckpt: Option<JoinHandle<()>>,
 }
 
 /// One OSD's store: a directory with a journal, a metadata snapshot and one
 /// data file per object.
 ///
-/// Callbacks run on the store's own threads, in seq order: they must be
-/// quick and must not wait on this store (`wait_*`, `sync`, `close`), or
-/// they stall or deadlock it.
+/// Callbacks run on the queueing thread or the store's own threads, in seq
+/// order: they must be quick and must not call into this store, or they
+/// stall or deadlock it.
 pub struct FileStore {
     inner: Arc<Inner>,
     threads: Mutex<Threads>,
@@ -321,8 +322,7 @@ impl FileStore {
     }
 
     /// Open the store in `path`: lock it, load the metadata snapshot, replay
-    /// the journal, checkpoint, and start the journal, apply and checkpoint
-    /// threads.
+    /// the journal, checkpoint, and start the syncer and checkpoint threads.
     pub fn open(path: &Path, cfg: StoreConfig) -> StoreResult<Arc<FileStore>> {
         check_superblock(path)?;
         let lock = take_lock(path)?;
@@ -334,8 +334,8 @@ impl FileStore {
         // Only now, with the replayed state in the snapshot, may files that no
         // object owns go: a crash during replay must find them again.
         let max_placed = sweep_objects(path, &meta)?;
-        let (tx, rx) = mpsc::channel();
         let colls = meta.colls.keys().copied().collect();
+        let segment = writer.start();
         let inner = Arc::new(Inner {
             root: path.to_path_buf(),
             cfg,
@@ -347,7 +347,7 @@ impl FileStore {
             submit: Mutex::new(Submit {
                 next_seq,
                 colls,
-                tx: Some(tx),
+                open: true,
             }),
             progress: Mutex::new(Progress {
                 committed: next_seq - 1,
@@ -356,12 +356,14 @@ impl FileStore {
             }),
             progress_cv: Condvar::new(),
             journal: Mutex::new(writer),
+            commits: Mutex::new(Commits::default()),
+            commit_run: Mutex::new(()),
+            sync_req: Mutex::new(SyncReq::default()),
+            sync_cv: Condvar::new(),
+            synced_end: Mutex::new((segment, 0)),
             ckpt_lock: Mutex::new(()),
             ckpt_req: Mutex::new(CkptReq::default()),
             ckpt_cv: Condvar::new(),
-            reserved: AtomicU64::new(0),
-            queued: Mutex::new(0),
-            queued_cv: Condvar::new(),
             next_placed: AtomicU64::new(max_placed + 1),
             doomed: Mutex::new(Vec::new()),
             fds: FdCache {
@@ -371,31 +373,28 @@ impl FileStore {
             closed: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
         });
-        let (stx, srx) = mpsc::channel();
-        let (atx, arx) = mpsc::channel();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.to_string())
-                .spawn(move || {
-                    ON_STORE_THREAD.set(true);
-                    f()
-                })
+                .spawn(f)
                 .map_err(io_err("starting a store thread"))
         };
         let i = inner.clone();
-        let journal = spawn("store-journal", Box::new(move || journal_loop(i, rx, stx)))?;
+        let syncer = spawn("store-jsync", Box::new(move || sync_loop(i)))?;
         let i = inner.clone();
-        let syncer = spawn("store-jsync", Box::new(move || sync_loop(i, srx, atx)))?;
-        let i = inner.clone();
-        let apply = spawn("store-apply", Box::new(move || apply_loop(i, arx)))?;
-        let i = inner.clone();
-        let ckpt = spawn("store-ckpt", Box::new(move || ckpt_loop(i)))?;
+        let ckpt = match spawn("store-ckpt", Box::new(move || ckpt_loop(i))) {
+            Ok(t) => t,
+            Err(e) => {
+                inner.sync_req.lock().stop = true;
+                inner.sync_cv.notify_all();
+                let _ = syncer.join();
+                return Err(e);
+            }
+        };
         Ok(Arc::new(FileStore {
             inner,
             threads: Mutex::new(Threads {
-                journal: Some(journal),
                 syncer: Some(syncer),
-                apply: Some(apply),
                 ckpt: Some(ckpt),
             }),
         }))
@@ -425,23 +424,46 @@ impl FileStore {
             Some(why) => Err(StoreError::Failed(why)),
             None => self.inner.checkpoint(),
         };
+        // Only after a failed checkpoint: those records may still commit at
+        // the next open, but nobody is left to hear it.
+        self.inner
+            .fail_commits(&StoreError::Failed("store is closed".into()));
         self.inner.lock.lock().take();
         res
     }
 
-    /// Simulate power loss, for tests: queued transactions not yet journaled
-    /// are dropped (their callbacks get `Err`), the threads stop between steps
-    /// without syncing or checkpointing anything, and the lock is released so
-    /// the directory can be opened again. Written file contents stay in the
-    /// page cache, which is the hardest case for replay: it sees every
-    /// effect of the transactions that were applied.
+    /// Simulate a crash of the process, for tests: an apply in progress
+    /// stops between steps, nothing more is synced or checkpointed, commit
+    /// callbacks still waiting get `Err`, and the lock is released so the
+    /// directory can be opened again. Written file contents stay (the page
+    /// cache outlives a killed process), which is the hardest case for
+    /// replay: it sees every effect of the transactions that were applied.
     pub fn crash(&self) {
         self.inner.crashed.store(true, Ordering::SeqCst);
         self.inner.closed.store(true, Ordering::SeqCst);
-        self.inner.wake_queuers();
         if self.stop_threads() {
+            self.inner.fail_commits(&self.inner.failed_err());
             self.inner.lock.lock().take();
         }
+    }
+
+    /// Simulate a power loss, for tests: [`FileStore::crash`], then the
+    /// journal loses what was appended after its last sync (object files
+    /// keep every applied byte, the worst case for replay).
+    pub fn crash_losing_unsynced(&self) -> io::Result<()> {
+        self.crash();
+        let (start, len) = *self.inner.synced_end.lock();
+        for (seg_start, path) in journal::list_segments(&self.inner.root)? {
+            if seg_start == start {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)?
+                    .set_len(len)?;
+            } else if seg_start > start {
+                data::remove_file(&path)?;
+            }
+        }
+        Ok(())
     }
 
     /// crc32c of the object's whole data (holes read as zeros).
@@ -488,33 +510,31 @@ impl FileStore {
         self.inner.progress.lock().applied
     }
 
-    /// Stop accepting transactions and let the threads finish (or, after
-    /// `crash`, abandon) what is queued.
+    /// Stop accepting transactions and stop the threads.
     ///
     /// Returns false if called on one of the store's own threads (from a
     /// callback): joining would wait for that very thread, directly or through
     /// the channel it feeds, so the threads finish on their own and the lock
     /// is released when the last of them drops the shared state.
     fn stop_threads(&self) -> bool {
-        self.inner.submit.lock().tx.take();
-        self.inner.wake_queuers();
+        self.inner.submit.lock().open = false;
         {
             let mut r = self.inner.ckpt_req.lock();
             r.stop = true;
             self.inner.ckpt_cv.notify_all();
         }
+        {
+            let mut r = self.inner.sync_req.lock();
+            r.stop = true;
+            self.inner.sync_cv.notify_all();
+        }
         self.inner.progress_cv.notify_all();
         let mut t = self.threads.lock();
         let me = std::thread::current().id();
-        let handles: Vec<JoinHandle<()>> = [
-            t.journal.take(),
-            t.syncer.take(),
-            t.apply.take(),
-            t.ckpt.take(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let handles: Vec<JoinHandle<()>> = [t.syncer.take(), t.ckpt.take()]
+            .into_iter()
+            .flatten()
+            .collect();
         if handles.iter().any(|h| h.thread().id() == me) {
             return false;
         }
@@ -530,6 +550,8 @@ impl FileStore {
 impl Drop for FileStore {
     fn drop(&mut self) {
         if !self.inner.closed.swap(true, Ordering::SeqCst) && self.stop_threads() {
+            self.inner
+                .fail_commits(&StoreError::Failed("store dropped unclosed".into()));
             self.inner.lock.lock().take();
         }
     }
@@ -795,7 +817,8 @@ impl Inner {
         self.failed.store(true, Ordering::Release);
         self.progress_cv.notify_all();
         drop(p);
-        self.wake_queuers();
+        self.sync_cv.notify_all();
+        self.fail_commits(&self.failed_err());
     }
 
     fn failed_err(&self) -> StoreError {
@@ -873,14 +896,12 @@ impl Inner {
         grows.then_some(need)
     }
 
-    /// Refuse `need` more bytes if, with everything queued but not yet
-    /// applied, less than `min_free_bytes` would stay free. Called under the
-    /// submit lock, so concurrent queuers cannot both take the last space.
+    /// Refuse `need` more bytes if less than `min_free_bytes` would stay
+    /// free. Called under the submit lock for journaled transactions, which
+    /// are applied before the lock is released, so concurrent queuers cannot
+    /// both take the last space.
     fn check_space(&self, need: u64, avail: u64) -> StoreResult<()> {
-        let pending = self.reserved.load(Ordering::Acquire);
-        let want = need
-            .saturating_add(pending)
-            .saturating_add(self.cfg.min_free_bytes);
+        let want = need.saturating_add(self.cfg.min_free_bytes);
         if avail < want {
             return Err(StoreError::NoSpace {
                 path: self.root.display().to_string(),
@@ -888,44 +909,6 @@ impl Inner {
                 avail,
             });
         }
-        Ok(())
-    }
-
-    /// A queued transaction's holds end (applied or failed): from now on
-    /// `statfs` accounts for what it wrote, and blocked queuers may go on.
-    fn release(&self, held: Held) {
-        self.reserved.fetch_sub(held.reserved, Ordering::AcqRel);
-        if held.queued > 0 {
-            let mut q = self.queued.lock();
-            *q -= held.queued;
-            self.queued_cv.notify_all();
-        }
-    }
-
-    fn wake_queuers(&self) {
-        let _q = self.queued.lock();
-        self.queued_cv.notify_all();
-    }
-
-    /// Back-pressure: wait while queued, unapplied transactions carry more
-    /// than `max_queued_bytes` of write data, then count `bytes` in. A lone
-    /// transaction always passes, so no size can wait forever. Store threads
-    /// (callbacks that queue) never wait: they are what frees the queue.
-    fn admit(&self, bytes: u64) -> StoreResult<()> {
-        let mut q = self.queued.lock();
-        if !ON_STORE_THREAD.get() {
-            while *q > 0 && q.saturating_add(bytes) > self.cfg.max_queued_bytes {
-                if self.closed.load(Ordering::Acquire)
-                    || self.failed.load(Ordering::Acquire)
-                    || self.crashed.load(Ordering::Acquire)
-                {
-                    drop(q);
-                    return Err(self.failed_err());
-                }
-                self.queued_cv.wait(&mut q);
-            }
-        }
-        *q += bytes;
         Ok(())
     }
 
@@ -941,7 +924,14 @@ impl Inner {
     fn checkpoint(&self) -> StoreResult<()> {
         let _g = self.ckpt_lock.lock();
         let ctx = format!("checkpointing {}", self.root.display());
-        let boundary = self.journal.lock().rotate().map_err(io_err(&ctx))?;
+        let boundary = {
+            let mut j = self.journal.lock();
+            let b = j.rotate().map_err(io_err(&ctx))?;
+            // The closed segments are synced (rotate syncs the one it closes).
+            *self.synced_end.lock() = (j.start(), j.bytes());
+            b
+        };
+        self.complete_commits(boundary - 1);
         self.wait_applied_seq(boundary - 1)?;
         let (snap, seq, doomed) = {
             // The gate keeps a transaction from being half applied in the copy,
@@ -1046,180 +1036,108 @@ fn check_collections(
     Ok(changed)
 }
 
-fn fail_callbacks(err: &StoreError, on_commit: Option<Callback>, on_applied: Callback) {
-    if let Some(c) = on_commit {
-        c(Err(err.clone()));
-    }
-    on_applied(Err(err.clone()));
-}
-
-/// A batch on its way from the journal writer to the syncer: the file it was
-/// written to and the journal's size, or why it was not written.
-struct Written {
-    batch: Vec<Pending>,
-    res: Result<journal::Appended, StoreError>,
-}
-
-/// Journal writer: takes every transaction queued so far and appends their
-/// records with one `writev` loop. It never runs callbacks, so they stay in
-/// seq order in the syncer.
-fn journal_loop(inner: Arc<Inner>, rx: mpsc::Receiver<Pending>, stx: mpsc::Sender<Written>) {
-    let mut broken: Option<StoreError> = None;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while let Ok(p) = rx.try_recv() {
-            batch.push(p);
-        }
-        let res = if let Some(e) = &broken {
-            Err(e.clone())
-        } else if inner.crashed.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
-            Err(inner.failed_err())
-        } else {
-            let bufs: Vec<Bytes> = batch
-                .iter()
-                .flat_map(|p| p.rec.bufs.iter().cloned())
-                .collect();
-            let r = inner
-                .journal
-                .lock()
-                .write(batch[0].seq, batch.len() as u64, &bufs);
-            r.map_err(|e| {
-                let e = StoreError::Failed(format!("journal write failed: {e}"));
-                broken = Some(e.clone());
-                e
-            })
-        };
-        if stx.send(Written { batch, res }).is_err() {
-            return;
-        }
-    }
-}
-
 /// Page-cache granule the syncer drops journal pages in (the largest common
 /// page size, so no partly written page is ever dropped).
 const JOURNAL_DROP_PAGE: u64 = 64 << 10;
 
-/// Journal syncer: one `fdatasync` for every batch written so far (it
-/// overlaps the writer's next `writev`), then `on_commit` in seq order and
-/// hand-off to the apply thread. The first failure fails the store: that
-/// batch's and every later callback gets `Err`.
-fn sync_loop(inner: Arc<Inner>, srx: mpsc::Receiver<Written>, atx: mpsc::Sender<Committed>) {
-    while let Ok(first) = srx.recv() {
-        let mut group = vec![first];
-        while let Ok(w) = srx.try_recv() {
-            group.push(w);
+/// Journal syncer: commits everything appended so far when asked, or every
+/// `commit_interval` while something is uncommitted. On stop it leaves the
+/// rest to `close` (whose checkpoint commits it) or to a crash (which loses
+/// nothing a killed process would).
+fn sync_loop(inner: Arc<Inner>) {
+    loop {
+        {
+            let mut r = inner.sync_req.lock();
+            if !r.requested && !r.stop {
+                inner.sync_cv.wait_for(&mut r, inner.cfg.commit_interval);
+            }
+            if r.stop {
+                return;
+            }
+            r.requested = false;
         }
-        let mut synced: Vec<*const File> = Vec::new();
-        let mut total = 0;
-        for w in &mut group {
-            let Ok(a) = &w.res else { break };
-            total = a.total;
-            if synced.contains(&Arc::as_ptr(&a.file)) {
-                continue;
-            }
-            if let Err(e) = a.file.sync_data() {
-                w.res = Err(StoreError::Failed(format!("journal sync failed: {e}")));
-                break;
-            }
-            // The journal is read only by replay: drop its now clean pages
-            // so they do not crowd out object data in the page cache. Only
-            // whole pages below the synced end: the partly filled last page
-            // is where the next append goes, and dropping it would make that
-            // append read the block back from disk first.
-            let whole = (a.end & !(JOURNAL_DROP_PAGE - 1)) as libc::off_t;
-            if whole > 0 {
-                // SAFETY: posix_fadvise on a valid fd; advice only.
-                unsafe {
-                    libc::posix_fadvise(a.file.as_raw_fd(), 0, whole, libc::POSIX_FADV_DONTNEED)
-                };
-            }
-            synced.push(Arc::as_ptr(&a.file));
+        if inner.crashed.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
+            continue;
         }
-        for w in group {
-            let ok = match &w.res {
-                Ok(_) => {
-                    !inner.failed.load(Ordering::Acquire) && !inner.crashed.load(Ordering::Acquire)
-                }
-                Err(StoreError::Failed(why)) if !inner.crashed.load(Ordering::Acquire) => {
-                    inner.fail(why.clone());
-                    false
-                }
-                Err(_) => false,
-            };
-            if !ok {
-                let err = inner.failed_err();
-                for p in w.batch {
-                    inner.release(p.held);
-                    fail_callbacks(&err, Some(p.on_commit), p.on_applied);
-                }
-                continue;
-            }
-            {
-                let mut pr = inner.progress.lock();
-                pr.committed = w.batch[w.batch.len() - 1].seq;
-                inner.progress_cv.notify_all();
-            }
-            for p in w.batch {
-                (p.on_commit)(Ok(()));
-                let c = Committed {
-                    seq: p.seq,
-                    steps: p.steps,
-                    shards: p.shards,
-                    held: p.held,
-                    on_applied: p.on_applied,
-                };
-                if let Err(mpsc::SendError(c)) = atx.send(c) {
-                    inner.release(c.held);
-                    (c.on_applied)(Err(inner.failed_err()));
-                }
-            }
-        }
-        if total > inner.cfg.journal_max_bytes {
-            inner.request_checkpoint();
+        if let Err(e) = inner.commit_written() {
+            log::debug!("store {}: commit: {e}", inner.root.display());
         }
     }
 }
 
-fn apply_loop(inner: Arc<Inner>, rx: mpsc::Receiver<Committed>) {
-    while let Ok(c) = rx.recv() {
-        if inner.crashed.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
-            inner.release(c.held);
-            (c.on_applied)(Err(inner.failed_err()));
-            continue;
-        }
-        let res = {
-            let _gate = inner.apply_gate.lock();
-            let _shards: Vec<_> = c.shards.iter().map(|i| inner.shards[*i].write()).collect();
-            let mut ctx = ApplyCtx {
-                root: &inner.root,
-                replay: None,
-                crashed: Some(&inner.crashed),
-                doomed: Vec::new(),
-                fds: Some(&inner.fds),
-            };
-            let r = apply_txn(&mut ctx, &inner.meta, c.seq, &c.steps);
-            // Under the gate, so a checkpoint's table copy and doomed list agree.
-            inner
-                .doomed
-                .lock()
-                .extend(ctx.doomed.into_iter().map(|id| (c.seq, id)));
-            r
+impl Inner {
+    /// Ask the syncer to commit what is appended now.
+    fn request_commit(&self) {
+        let mut r = self.sync_req.lock();
+        r.requested = true;
+        self.sync_cv.notify_all();
+    }
+
+    /// Make every record appended so far durable with one `fdatasync`, then
+    /// run their commit callbacks. A failed sync fails the store.
+    fn commit_written(&self) -> StoreResult<()> {
+        let (file, upto, start, end) = {
+            let j = self.journal.lock();
+            (j.file(), j.last_seq(), j.start(), j.bytes())
         };
-        inner.release(c.held);
-        match res {
-            Ok(true) => {
-                {
-                    let mut p = inner.progress.lock();
-                    p.applied = c.seq;
-                    inner.progress_cv.notify_all();
-                }
-                (c.on_applied)(Ok(()));
+        if upto <= self.progress.lock().committed {
+            return Ok(());
+        }
+        if let Err(e) = file.sync_data() {
+            self.fail(format!("journal sync failed: {e}"));
+            return Err(self.failed_err());
+        }
+        // The journal is read only by replay: drop its now clean pages so
+        // they do not crowd out object data in the page cache. Only whole
+        // pages below the synced end: the partly filled last page is where
+        // the next append goes, and dropping it would make that append read
+        // the block back from disk first.
+        let whole = (end & !(JOURNAL_DROP_PAGE - 1)) as libc::off_t;
+        if whole > 0 {
+            // SAFETY: posix_fadvise on a valid fd; advice only.
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, whole, libc::POSIX_FADV_DONTNEED) };
+        }
+        {
+            let mut s = self.synced_end.lock();
+            if start > s.0 || (start == s.0 && end > s.1) {
+                *s = (start, end);
             }
-            Ok(false) => (c.on_applied)(Err(inner.failed_err())),
-            Err(e) => {
-                inner.fail(format!("applying seq {} failed: {e}", c.seq));
-                (c.on_applied)(Err(inner.failed_err()));
+        }
+        self.complete_commits(upto);
+        Ok(())
+    }
+
+    /// Records up to `upto` are durable: note it and run their commit
+    /// callbacks, in seq order.
+    fn complete_commits(&self, upto: u64) {
+        let _run = self.commit_run.lock();
+        let ready: Vec<Callback> = {
+            let mut c = self.commits.lock();
+            let mut v = Vec::new();
+            while c.waiting.front().is_some_and(|(seq, _)| *seq <= upto) {
+                v.extend(c.waiting.pop_front().map(|(_, cb)| cb));
             }
+            v
+        };
+        // Callbacks first: whoever waits for the seq (wait_committed) may
+        // count on them having run.
+        for cb in ready {
+            cb(Ok(()));
+        }
+        let mut p = self.progress.lock();
+        if upto > p.committed {
+            p.committed = upto;
+            self.progress_cv.notify_all();
+        }
+    }
+
+    /// Commit callbacks still waiting get `err` (the store failed, crashed
+    /// or closed before their records were known durable).
+    fn fail_commits(&self, err: &StoreError) {
+        let _run = self.commit_run.lock();
+        let all = std::mem::take(&mut self.commits.lock().waiting);
+        for (_, cb) in all {
+            cb(Err(err.clone()));
         }
     }
 }
@@ -1662,17 +1580,6 @@ fn direct_write(cfg: &StoreConfig, op: &TxOp) -> bool {
         if cfg.direct_write_min > 0 && data.len() as u64 >= cfg.direct_write_min)
 }
 
-/// Write data bytes a transaction carries (what back-pressure counts).
-fn write_bytes(txn: &Transaction) -> u64 {
-    txn.ops
-        .iter()
-        .map(|op| match op {
-            TxOp::Write { data, .. } => data.len() as u64,
-            _ => 0,
-        })
-        .sum()
-}
-
 impl Inner {
     /// Write each direct-path step's data to a new file and make it durable
     /// (data, then directory entry). Runs on the queueing thread, so callers
@@ -1717,27 +1624,28 @@ impl Inner {
         Ok(placed)
     }
 
-    /// The rest of `queue_transaction`, once admitted; on error the caller
-    /// releases `held`.
-    fn queue_admitted(
+    /// Check, journal and apply a transaction on the caller's thread; see
+    /// the module comment. Runs `on_applied` before it returns `Ok`.
+    fn queue_inline(
         &self,
         txn: Transaction,
         on_commit: Callback,
         on_applied: Callback,
-        held: &mut Held,
     ) -> StoreResult<()> {
-        let inner = self;
         // Ordering invariant of the direct path: every placed file is written,
         // fdatasync'd and its directory entry fsync'd HERE, before the
-        // transaction gets a seq and reaches the journal writer, so no record
-        // naming a placed file can be on disk (even unsynced) before the file
-        // is durable. Replay relies on it and fails loudly if a file is absent.
-        let placed = inner.place_writes(&txn)?;
+        // transaction gets a seq and reaches the journal, so no record naming
+        // a placed file can be on disk (even unsynced) before the file is
+        // durable. Replay relies on it and fails loudly if a file is absent.
+        let placed = self.place_writes(&txn)?;
         let steps = placed.steps(&txn);
         let payload = codec::encode_payload(&steps);
+        let refuse = |e: StoreError| {
+            placed.discard(&self.root);
+            Err(e)
+        };
         if payload.len > u64::from(MAX_PAYLOAD_LEN) {
-            placed.discard(&inner.root);
-            return Err(StoreError::io(
+            return refuse(StoreError::io(
                 "queueing a transaction",
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -1749,62 +1657,114 @@ impl Inner {
             ));
         }
         // The placed data is on disk already: `available` counts it.
-        let need = inner
+        let need = self
             .space_need(&txn, payload.len)
             .map(|n| n.saturating_sub(placed.bytes));
-        let avail = match need {
-            Some(_) => match inner.available() {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    placed.discard(&inner.root);
-                    return Err(e);
-                }
-            },
-            None => None,
+        let avail = match need.map(|_| self.available()).transpose() {
+            Ok(a) => a,
+            Err(e) => return refuse(e),
         };
         let shards = txn_shards(&txn);
-        let mut s = inner.submit.lock();
+        let commit_first = txn.commit_first || must_commit_first(&steps);
+
+        let mut s = self.submit.lock();
         let checked = check_collections(&s.colls, &txn).and_then(|after| {
             if let (Some(need), Some(avail)) = (need, avail) {
-                inner.check_space(need, avail)?;
+                self.check_space(need, avail)?;
             }
             Ok(after)
         });
         let after = match checked {
             Ok(a) => a,
-            Err(e) => {
-                placed.discard(&inner.root);
-                return Err(e);
-            }
+            Err(e) => return refuse(e),
         };
-        let Some(tx) = s.tx.clone() else {
-            placed.discard(&inner.root);
-            return Err(inner.failed_err());
-        };
-        held.reserved = need.unwrap_or(0);
+        if !s.open || self.crashed.load(Ordering::Acquire) {
+            return refuse(self.failed_err());
+        }
         let seq = s.next_seq;
         let rec = codec::frame_record(seq, payload);
-        let p = Pending {
-            seq,
-            rec,
-            steps,
-            shards,
-            held: *held,
-            on_commit,
-            on_applied,
+        let appended = {
+            let mut j = self.journal.lock();
+            let r = j.write(seq, 1, &rec.bufs);
+            if r.is_ok() {
+                // Under the journal lock, so a sync that covers the record
+                // also finds its callback.
+                self.commits.lock().waiting.push_back((seq, on_commit));
+            }
+            r
         };
-        inner.reserved.fetch_add(held.reserved, Ordering::AcqRel);
-        if tx.send(p).is_err() {
-            // The journal writer is gone; the record never reached it.
-            placed.discard(&inner.root);
-            return Err(inner.failed_err());
-        }
+        let journal_bytes = match appended {
+            Ok(total) => total,
+            Err(e) => {
+                // The segment may end in part of this record (a torn tail to
+                // replay): nothing may be appended after it.
+                // Its placed file stays for the open's sweep: were the record
+                // whole on disk after all, replay would need the file.
+                let why = format!("journal write failed: {e}");
+                self.fail(why);
+                return Err(self.failed_err());
+            }
+        };
         s.next_seq += 1;
         if let Some(after) = after {
             s.colls = after;
         }
+        if journal_bytes > self.cfg.journal_max_bytes {
+            self.request_checkpoint();
+        }
+        if commit_first && self.commit_written().is_err() {
+            drop(s);
+            on_applied(Err(self.failed_err()));
+            return Ok(());
+        }
+        let res = {
+            let _gate = self.apply_gate.lock();
+            let _shards: Vec<_> = shards.iter().map(|i| self.shards[*i].write()).collect();
+            let mut ctx = ApplyCtx {
+                root: &self.root,
+                replay: None,
+                crashed: Some(&self.crashed),
+                doomed: Vec::new(),
+                fds: Some(&self.fds),
+            };
+            let r = apply_txn(&mut ctx, &self.meta, seq, &steps);
+            // Under the gate, so a checkpoint's table copy and doomed list agree.
+            self.doomed
+                .lock()
+                .extend(ctx.doomed.into_iter().map(|id| (seq, id)));
+            r
+        };
+        let res = match res {
+            Ok(true) => {
+                let mut p = self.progress.lock();
+                p.applied = seq;
+                self.progress_cv.notify_all();
+                Ok(())
+            }
+            Ok(false) => Err(self.failed_err()),
+            Err(e) => {
+                self.fail(format!("applying seq {seq} failed: {e}"));
+                Err(self.failed_err())
+            }
+        };
+        drop(s);
+        on_applied(res);
         Ok(())
     }
+}
+
+/// Steps that must not reach the object files before their record is
+/// durable (see the module comment): a `Clone`, whose source a later
+/// in-place write may change; a `Truncate` of a file that holds committed
+/// bytes (not the new file of a `Place` earlier in the transaction).
+fn must_commit_first(steps: &[Step]) -> bool {
+    steps.iter().enumerate().any(|(i, step)| match step {
+        Step::Op(TxOp::Clone { .. }) => true,
+        Step::Op(TxOp::Truncate { key, .. }) => !steps[..i]
+            .iter()
+            .any(|s| matches!(s, Step::Place { key: k, .. } if k == key)),
+        _ => false,
+    })
 }
 
 impl ObjectStore for FileStore {
@@ -1814,20 +1774,9 @@ impl ObjectStore for FileStore {
         on_commit: Callback,
         on_applied: Callback,
     ) -> StoreResult<()> {
-        let inner = &self.inner;
-        inner.usable()?;
+        self.inner.usable()?;
         check_ranges(&txn)?;
-        let queued = write_bytes(&txn);
-        inner.admit(queued)?;
-        let mut held = Held {
-            reserved: 0,
-            queued,
-        };
-        let res = inner.queue_admitted(txn, on_commit, on_applied, &mut held);
-        if res.is_err() {
-            inner.release(held);
-        }
-        res
+        self.inner.queue_inline(txn, on_commit, on_applied)
     }
 
     fn read(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<Bytes> {
@@ -1920,7 +1869,12 @@ impl ObjectStore for FileStore {
     fn wait_committed(&self) -> StoreResult<()> {
         self.inner.usable()?;
         let target = self.inner.submit.lock().next_seq - 1;
+        self.inner.request_commit();
         self.inner.wait_committed_seq(target)
+    }
+
+    fn commit_soon(&self) {
+        self.inner.request_commit();
     }
 
     fn data_digest(&self, key: &ObjectKey) -> StoreResult<u32> {

@@ -5,9 +5,9 @@
 //! segment and deletes the older ones once the metadata snapshot covers their
 //! last record. A closed segment was fully synced before the rotation.
 //!
-//! Appends are group commits: every record queued so far is written with one
-//! `writev` loop; the caller makes a run of such writes durable with one
-//! `fdatasync` (on its own thread, so the next write overlaps the sync).
+//! Appends go to the page cache (one `writev` loop per append); the caller
+//! makes every append so far durable with one `fdatasync` of the current
+//! segment (a group commit), whenever it needs to.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
@@ -58,16 +58,6 @@ pub fn create_segment(root: &Path, start: u64) -> io::Result<File> {
     Ok(f)
 }
 
-/// Where an append went.
-pub struct Appended {
-    /// The segment written to.
-    pub file: Arc<File>,
-    /// The segment's length after the append.
-    pub end: u64,
-    /// Bytes in every segment still on disk.
-    pub total: u64,
-}
-
 /// The appending side of the journal.
 pub struct JournalWriter {
     root: PathBuf,
@@ -96,17 +86,37 @@ impl JournalWriter {
         })
     }
 
+    /// The segment appended to now.
+    pub fn file(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
+    /// Start seq of the current segment.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Bytes in the current segment.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Seq of the last record appended (start - 1 when none yet).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
     /// Bytes in every segment still on disk.
     pub fn total_bytes(&self) -> u64 {
         self.bytes + self.older.iter().map(|(_, b)| b).sum::<u64>()
     }
 
     /// Append records (already in seq order, starting at `next_seq`) with one
-    /// `writev` loop. Returns where they went: the file, which the caller
-    /// must `fdatasync` before calling them committed. On error the segment
+    /// `writev` loop. Returns the bytes in every segment now; the caller must
+    /// `fdatasync` the current segment before calling them committed. On error the segment
     /// may hold a partial record; the caller must stop appending (replay
     /// treats it as a torn tail).
-    pub fn write(&mut self, first_seq: u64, count: u64, bufs: &[Bytes]) -> io::Result<Appended> {
+    pub fn write(&mut self, first_seq: u64, count: u64, bufs: &[Bytes]) -> io::Result<u64> {
         if first_seq != self.next_seq {
             return Err(io::Error::other(format!(
                 "journal sequence gap: expected {}, got {first_seq}",
@@ -117,17 +127,15 @@ impl JournalWriter {
         write_all_bufs(&self.file, bufs)?;
         self.bytes += len;
         self.next_seq += count;
-        Ok(Appended {
-            file: self.file.clone(),
-            end: self.bytes,
-            total: self.total_bytes(),
-        })
+        Ok(self.total_bytes())
     }
 
-    /// Start a new segment at the next seq; returns the seq below which every
-    /// record is in an older segment. No-op if the current one is empty.
+    /// Sync the current segment and start a new one at the next seq; returns
+    /// the seq below which every record is in an older (synced) segment.
+    /// No-op if the current one is empty.
     pub fn rotate(&mut self) -> io::Result<u64> {
         if self.bytes > 0 {
+            self.file.sync_data()?;
             let file = Arc::new(create_segment(&self.root, self.next_seq)?);
             self.older.push((self.start, self.bytes));
             self.file = file;

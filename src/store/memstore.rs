@@ -342,7 +342,7 @@ mod tests {
     }
 
     fn queue(s: &MemStore, ops: Vec<TxOp>) -> StoreResult<()> {
-        s.queue_transaction(Transaction { ops }, Box::new(|_| {}), Box::new(|_| {}))
+        s.queue_transaction(Transaction::from(ops), Box::new(|_| {}), Box::new(|_| {}))
     }
 
     #[test]

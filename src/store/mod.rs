@@ -1,15 +1,17 @@
 //! One OSD's local storage: transactions, a write-ahead journal, object files.
 //!
 //! The OSD above builds a [`Transaction`] (the ObjectStore transaction of Ceph's
-//! write path) and queues it; the store journals it, groups many queued
-//! transactions into one `fdatasync` (commit, durable), then applies it to the
-//! object files (applied, readable), in queue order. Reads see applied state only.
+//! write path) and queues it; the store journals it and applies it to the
+//! object files (applied, readable), in queue order, and makes it durable
+//! (committed) with a later `fdatasync` that many transactions share. Reads
+//! see applied state only.
 //!
 //! The store knows nothing of snapshots, PGs' meaning or replication: clones are
 //! plain objects with a snap id in their key, PG logs and infos are collection
 //! metadata. It only promises that a transaction is atomic, durable once its
-//! commit callback ran, and that a crash at any moment reopens to exactly the
-//! transactions whose commit callbacks may have run (a prefix of the queue order).
+//! commit callback ran, that a killed process reopens to exactly the
+//! transactions that were applied, and that a power loss reopens to a prefix
+//! of the queue order that includes every committed transaction.
 
 use std::collections::BTreeMap;
 
@@ -100,6 +102,21 @@ pub enum TxOp {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Transaction {
     pub ops: Vec<TxOp>,
+    /// Apply only once the transaction is durable. A store may otherwise
+    /// apply it before it commits, so that after a power loss (not a process
+    /// kill) the object files can hold some in-place bytes of a transaction
+    /// the journal lost. Set it when such bytes would contradict metadata
+    /// that stays, e.g. an overwrite that invalidates a stored data digest.
+    pub commit_first: bool,
+}
+
+impl From<Vec<TxOp>> for Transaction {
+    fn from(ops: Vec<TxOp>) -> Self {
+        Transaction {
+            ops,
+            commit_first: false,
+        }
+    }
 }
 
 impl Transaction {
@@ -169,13 +186,15 @@ pub struct StoreSpace {
 
 /// What an OSD needs from its local store.
 pub trait ObjectStore: Send + Sync + 'static {
-    /// Queue a transaction. `on_commit` runs once it is durable (journal synced),
-    /// `on_applied` once it is readable; both run exactly once, in queue order
-    /// across transactions, and `on_commit` before `on_applied`. An `Err` return
-    /// (no space, store failed) means nothing was queued and no callback runs.
-    /// May block: while too much queued data waits to be applied, and while
-    /// a large write's data is written and synced (on the caller's thread,
-    /// so callers on several threads write in parallel).
+    /// Queue a transaction. `on_applied` runs once it is readable, `on_commit`
+    /// once it is durable (journal synced); each runs exactly once, each kind
+    /// in queue order across transactions, and either may run first. Callbacks
+    /// may run on the caller's thread before this returns, or on a store
+    /// thread: they must be quick and must not call into the same store. An
+    /// `Err` return (no space, store failed) means nothing was queued and no
+    /// callback runs. May block while a large write's data is written and
+    /// synced (on the caller's thread, so callers on several threads write in
+    /// parallel).
     fn queue_transaction(
         &self,
         txn: Transaction,
@@ -199,6 +218,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn wait_applied(&self) -> StoreResult<()>;
     /// Returns once every transaction queued before the call is committed.
     fn wait_committed(&self) -> StoreResult<()>;
+    /// Start committing every transaction queued so far, without waiting
+    /// (a client flush: its waiters hear from the commit callbacks).
+    fn commit_soon(&self) {}
     fn space(&self) -> StoreResult<StoreSpace>;
 
     /// crc32c of the object's whole data (deep scrub).

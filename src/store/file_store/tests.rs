@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::rados::SNAP_HEAD;
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::channel;
 use std::time::Duration;
 
 const COLL: CollId = CollId { pool: 1, pg: 0 };
@@ -52,7 +52,7 @@ fn nop() -> Callback {
 fn run(s: &FileStore, ops: Vec<TxOp>) -> StoreResult<()> {
     let (tx, rx) = channel();
     s.queue_transaction(
-        Transaction { ops },
+        Transaction::from(ops),
         nop(),
         Box::new(move |r| tx.send(r).unwrap()),
     )?;
@@ -281,13 +281,7 @@ fn test_write_to_missing_collection_is_refused_up_front() {
         ..key("o")
     };
 
-    let r = s.queue_transaction(
-        Transaction {
-            ops: vec![TxOp::Touch(k)],
-        },
-        nop(),
-        nop(),
-    );
+    let r = s.queue_transaction(Transaction::from(vec![TxOp::Touch(k)]), nop(), nop());
 
     assert!(matches!(r, Err(StoreError::NoCollection(c)) if c == other));
 }
@@ -301,9 +295,7 @@ fn test_collection_created_by_queued_txn_accepts_next_txn() {
         ..key("o")
     };
     s.queue_transaction(
-        Transaction {
-            ops: vec![TxOp::CreateCollection(other)],
-        },
+        Transaction::from(vec![TxOp::CreateCollection(other)]),
         nop(),
         nop(),
     )
@@ -315,17 +307,18 @@ fn test_collection_created_by_queued_txn_accepts_next_txn() {
 }
 
 #[test]
-fn test_callbacks_commit_before_applied_in_seq_order() {
-    let (_d, s) = new_store();
+fn test_callbacks_applied_at_queue_and_committed_in_seq_order_by_the_next_sync() {
+    let (_d, s) = new_store_with(StoreConfig {
+        commit_interval: Duration::from_secs(3600),
+        ..StoreConfig::default()
+    });
     let (tx, rx) = channel::<(&'static str, usize)>();
     const N: usize = 50;
 
     for i in 0..N {
         let (c, a) = (tx.clone(), tx.clone());
         s.queue_transaction(
-            Transaction {
-                ops: vec![write("o", i as u64, b"x")],
-            },
+            Transaction::from(vec![write("o", i as u64, b"x")]),
             Box::new(move |r| {
                 r.unwrap();
                 c.send(("commit", i)).unwrap()
@@ -336,26 +329,18 @@ fn test_callbacks_commit_before_applied_in_seq_order() {
             }),
         )
         .unwrap();
+        assert_eq!(
+            rx.try_recv(),
+            Ok(("applied", i)),
+            "applied before queue returns"
+        );
     }
-    let events: Vec<_> = (0..2 * N).map(|_| rx.recv_timeout(WAIT).unwrap()).collect();
+    assert!(rx.try_recv().is_err(), "nothing committed before a sync");
+    s.wait_committed().unwrap();
+    let commits: Vec<_> = (0..N).map(|_| rx.recv_timeout(WAIT).unwrap()).collect();
 
-    let commits: Vec<usize> = events
-        .iter()
-        .filter(|e| e.0 == "commit")
-        .map(|e| e.1)
-        .collect();
-    let applies: Vec<usize> = events
-        .iter()
-        .filter(|e| e.0 == "applied")
-        .map(|e| e.1)
-        .collect();
-    assert_eq!(commits, (0..N).collect::<Vec<_>>());
-    assert_eq!(applies, (0..N).collect::<Vec<_>>());
-    for i in 0..N {
-        let c = events.iter().position(|e| *e == ("commit", i)).unwrap();
-        let a = events.iter().position(|e| *e == ("applied", i)).unwrap();
-        assert!(c < a, "txn {i} applied before commit");
-    }
+    assert_eq!(commits, (0..N).map(|i| ("commit", i)).collect::<Vec<_>>());
+    assert_eq!(read_all(&s, "o").len(), N);
 }
 
 #[test]
@@ -368,9 +353,7 @@ fn test_no_space_refuses_and_changes_nothing() {
     let seq = s.applied_seq();
 
     let r = s.queue_transaction(
-        Transaction {
-            ops: vec![write("o", 0, b"data")],
-        },
+        Transaction::from(vec![write("o", 0, b"data")]),
         nop(),
         nop(),
     );
@@ -536,18 +519,9 @@ fn test_journal_write_failure_fails_store_and_later_txns() {
         let seg = journal::list_segments(d.path()).unwrap().pop().unwrap().1;
         j.replace_file_for_test(File::open(seg).unwrap());
     }
-    let (tx, rx): (_, Receiver<StoreResult<()>>) = channel();
+    let first = s.queue_transaction(Transaction::from(vec![write("o", 0, b"x")]), nop(), nop());
 
-    s.queue_transaction(
-        Transaction {
-            ops: vec![write("o", 0, b"x")],
-        },
-        Box::new(move |r| tx.send(r).unwrap()),
-        nop(),
-    )
-    .unwrap();
-
-    assert!(rx.recv_timeout(WAIT).unwrap().is_err());
+    assert!(matches!(first, Err(StoreError::Failed(_))), "{first:?}");
     let later = s.queue_transaction(Transaction::new(), nop(), nop());
     assert!(matches!(later, Err(StoreError::Failed(_))), "{later:?}");
 }
@@ -708,9 +682,7 @@ fn test_write_past_max_object_size_is_refused_up_front() {
     let (_d, s) = new_store();
 
     let r = s.queue_transaction(
-        Transaction {
-            ops: vec![write("o", u64::MAX - 1, b"xy")],
-        },
+        Transaction::from(vec![write("o", u64::MAX - 1, b"xy")]),
         nop(),
         nop(),
     );
@@ -750,7 +722,7 @@ fn test_reads_during_applies_never_see_half_a_transaction() {
     };
 
     for v in 1..=200u8 {
-        s.queue_transaction(Transaction { ops: fill(v) }, nop(), nop())
+        s.queue_transaction(Transaction::from(fill(v)), nop(), nop())
             .unwrap();
     }
     s.wait_applied().unwrap();
@@ -871,9 +843,7 @@ fn test_dropping_last_handle_in_a_callback_does_not_hang() {
     let held = s.clone();
 
     s.queue_transaction(
-        Transaction {
-            ops: vec![write("o", 0, b"x")],
-        },
+        Transaction::from(vec![write("o", 0, b"x")]),
         Box::new(move |_| {
             // Wait until the test's handle is gone, so this drop is the last.
             go_rx.recv_timeout(WAIT).unwrap();
@@ -952,46 +922,6 @@ fn test_clone_from_missing_source_removes_target() {
     assert!(!s.exists(&key("to")));
 }
 
-#[test]
-fn test_no_space_counts_queued_but_unapplied_transactions() {
-    const KIB100: usize = 100 << 10;
-    // Each 100 KiB write needs about 200 KiB (journal record and data
-    // file): room for two above the reserve, not three.
-    let (_d, s) = new_store_with(StoreConfig {
-        fake_available_bytes: Some((64 << 20) + 5 * KIB100 as u64),
-        ..StoreConfig::default()
-    });
-    let (go_tx, go_rx) = channel::<()>();
-    let q = |name: &str, on_commit: Callback| {
-        s.queue_transaction(
-            Transaction {
-                ops: vec![write(name, 0, &[1; KIB100])],
-            },
-            on_commit,
-            nop(),
-        )
-    };
-    // The first commit callback holds the journal, so nothing gets applied.
-    q(
-        "a",
-        Box::new(move |_| {
-            let _ = go_rx.recv_timeout(WAIT);
-        }),
-    )
-    .unwrap();
-    q("b", nop()).unwrap();
-
-    let third = q("c", nop());
-
-    assert!(
-        matches!(third, Err(StoreError::NoSpace { .. })),
-        "{third:?}"
-    );
-    go_tx.send(()).unwrap();
-    s.wait_applied().unwrap();
-    q("d", nop()).unwrap();
-}
-
 /// Every data file in the store, by id.
 fn data_files(root: &Path) -> BTreeSet<u64> {
     let mut ids = BTreeSet::new();
@@ -1021,16 +951,12 @@ fn test_direct_write_journal_failure_then_crash_leaves_no_orphan() {
         let seg = journal::list_segments(d.path()).unwrap().pop().unwrap().1;
         j.replace_file_for_test(File::open(seg).unwrap());
     }
-    let (tx, rx): (_, Receiver<StoreResult<()>>) = channel();
-    s.queue_transaction(
-        Transaction {
-            ops: vec![write("o", 0, &[7u8; 4096])],
-        },
-        Box::new(move |r| tx.send(r).unwrap()),
+    let r = s.queue_transaction(
+        Transaction::from(vec![write("o", 0, &[7u8; 4096])]),
         nop(),
-    )
-    .unwrap();
-    assert!(rx.recv_timeout(WAIT).unwrap().is_err());
+        nop(),
+    );
+    assert!(matches!(r, Err(StoreError::Failed(_))), "{r:?}");
     let placed: Vec<u64> = data_files(d.path())
         .into_iter()
         .filter(|id| id & data::PLACED_ID_BIT != 0)
@@ -1074,9 +1000,7 @@ fn test_direct_write_crash_right_after_commit_replays_new_content() {
     let (tx, rx) = channel();
 
     s.queue_transaction(
-        Transaction {
-            ops: vec![write("o", 0, &[2u8; 4000])],
-        },
+        Transaction::from(vec![write("o", 0, &[2u8; 4000])]),
         Box::new(move |r| tx.send(r).unwrap()),
         nop(),
     )
@@ -1126,64 +1050,6 @@ fn test_direct_write_placed_ids_not_reused_after_reopen() {
     assert_eq!(all.len(), 2);
     assert!(all.is_superset(&first));
     assert_eq!(read_all(&s, "a"), vec![4u8; 2048]);
-}
-
-#[test]
-fn test_queue_from_callback_over_queue_limit_does_not_block() {
-    let (_d, s) = new_store_with(StoreConfig {
-        max_queued_bytes: 1,
-        ..StoreConfig::default()
-    });
-    let (tx, rx) = channel();
-    let s2 = s.clone();
-
-    s.queue_transaction(
-        Transaction {
-            ops: vec![write("a", 0, &[1u8; 100])],
-        },
-        Box::new(move |_| {
-            let r = s2.queue_transaction(
-                Transaction {
-                    ops: vec![write("b", 0, &[2u8; 100])],
-                },
-                nop(),
-                Box::new(move |r| tx.send(r).unwrap()),
-            );
-            assert!(r.is_ok(), "{r:?}");
-        }),
-        nop(),
-    )
-    .unwrap();
-
-    rx.recv_timeout(WAIT).unwrap().unwrap();
-    assert_eq!(read_all(&s, "b"), vec![2u8; 100]);
-}
-
-#[test]
-fn test_queue_over_limit_applies_every_txn_and_drains() {
-    let (_d, s) = new_store_with(StoreConfig {
-        max_queued_bytes: 8192,
-        ..StoreConfig::default()
-    });
-    let (tx, rx) = channel();
-
-    for i in 0..32u8 {
-        let tx = tx.clone();
-        s.queue_transaction(
-            Transaction {
-                ops: vec![write("o", u64::from(i) * 4096, &[i; 4096])],
-            },
-            nop(),
-            Box::new(move |r| tx.send(r).unwrap()),
-        )
-        .unwrap();
-    }
-
-    for _ in 0..32 {
-        rx.recv_timeout(WAIT).unwrap().unwrap();
-    }
-    assert_eq!(*s.inner.queued.lock(), 0);
-    assert_eq!(s.stat(&key("o")).unwrap(), 32 * 4096);
 }
 
 #[test]
