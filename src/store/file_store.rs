@@ -1403,7 +1403,7 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &RwLock<MetaTable>, op: &TxOp) -> io::Resu
                     f.set_len(end)?;
                 }
             } else {
-                f.write_all_at(data, *off)?;
+                data::write_in_pieces(&f, data, *off)?;
             }
         }
         TxOp::Zero { key, off, len } => {
@@ -1571,16 +1571,27 @@ impl Placed {
     }
 }
 
-/// Whether a step writes through the direct path: a large write at offset 0,
-/// which replaces the object's bytes `[0, len)` and keeps the rest. Only
-/// offset 0, so the new file never needs the old head copied in; a shorter
-/// old tail is copied at apply (cheap: it is what the write did not replace).
-fn direct_write(cfg: &StoreConfig, op: &TxOp) -> bool {
-    matches!(op, TxOp::Write { off: 0, data, .. }
-        if cfg.direct_write_min > 0 && data.len() as u64 >= cfg.direct_write_min)
-}
-
 impl Inner {
+    /// Whether a step writes through the direct path: a large write at
+    /// offset 0, which replaces the object's bytes `[0, len)` and keeps the
+    /// rest. Only offset 0, so the new file never needs the old head copied
+    /// in; the old tail past `len` is copied at apply, so only while it is no
+    /// longer than the write (a 1 MiB overwrite at the start of a 4 MiB
+    /// object would copy 3 MiB to save journaling 1 MiB). The size is read
+    /// now, without the submit lock: a race only changes which path a write
+    /// takes, both are correct.
+    fn direct_write(&self, op: &TxOp) -> bool {
+        let TxOp::Write { key, off: 0, data } = op else {
+            return false;
+        };
+        let len = data.len() as u64;
+        if self.cfg.direct_write_min == 0 || len < self.cfg.direct_write_min {
+            return false;
+        }
+        let size = self.meta.read().get(key).map_or(0, |o| o.size);
+        size.saturating_sub(len) <= len
+    }
+
     /// Write each direct-path step's data to a new file and make it durable
     /// (data, then directory entry). Runs on the queueing thread, so callers
     /// on several threads sync in parallel, off the journal's threads.
@@ -1592,7 +1603,7 @@ impl Inner {
         let want: u64 = txn
             .ops
             .iter()
-            .filter(|op| direct_write(&self.cfg, op))
+            .filter(|op| self.direct_write(op))
             .map(|op| match op {
                 TxOp::Write { data, .. } => data.len() as u64,
                 _ => 0,
@@ -1606,7 +1617,7 @@ impl Inner {
                 placed.ids.push(None);
                 continue;
             };
-            if !direct_write(&self.cfg, op) {
+            if !self.direct_write(op) {
                 placed.ids.push(None);
                 continue;
             }
