@@ -4,8 +4,9 @@
 //! `cargo bench --bench store`. The store lives in `RBDFS_BENCH_DIR` if set,
 //! else in a temporary directory under `target/`; never put it on tmpfs, the
 //! point is to measure the disk (compare with `contrib/bench/disk-baseline.sh`).
-//! Queue depth N is N threads, each queueing a transaction and waiting for
-//! its commit (durable) before the next, as N OSD workers would. Write
+//! Queue depth N is N threads, each queueing a transaction, asking for a
+//! commit and waiting for it (durable) before the next: every write is
+//! flushed, the store's worst case (syncs are shared by the threads). Write
 //! throughput includes a final `sync()` (every byte durable in its object
 //! file, journal trimmed), so data parked in the page cache is paid for;
 //! latency is queue-to-commit. Reads follow the writes and mostly hit the
@@ -113,6 +114,7 @@ fn commit(store: &FileStore, ops: Vec<TxOp>) {
             Box::new(|_| {}),
         )
         .expect("queue_transaction failed");
+    store.commit_soon();
     rx.recv()
         .expect("commit callback dropped")
         .expect("commit failed");
