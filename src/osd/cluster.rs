@@ -1093,20 +1093,33 @@ impl RadosBackend for Cluster {
         })
     }
 
+    /// Every write that completed before the call is applied on each of
+    /// its replicas, so it is in each one's journal: the flush is a commit
+    /// of every store. A store that fails it is failing and goes down; the
+    /// writes it held were stored on `min_size` others as well.
     fn flush(&self) -> BoxFuture<'static, Result<()>> {
-        let pending = self.inner.shared.flush.flush();
-        if pending.is_some() {
-            // Stores commit lazily; this flush is what they wait for.
-            for o in self.inner.osds.read().iter() {
-                o.store.commit_soon();
-            }
+        let stores: Vec<Arc<dyn ObjectStore>> =
+            self.inner.osds().iter().map(|o| o.store.clone()).collect();
+        if stores.is_empty() {
+            return Box::pin(std::future::ready(Ok(())));
         }
-        Box::pin(async move {
-            if let Some(rx) = pending {
-                rx.await.map_err(|_| RadosError::ShuttingDown)?;
-            }
-            Ok(())
-        })
+        let (tx, rx) = oneshot::channel::<()>();
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        let left = Arc::new(AtomicUsize::new(stores.len()));
+        for s in stores {
+            let (tx, left) = (tx.clone(), left.clone());
+            s.commit_then(Box::new(move |r| {
+                if let Err(e) = r {
+                    log::debug!("flush: a store did not commit: {e}");
+                }
+                if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    if let Some(t) = tx.lock().take() {
+                        let _ = t.send(());
+                    }
+                }
+            }));
+        }
+        Box::pin(async move { rx.await.map_err(|_| RadosError::ShuttingDown) })
     }
 
     fn list_objects(&self, pool: PoolId) -> BoxFuture<'static, Result<Vec<String>>> {

@@ -12,7 +12,6 @@ use super::op_queue::ShardedOpQueue;
 use super::osdmap::{OsdId, OsdMap};
 use super::pg::{Pg, PgEvent};
 use super::pg_log::PgLog;
-use super::tracker::FlushTracker;
 use crate::rados::SnapId;
 use crate::store::{ObjectKey, ObjectStore, StoreError, StoreResult, Transaction, TxOp};
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock};
@@ -33,7 +32,6 @@ pub(crate) type DamagedCopies = BTreeMap<(String, SnapId), BTreeSet<OsdId>>;
 /// What every OSD of a cluster shares.
 pub(crate) struct Shared {
     pub map: RwLock<Arc<OsdMap>>,
-    pub flush: FlushTracker,
     pub pg_log_max_entries: usize,
     /// Where OSDs report a failing store (an OSD's own or a replica's);
     /// the cluster's monitor thread marks the OSD down.
@@ -59,7 +57,6 @@ impl Shared {
     pub fn new(map: OsdMap, pg_log_max_entries: usize) -> Self {
         Shared {
             map: RwLock::new(Arc::new(map)),
-            flush: FlushTracker::default(),
             pg_log_max_entries,
             failures: Mutex::new(None),
             damaged: Mutex::new(BTreeMap::new()),

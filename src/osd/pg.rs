@@ -114,7 +114,6 @@ struct InFlight {
     error: Option<RadosError>,
     /// Replicas whose store failed this write; they are being marked down.
     failed: BTreeSet<OsdId>,
-    flush_id: Option<u64>,
 }
 
 /// A PG on one OSD.
@@ -990,7 +989,6 @@ impl Pg {
                 reply: Some(reply),
                 error: None,
                 failed: BTreeSet::new(),
-                flush_id: None,
             },
         );
     }
@@ -1070,9 +1068,6 @@ impl Pg {
         let mut release = Vec::new();
         if op.waiting_for_applied.is_empty() {
             if let Some(reply) = op.reply.take() {
-                if !op.waiting_for_commit.is_empty() {
-                    op.flush_id = Some(osd.shared.flush.add_pending());
-                }
                 let min_size = osd
                     .shared
                     .map()
@@ -1089,10 +1084,9 @@ impl Pg {
                 release = std::mem::take(&mut op.names);
             }
         }
+        // Answered and committed everywhere: only peering waits for this
+        // (a flush asks the stores themselves).
         if op.reply.is_none() && op.waiting_for_commit.is_empty() {
-            if let Some(id) = op.flush_id.take() {
-                osd.shared.flush.committed(id);
-            }
             self.inflight.remove(&tid);
         }
         for name in release {

@@ -2,16 +2,12 @@
 //! - [`Reply`]: the one-shot answer to a client op; dropping it unanswered
 //!   answers `ShuttingDown`, so a caller never hangs on a lost op;
 //! - [`Gate`]: counts client ops in flight and holds new ones back while the
-//!   map changes and PGs peer (Ceph's "waiting for map");
-//! - [`FlushTracker`]: writes that completed (applied everywhere) but are not
-//!   yet committed everywhere, and the flushes waiting for them.
-
-use std::collections::HashMap;
+//!   map changes and PGs peer (Ceph's "waiting for map").
 
 use tokio::sync::oneshot;
 
 use crate::rados::{RadosError, Result};
-use crate::sync::{Arc, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::sync::{Arc, Condvar, Mutex};
 
 /// Counts ops in flight and blocks new ones during peering.
 pub(crate) struct Gate<P> {
@@ -156,86 +152,9 @@ impl<T> Drop for Reply<T> {
     }
 }
 
-struct FlushWaiter {
-    remaining: AtomicUsize,
-    tx: Mutex<Option<oneshot::Sender<()>>>,
-}
-
-#[derive(Default)]
-struct FlushState {
-    next_id: u64,
-    pending: HashMap<u64, Vec<Arc<FlushWaiter>>>,
-}
-
-/// Writes completed but not yet committed on every acting OSD.
-#[derive(Default)]
-pub(crate) struct FlushTracker {
-    st: Mutex<FlushState>,
-}
-
-impl FlushTracker {
-    /// Record a completed write still waiting for commits; returns its id.
-    pub fn add_pending(&self) -> u64 {
-        let mut st = self.st.lock();
-        st.next_id += 1;
-        let id = st.next_id;
-        st.pending.insert(id, Vec::new());
-        id
-    }
-
-    /// The write `id` is now committed everywhere.
-    pub fn committed(&self, id: u64) {
-        let waiters = self.st.lock().pending.remove(&id).unwrap_or_default();
-        for w in waiters {
-            if w.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                if let Some(tx) = w.tx.lock().take() {
-                    let _ = tx.send(());
-                }
-            }
-        }
-    }
-
-    /// A receiver that fires once every write pending now is committed
-    /// (`None`: nothing is pending, the flush is already complete).
-    pub fn flush(&self) -> Option<oneshot::Receiver<()>> {
-        let mut st = self.st.lock();
-        if st.pending.is_empty() {
-            return None;
-        }
-        let (tx, rx) = oneshot::channel();
-        let w = Arc::new(FlushWaiter {
-            remaining: AtomicUsize::new(st.pending.len()),
-            tx: Mutex::new(Some(tx)),
-        });
-        for waiters in st.pending.values_mut() {
-            waiters.push(w.clone());
-        }
-        Some(rx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn test_flush_tracker_flush_waits_for_writes_pending_at_call_only() {
-        let t = FlushTracker::default();
-        let a = t.add_pending();
-        let mut rx = t.flush().unwrap();
-        let b = t.add_pending();
-
-        t.committed(a);
-
-        assert_eq!(rx.try_recv(), Ok(()));
-        t.committed(b);
-        assert!(t.flush().is_none());
-    }
-
-    #[test]
-    fn test_flush_tracker_flush_with_nothing_pending_is_immediate() {
-        assert!(FlushTracker::default().flush().is_none());
-    }
 
     #[test]
     fn test_reply_dropped_unanswered_answers_shutting_down_and_leaves_gate() {

@@ -1081,6 +1081,9 @@ impl Inner {
             (j.file(), j.last_seq(), j.start(), j.bytes())
         };
         if upto <= self.progress.lock().committed {
+            // Nothing to sync, but a waiter may have been queued while a
+            // checkpoint was committing the same records: run it.
+            self.complete_commits(upto);
             return Ok(());
         }
         if let Err(e) = file.sync_data() {
@@ -1886,6 +1889,24 @@ impl ObjectStore for FileStore {
 
     fn commit_soon(&self) {
         self.inner.request_commit();
+    }
+
+    fn commit_then(&self, done: Callback) {
+        if let Err(e) = self.inner.usable() {
+            return done(Err(e));
+        }
+        {
+            // Under the journal lock, as a transaction's commit callback is
+            // queued: the next sync that covers `upto` also finds `done`.
+            let j = self.inner.journal.lock();
+            let upto = j.last_seq();
+            if upto > self.inner.progress.lock().committed {
+                self.inner.commits.lock().waiting.push_back((upto, done));
+                drop(j);
+                return self.inner.request_commit();
+            }
+        }
+        done(Ok(()))
     }
 
     fn data_digest(&self, key: &ObjectKey) -> StoreResult<u32> {

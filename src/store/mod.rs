@@ -218,9 +218,14 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn wait_applied(&self) -> StoreResult<()>;
     /// Returns once every transaction queued before the call is committed.
     fn wait_committed(&self) -> StoreResult<()>;
-    /// Start committing every transaction queued so far, without waiting
-    /// (a client flush: its waiters hear from the commit callbacks).
+    /// Start committing every transaction queued so far, without waiting.
     fn commit_soon(&self) {}
+    /// Run `done` once every transaction queued before the call is
+    /// committed (a client flush); `Err` if the store cannot tell. May run it
+    /// before returning. The default waits on the caller's thread.
+    fn commit_then(&self, done: Callback) {
+        done(self.wait_committed());
+    }
     fn space(&self) -> StoreResult<StoreSpace>;
 
     /// crc32c of the object's whole data (deep scrub).

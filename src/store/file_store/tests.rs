@@ -1088,3 +1088,49 @@ fn test_checkpoint_drops_cached_handles_of_deleted_files() {
 
     assert!(s.inner.fds.map.lock().is_empty());
 }
+
+#[test]
+fn test_commit_then_runs_after_the_sync_that_covers_earlier_transactions() {
+    let (d, s) = new_store_with(StoreConfig {
+        commit_interval: Duration::from_secs(3600),
+        ..StoreConfig::default()
+    });
+    run(&s, vec![write("o", 0, b"before the flush")]).unwrap();
+    let (tx, rx) = channel();
+
+    s.commit_then(Box::new(move |r| tx.send(r).unwrap()));
+
+    rx.recv_timeout(WAIT).unwrap().unwrap();
+    // Durable now: a power loss right after keeps it.
+    s.crash_losing_unsynced().unwrap();
+    let s = FileStore::open(d.path(), StoreConfig::default()).unwrap();
+    assert_eq!(read_all(&s, "o"), b"before the flush");
+    // Nothing left to commit: it runs at once.
+    let (tx, rx) = channel();
+    s.commit_then(Box::new(move |r| tx.send(r).unwrap()));
+    assert!(rx.try_recv().unwrap().is_ok());
+}
+
+#[test]
+fn test_power_loss_without_a_commit_loses_the_unsynced_tail_only() {
+    let (d, s) = new_store_with(StoreConfig {
+        commit_interval: Duration::from_secs(3600),
+        ..StoreConfig::default()
+    });
+    run(&s, vec![write("o", 0, b"committed")]).unwrap();
+    s.wait_committed().unwrap();
+    run(
+        &s,
+        vec![TxOp::SetAttrs {
+            key: key("o"),
+            attrs: [("a".to_string(), Bytes::from_static(b"unflushed"))].into(),
+        }],
+    )
+    .unwrap();
+
+    s.crash_losing_unsynced().unwrap();
+    let s = FileStore::open(d.path(), StoreConfig::default()).unwrap();
+
+    assert_eq!(read_all(&s, "o"), b"committed");
+    assert!(s.getattrs(&key("o")).unwrap().is_empty());
+}
