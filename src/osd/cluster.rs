@@ -432,6 +432,19 @@ impl Cluster {
                 ),
             });
         }
+        // What recovery copied to the others must be durable before the
+        // copy it came from goes.
+        for o in self.inner.osds() {
+            if o.id != osd
+                && map.osd(o.id).is_some_and(|i| i.up)
+                && let Err(e) = o.store.wait_committed()
+            {
+                return Err(OsdError::CannotRemove {
+                    osd,
+                    why: format!("osd.{} cannot commit: {e}", o.id),
+                });
+            }
+        }
         self.inner.change_map(false, |m| {
             m.osds.retain(|o| o.id != osd);
             Ok(())
@@ -1095,31 +1108,41 @@ impl RadosBackend for Cluster {
 
     /// Every write that completed before the call is applied on each of
     /// its replicas, so it is in each one's journal: the flush is a commit
-    /// of every store. A store that fails it is failing and goes down; the
-    /// writes it held were stored on `min_size` others as well.
+    /// of every up OSD's store, and fails if one of them fails it (a flush
+    /// never claims what a replica could not make durable).
     fn flush(&self) -> BoxFuture<'static, Result<()>> {
-        let stores: Vec<Arc<dyn ObjectStore>> =
-            self.inner.osds().iter().map(|o| o.store.clone()).collect();
+        let map = self.inner.shared.map();
+        let stores: Vec<(OsdId, Arc<dyn ObjectStore>)> = self
+            .inner
+            .osds()
+            .iter()
+            .filter(|o| map.osd(o.id).is_some_and(|i| i.up))
+            .map(|o| (o.id, o.store.clone()))
+            .collect();
         if stores.is_empty() {
             return Box::pin(std::future::ready(Ok(())));
         }
-        let (tx, rx) = oneshot::channel::<()>();
+        let (tx, rx) = oneshot::channel::<Result<()>>();
         let tx = Arc::new(Mutex::new(Some(tx)));
         let left = Arc::new(AtomicUsize::new(stores.len()));
-        for s in stores {
-            let (tx, left) = (tx.clone(), left.clone());
+        let failed: Arc<Mutex<Option<RadosError>>> = Arc::default();
+        for (id, s) in stores {
+            let (tx, left, failed) = (tx.clone(), left.clone(), failed.clone());
             s.commit_then(Box::new(move |r| {
                 if let Err(e) = r {
-                    log::debug!("flush: a store did not commit: {e}");
+                    log::error!("flush: osd.{id} could not commit: {e}");
+                    failed
+                        .lock()
+                        .get_or_insert(RadosError::Io(format!("osd.{id} could not commit: {e}")));
                 }
                 if left.fetch_sub(1, Ordering::AcqRel) == 1 {
                     if let Some(t) = tx.lock().take() {
-                        let _ = t.send(());
+                        let _ = t.send(failed.lock().take().map_or(Ok(()), Err));
                     }
                 }
             }));
         }
-        Box::pin(async move { rx.await.map_err(|_| RadosError::ShuttingDown) })
+        Box::pin(async move { rx.await.unwrap_or(Err(RadosError::ShuttingDown)) })
     }
 
     fn list_objects(&self, pool: PoolId) -> BoxFuture<'static, Result<Vec<String>>> {

@@ -441,7 +441,15 @@ fn recover(target: &Arc<Osd>, source: &Arc<Osd>, id: PgId) -> OsdResult<()> {
             "recovering"
         },
     );
-    let r = recover_objects(target, source, id, &slog, &mut tpg, err);
+    let r = recover_objects(target, source, id, &slog, &mut tpg, err).and_then(|done| {
+        // The copy may be all that holds a flushed write once the source
+        // goes: it is durable before the PG counts as clean.
+        target
+            .store
+            .wait_committed()
+            .map_err(|e| err(format!("committing the recovered copy: {e}")))?;
+        Ok(done)
+    });
     target.shared.activity.lock().remove(&id);
     let (objects, bytes) = r?;
     target.shared.count_recovered(backfill, objects, bytes);

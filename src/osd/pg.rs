@@ -840,24 +840,31 @@ impl Pg {
                 &pool,
                 self.next_version(1),
             )?;
-            Ok(plan.map(|p| (p, old.digest)))
+            // Bytes of an object with a digest are replaced in place: were
+            // they to land without the record (a power loss), the digest
+            // that stays would call every copy damaged.
+            let in_place = old.exists
+                && old.digest.is_some()
+                && ops.iter().any(|op| match op {
+                    WriteOp::Write { off, .. } | WriteOp::Zero { off, .. } => *off < old.size,
+                    WriteOp::WriteFull { .. } | WriteOp::Truncate { .. } => old.size > 0,
+                    _ => false,
+                });
+            Ok(plan.map(|p| (p, in_place)))
         });
         match plan {
             Err(e) => reply.send(self.check_failed(osd, Err(e))),
             Ok(None) => reply.send(Ok(())),
-            Ok(Some((plan, old_digest))) => {
+            Ok(Some((plan, in_place))) => {
                 let entry = PgLogEntry {
                     version: self.next_version(1),
                     op: LogOp::Modify,
                     name: name.clone(),
                     clone: plan.clone,
                 };
-                // An object with a digest gets its first in-place overwrite:
-                // were the data to land without the record (a power loss),
-                // the digest that stays would call the object damaged.
                 let txn = Transaction {
                     ops: plan.ops,
-                    commit_first: old_digest.is_some() && plan.state.digest.is_none(),
+                    commit_first: in_place,
                 };
                 self.submit(osd, txn, vec![entry], vec![(name, plan.state)], reply);
             }

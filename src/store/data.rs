@@ -80,15 +80,6 @@ thread_local! {
     static DIRECT_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Create the new file `path` holding exactly `data`, durable (but not its
-/// directory entry) when this returns.
-///
-/// Written with `O_DIRECT` where the file system allows it: a large buffered
-/// write followed by `fdatasync` waits for writeback of the whole page-cache
-/// copy and doubles the memory traffic; a direct write goes from one aligned
-/// copy straight to the disk. The buffer is padded to the alignment and the
-/// file cut back to `data.len()` before the sync. File systems without direct
-/// I/O (tmpfs) get a buffered write.
 /// Largest piece [`write_in_pieces`] hands to one `pwrite`.
 const WRITE_PIECE: u64 = 64 << 10;
 
@@ -109,6 +100,15 @@ pub fn write_in_pieces(f: &File, data: &[u8], off: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Create the new file `path` holding exactly `data`, durable (but not its
+/// directory entry) when this returns.
+///
+/// Written with `O_DIRECT` where the file system allows it: a large buffered
+/// write followed by `fdatasync` waits for writeback of the whole page-cache
+/// copy and doubles the memory traffic; a direct write goes from one aligned
+/// copy straight to the disk. The buffer is padded to the alignment and the
+/// file cut back to `data.len()` before the sync. File systems without direct
+/// I/O (tmpfs) get a buffered write.
 pub fn write_new_durable(path: &Path, data: &[u8]) -> io::Result<()> {
     let direct = OpenOptions::new()
         .write(true)

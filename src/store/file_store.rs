@@ -1182,9 +1182,13 @@ impl ApplyCtx<'_> {
     /// Open (creating) object `id`'s data file, whose object is `size` bytes.
     ///
     /// Why replay converges: after a crash a data file holds any subset of
-    /// the effects of transactions after the checkpoint, and every one of
-    /// those transactions is in the journal (steps are applied only after
-    /// their record is synced). Write, Zero (clamped to the table's size),
+    /// the effects of transactions after the checkpoint. After a process
+    /// kill every one of those is in the journal (a record is written before
+    /// its steps are applied). After a power loss the journal may have lost
+    /// its unsynced tail; what those lost transactions can have left is only
+    /// in-place bytes of `Write`/`Zero` steps (the tolerated loss), growth
+    /// past an object's size (cut below and by the open's sweep) and new
+    /// files no record names (swept): their other steps commit first. Write, Zero (clamped to the table's size),
     /// Truncate and Remove set bytes to a value that does not depend on the
     /// file's contents, so re-applying all of them in order leaves each byte
     /// as its last setter left it. Clone reads the file; see `clone_data`.

@@ -9,9 +9,10 @@
 //! The store knows nothing of snapshots, PGs' meaning or replication: clones are
 //! plain objects with a snap id in their key, PG logs and infos are collection
 //! metadata. It only promises that a transaction is atomic, durable once its
-//! commit callback ran, that a killed process reopens to exactly the
-//! transactions that were applied, and that a power loss reopens to a prefix
-//! of the queue order that includes every committed transaction.
+//! commit callback ran, that a killed process reopens to a prefix of the
+//! queue order that includes every applied transaction, and that a power
+//! loss reopens to a prefix that includes every committed one (plus, in the
+//! object files, maybe some in-place bytes of the transactions it lost).
 
 use std::collections::BTreeMap;
 
