@@ -549,10 +549,11 @@ impl Cluster {
 }
 
 impl Cluster {
-    /// Simulate power loss, for tests: every store stops where it is without
-    /// syncing (transactions not yet journaled are lost), the OSDs stop and
-    /// the directory lock is released so the cluster can be opened again.
-    /// Every write acknowledged before the call must survive the reopen.
+    /// Simulate a crash, for tests: every store's crash hook runs (for the
+    /// file store, a killed process: nothing more is synced, what was
+    /// applied stays in the page cache; a test's opener may make it a power
+    /// loss instead), the OSDs stop and the directory lock is released so
+    /// the cluster can be opened again.
     pub fn simulate_crash(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         let closers = std::mem::take(&mut *self.inner.closers.lock());
