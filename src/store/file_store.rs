@@ -189,16 +189,47 @@ struct Commits {
     waiting: std::collections::VecDeque<(u64, Callback)>,
 }
 
+/// Wakes a store thread (syncer, checkpointer) for one more round of its
+/// work, or for good.
 #[derive(Default)]
-struct SyncReq {
+struct Wakeup {
+    st: Mutex<WakeState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct WakeState {
     requested: bool,
     stop: bool,
 }
 
-#[derive(Default)]
-struct CkptReq {
-    requested: bool,
-    stop: bool,
+impl Wakeup {
+    fn request(&self) {
+        self.st.lock().requested = true;
+        self.cv.notify_all();
+    }
+
+    fn stop(&self) {
+        self.st.lock().stop = true;
+        self.cv.notify_all();
+    }
+
+    /// Wait for a request (or `timeout`, when given); false once stopped.
+    fn wait(&self, timeout: Option<Duration>) -> bool {
+        let mut st = self.st.lock();
+        match timeout {
+            Some(t) if !st.requested && !st.stop => {
+                self.cv.wait_for(&mut st, t);
+            }
+            _ => {
+                while !st.requested && !st.stop {
+                    self.cv.wait(&mut st);
+                }
+            }
+        }
+        st.requested = false;
+        !st.stop
+    }
 }
 
 struct Inner {
@@ -222,15 +253,13 @@ struct Inner {
     commits: Mutex<Commits>,
     /// Held while commit callbacks run, so they run in seq order.
     commit_run: Mutex<()>,
-    sync_req: Mutex<SyncReq>,
-    sync_cv: Condvar,
+    sync_wake: Wakeup,
     /// (segment start seq, bytes) of the journal as last synced (tests cut
     /// the journal there to simulate a power loss).
     synced_end: Mutex<(u64, u64)>,
     /// Serialises checkpoints.
     ckpt_lock: Mutex<()>,
-    ckpt_req: Mutex<CkptReq>,
-    ckpt_cv: Condvar,
+    ckpt_wake: Wakeup,
     /// Next placed-write file id (below `PLACED_ID_BIT`).
     next_placed: AtomicU64,
     /// Files of objects dropped by applied transactions: (seq, id). Deleted
@@ -358,12 +387,10 @@ impl FileStore {
             journal: Mutex::new(writer),
             commits: Mutex::new(Commits::default()),
             commit_run: Mutex::new(()),
-            sync_req: Mutex::new(SyncReq::default()),
-            sync_cv: Condvar::new(),
+            sync_wake: Wakeup::default(),
             synced_end: Mutex::new((segment, 0)),
             ckpt_lock: Mutex::new(()),
-            ckpt_req: Mutex::new(CkptReq::default()),
-            ckpt_cv: Condvar::new(),
+            ckpt_wake: Wakeup::default(),
             next_placed: AtomicU64::new(max_placed + 1),
             doomed: Mutex::new(Vec::new()),
             fds: FdCache {
@@ -385,8 +412,7 @@ impl FileStore {
         let ckpt = match spawn("store-ckpt", Box::new(move || ckpt_loop(i))) {
             Ok(t) => t,
             Err(e) => {
-                inner.sync_req.lock().stop = true;
-                inner.sync_cv.notify_all();
+                inner.sync_wake.stop();
                 let _ = syncer.join();
                 return Err(e);
             }
@@ -518,16 +544,8 @@ impl FileStore {
     /// is released when the last of them drops the shared state.
     fn stop_threads(&self) -> bool {
         self.inner.submit.lock().open = false;
-        {
-            let mut r = self.inner.ckpt_req.lock();
-            r.stop = true;
-            self.inner.ckpt_cv.notify_all();
-        }
-        {
-            let mut r = self.inner.sync_req.lock();
-            r.stop = true;
-            self.inner.sync_cv.notify_all();
-        }
+        self.inner.ckpt_wake.stop();
+        self.inner.sync_wake.stop();
         self.inner.progress_cv.notify_all();
         let mut t = self.threads.lock();
         let me = std::thread::current().id();
@@ -817,7 +835,7 @@ impl Inner {
         self.failed.store(true, Ordering::Release);
         self.progress_cv.notify_all();
         drop(p);
-        self.sync_cv.notify_all();
+        self.sync_wake.request();
         self.fail_commits(&self.failed_err());
     }
 
@@ -965,9 +983,7 @@ impl Inner {
     }
 
     fn request_checkpoint(&self) {
-        let mut r = self.ckpt_req.lock();
-        r.requested = true;
-        self.ckpt_cv.notify_all();
+        self.ckpt_wake.request();
     }
 }
 
@@ -1045,17 +1061,7 @@ const JOURNAL_DROP_PAGE: u64 = 64 << 10;
 /// rest to `close` (whose checkpoint commits it) or to a crash (which loses
 /// nothing a killed process would).
 fn sync_loop(inner: Arc<Inner>) {
-    loop {
-        {
-            let mut r = inner.sync_req.lock();
-            if !r.requested && !r.stop {
-                inner.sync_cv.wait_for(&mut r, inner.cfg.commit_interval);
-            }
-            if r.stop {
-                return;
-            }
-            r.requested = false;
-        }
+    while inner.sync_wake.wait(Some(inner.cfg.commit_interval)) {
         if inner.crashed.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
             continue;
         }
@@ -1068,9 +1074,7 @@ fn sync_loop(inner: Arc<Inner>) {
 impl Inner {
     /// Ask the syncer to commit what is appended now.
     fn request_commit(&self) {
-        let mut r = self.sync_req.lock();
-        r.requested = true;
-        self.sync_cv.notify_all();
+        self.sync_wake.request();
     }
 
     /// Make every record appended so far durable with one `fdatasync`, then
@@ -1146,17 +1150,7 @@ impl Inner {
 }
 
 fn ckpt_loop(inner: Arc<Inner>) {
-    loop {
-        {
-            let mut r = inner.ckpt_req.lock();
-            while !r.requested && !r.stop {
-                inner.ckpt_cv.wait(&mut r);
-            }
-            if r.stop {
-                return;
-            }
-            r.requested = false;
-        }
+    while inner.ckpt_wake.wait(None) {
         if let Err(e) = inner.checkpoint()
             && !inner.crashed.load(Ordering::Acquire)
             && !inner.failed.load(Ordering::Acquire)
