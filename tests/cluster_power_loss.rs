@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,7 +16,10 @@ use bytes::Bytes;
 use futures::executor::block_on;
 use rbdfs::osd::{Cluster, ClusterConfig, CreateOptions, OpenedStore, StoreOpener};
 use rbdfs::rados::{IoCtx, Rados, RadosError, SNAP_HEAD, SnapContext, WriteOp};
-use rbdfs::store::{FileStore, StoreConfig, StoreResult};
+use rbdfs::store::{
+    Callback, CollId, FileStore, ObjectKey, ObjectStore, StoreConfig, StoreError, StoreResult,
+    StoreSpace, Transaction,
+};
 
 /// File stores whose crash hook is a power loss, syncing only when asked;
 /// it keeps them so that the test can checkpoint them.
@@ -195,5 +199,110 @@ fn test_power_loss_after_in_place_overwrites_leaves_objects_readable() {
         );
     }
     assert!(c.scrub(None, true, false).unwrap().is_clean());
+    c.shutdown().unwrap();
+}
+
+/// A file store whose flushes fail (as a disk whose cache flush errors)
+/// while everything else works.
+struct CommitFails(Arc<FileStore>);
+
+fn flush_error() -> StoreError {
+    StoreError::Failed("injected: the journal cannot be synced".into())
+}
+
+impl ObjectStore for CommitFails {
+    fn queue_transaction(&self, t: Transaction, c: Callback, a: Callback) -> StoreResult<()> {
+        // Transactions' own commit callbacks are left alone: a replica whose
+        // commits fail is marked down, and this test is about the flush.
+        self.0.queue_transaction(t, c, a)
+    }
+    fn read(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<Bytes> {
+        self.0.read(key, off, len)
+    }
+    fn stat(&self, key: &ObjectKey) -> StoreResult<u64> {
+        self.0.stat(key)
+    }
+    fn exists(&self, key: &ObjectKey) -> bool {
+        self.0.exists(key)
+    }
+    fn getattrs(&self, key: &ObjectKey) -> StoreResult<BTreeMap<String, Bytes>> {
+        self.0.getattrs(key)
+    }
+    fn omap_get(&self, key: &ObjectKey) -> StoreResult<BTreeMap<String, Bytes>> {
+        self.0.omap_get(key)
+    }
+    fn list_objects(&self, coll: CollId) -> StoreResult<Vec<ObjectKey>> {
+        self.0.list_objects(coll)
+    }
+    fn list_collections(&self) -> Vec<CollId> {
+        self.0.list_collections()
+    }
+    fn coll_meta_get(&self, coll: CollId) -> StoreResult<BTreeMap<String, Bytes>> {
+        self.0.coll_meta_get(coll)
+    }
+    fn wait_applied(&self) -> StoreResult<()> {
+        self.0.wait_applied()
+    }
+    fn wait_committed(&self) -> StoreResult<()> {
+        Err(flush_error())
+    }
+    fn commit_then(&self, done: Callback) {
+        done(Err(flush_error()))
+    }
+    fn space(&self) -> StoreResult<StoreSpace> {
+        self.0.space()
+    }
+}
+
+/// osd.2's store cannot commit; the others can.
+struct CommitFailsOnOsd2;
+
+impl StoreOpener for CommitFailsOnOsd2 {
+    fn mkfs(&self, path: &Path) -> StoreResult<()> {
+        FileStore::mkfs(path)
+    }
+
+    fn open(&self, path: &Path) -> StoreResult<OpenedStore> {
+        let fs = FileStore::open(path, StoreConfig::default())?;
+        let (c1, c2) = (fs.clone(), fs.clone());
+        let store: Arc<dyn ObjectStore> = if path.ends_with("osd.2") {
+            Arc::new(CommitFails(fs))
+        } else {
+            fs
+        };
+        Ok(OpenedStore {
+            store,
+            close: Box::new(move || c1.close()),
+            crash: Box::new(move || c2.crash()),
+        })
+    }
+}
+
+#[test]
+fn test_flush_fails_when_a_replica_cannot_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ClusterConfig {
+        store: Arc::new(CommitFailsOnOsd2),
+        ..ClusterConfig::default()
+    };
+    Cluster::create(
+        dir.path(),
+        CreateOptions {
+            num_osds: 3,
+            config: config.clone(),
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    let c = Cluster::open(dir.path(), config).unwrap();
+    let io = pool(&c);
+    write_full(&io, "o", content(0, 0));
+
+    let r = block_on(io.flush());
+
+    match r {
+        Err(RadosError::Io(why)) => assert!(why.contains("osd.2"), "{why}"),
+        other => panic!("a flush with a replica that cannot commit returned {other:?}"),
+    }
     c.shutdown().unwrap();
 }
