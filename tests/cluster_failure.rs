@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::executor::block_on;
-use rbdfs::osd::{Cluster, ClusterConfig, CreateOptions, OsdError};
+use rbdfs::osd::{Cluster, ClusterConfig, OsdError};
 use rbdfs::rados::{IoCtx, Rados, SNAP_HEAD, SnapContext, WriteOp};
 use rbdfs::store::ObjectKey;
 
@@ -24,27 +24,11 @@ fn open(dir: &Path) -> Arc<Cluster> {
         osd_op_num_threads_per_shard: 1,
         ..ClusterConfig::default()
     };
-    Cluster::create(
-        dir,
-        CreateOptions {
-            num_osds: 3,
-            config: config.clone(),
-            ..CreateOptions::default()
-        },
-    )
-    .unwrap();
-    Cluster::open(dir, config).unwrap()
+    common::create_cluster(dir, 3, config)
 }
 
 fn pool(c: &Arc<Cluster>, pg_num: u32) -> IoCtx {
-    let rados = Rados::new(c.clone());
-    let p = block_on(
-        rados
-            .backend()
-            .pool_create("rbd", Some(3), Some(2), Some(pg_num)),
-    )
-    .unwrap();
-    rados.ioctx_by_id(p.id)
+    common::rbd_pool(c, 3, 2, pg_num)
 }
 
 /// Distinct content for (object, generation), with its length varying.
@@ -388,15 +372,7 @@ fn test_failure_full_replica_is_marked_down_and_the_write_succeeds() {
         store: Arc::new(TightOpener { room: 64 << 10 }),
         ..ClusterConfig::default()
     };
-    Cluster::create(
-        dir.path(),
-        CreateOptions {
-            config: config.clone(),
-            ..CreateOptions::default()
-        },
-    )
-    .unwrap();
-    let c = Cluster::open(dir.path(), config).unwrap();
+    let c = common::create_cluster(dir.path(), 3, config);
     let io = pool(&c, 8);
     write_full(&io, "small", content("small", 0)).unwrap();
     let big = Bytes::from(vec![7u8; 256 << 10]);

@@ -9,8 +9,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
 use futures::executor::block_on;
-use rbdfs::osd::{Cluster, ClusterConfig, CreateOptions, OpenedStore, PgId, StoreOpener};
-use rbdfs::rados::{Rados, SNAP_HEAD, SnapContext};
+use rbdfs::osd::{ClusterConfig, OpenedStore, PgId, StoreOpener};
+use rbdfs::rados::{SNAP_HEAD, SnapContext};
 use rbdfs::store::memstore::MemStore;
 use rbdfs::store::{
     Callback, CollId, ObjectKey, ObjectStore, StoreResult, StoreSpace, Transaction, TxOp,
@@ -133,27 +133,13 @@ fn test_peering_pg_held_in_recovery_does_not_stop_io_to_peered_pgs() {
         }),
         ..ClusterConfig::default()
     };
-    Cluster::create(
-        dir.path(),
-        CreateOptions {
-            config: config.clone(),
-            ..CreateOptions::default()
-        },
-    )
-    .unwrap();
-    let c = Cluster::open(dir.path(), config).unwrap();
-    let rados = Rados::new(c.clone());
-    let p = block_on(
-        rados
-            .backend()
-            .pool_create("rbd", Some(3), Some(2), Some(8)),
-    )
-    .unwrap();
-    let io = rados.ioctx_by_id(p.id);
+    let c = common::create_cluster(dir.path(), 3, config);
+    let io = common::rbd_pool(&c, 3, 2, 8);
+    let pool = io.pool_id();
     let in_pg = |pg: u32| {
         (0..)
             .map(|i| format!("o{i}"))
-            .find(|n| c.object_acting(p.id, n).unwrap().0.pg == pg)
+            .find(|n| c.object_acting(pool, n).unwrap().0.pg == pg)
             .unwrap()
     };
     let (early, late) = (in_pg(0), in_pg(7));
@@ -163,7 +149,7 @@ fn test_peering_pg_held_in_recovery_does_not_stop_io_to_peered_pgs() {
     c.set_osd_up(2, false).unwrap();
     // Only the last PG misses a write: it alone needs recovery.
     block_on(io.write(&late, &snapc, 0, Bytes::from_static(b"l1"))).unwrap();
-    latch.state.lock().unwrap().0 = Some(PgId { pool: p.id, pg: 7 });
+    latch.state.lock().unwrap().0 = Some(PgId { pool, pg: 7 });
 
     let c2 = c.clone();
     let peering = std::thread::spawn(move || c2.set_osd_up(2, true));
@@ -215,26 +201,12 @@ fn test_peering_backfill_runs_while_the_pg_serves_and_catches_up_after() {
         pg_log_max_entries: 5,
         ..ClusterConfig::default()
     };
-    Cluster::create(
-        dir.path(),
-        CreateOptions {
-            config: config.clone(),
-            ..CreateOptions::default()
-        },
-    )
-    .unwrap();
-    let c = Cluster::open(dir.path(), config).unwrap();
-    let rados = Rados::new(c.clone());
-    let p = block_on(
-        rados
-            .backend()
-            .pool_create("rbd", Some(3), Some(2), Some(8)),
-    )
-    .unwrap();
-    let io = rados.ioctx_by_id(p.id);
+    let c = common::create_cluster(dir.path(), 3, config);
+    let io = common::rbd_pool(&c, 3, 2, 8);
+    let pool = io.pool_id();
     let names: Vec<String> = (0..)
         .map(|i| format!("o{i}"))
-        .filter(|n| c.object_acting(p.id, n).unwrap().0.pg == 7)
+        .filter(|n| c.object_acting(pool, n).unwrap().0.pg == 7)
         .take(12)
         .collect();
     let snapc = SnapContext::empty();
@@ -244,7 +216,7 @@ fn test_peering_backfill_runs_while_the_pg_serves_and_catches_up_after() {
     for n in &names {
         block_on(io.write(n, &snapc, 0, Bytes::from_static(b"b1"))).unwrap();
     }
-    latch.state.lock().unwrap().0 = Some(PgId { pool: p.id, pg: 7 });
+    latch.state.lock().unwrap().0 = Some(PgId { pool, pg: 7 });
     let before = c.status().recovery.objects_backfilled;
 
     let c2 = c.clone();
@@ -297,24 +269,8 @@ fn test_peering_rate_bounded_backfill_of_an_out_osd_leaves_identical_replicas() 
         recovery_max_bytes_per_sec: Some(16 << 20),
         ..ClusterConfig::default()
     };
-    Cluster::create(
-        dir.path(),
-        CreateOptions {
-            num_osds: 4,
-            config: config.clone(),
-            ..CreateOptions::default()
-        },
-    )
-    .unwrap();
-    let c = Cluster::open(dir.path(), config).unwrap();
-    let rados = Rados::new(c.clone());
-    let p = block_on(
-        rados
-            .backend()
-            .pool_create("rbd", Some(3), Some(2), Some(16)),
-    )
-    .unwrap();
-    let io = rados.ioctx_by_id(p.id);
+    let c = common::create_cluster(dir.path(), 4, config);
+    let io = common::rbd_pool(&c, 3, 2, 16);
     let snapc = SnapContext::empty();
     for i in 0..40 {
         let data = Bytes::from(vec![i as u8; 16 << 10]);

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::executor::block_on;
-use rbdfs::osd::{Cluster, ClusterConfig, CreateOptions, OpenedStore, StoreOpener};
+use rbdfs::osd::{Cluster, ClusterConfig, OpenedStore, StoreOpener};
 use rbdfs::rados::{IoCtx, Rados, RadosError, SNAP_HEAD, SnapContext, WriteOp};
 use rbdfs::store::{
     Callback, CollId, FileStore, ObjectKey, ObjectStore, StoreConfig, StoreError, StoreResult,
@@ -61,17 +61,6 @@ fn config(opener: &Arc<PowerLossOpener>) -> ClusterConfig {
     }
 }
 
-fn pool(c: &Arc<Cluster>) -> IoCtx {
-    let rados = Rados::new(c.clone());
-    let p = block_on(
-        rados
-            .backend()
-            .pool_create("rbd", Some(3), Some(2), Some(8)),
-    )
-    .unwrap();
-    rados.ioctx_by_id(p.id)
-}
-
 fn content(i: u64, generation: u64) -> Bytes {
     let len = 1000 + ((i * 7919 + generation * 31) % 9000) as usize;
     Bytes::from(
@@ -105,17 +94,8 @@ fn read(io: &IoCtx, name: &str) -> Result<Bytes, RadosError> {
 
 /// A cluster over `dir` whose stores lose power when it crashes.
 fn create(dir: &Path, opener: &Arc<PowerLossOpener>) -> (Arc<Cluster>, IoCtx) {
-    Cluster::create(
-        dir,
-        CreateOptions {
-            num_osds: 3,
-            config: config(opener),
-            ..CreateOptions::default()
-        },
-    )
-    .unwrap();
-    let c = Cluster::open(dir, config(opener)).unwrap();
-    let io = pool(&c);
+    let c = common::create_cluster(dir, 3, config(opener));
+    let io = common::rbd_pool(&c, 3, 2, 8);
     (c, io)
 }
 
@@ -285,17 +265,8 @@ fn test_flush_fails_when_a_replica_cannot_commit() {
         store: Arc::new(CommitFailsOnOsd2),
         ..ClusterConfig::default()
     };
-    Cluster::create(
-        dir.path(),
-        CreateOptions {
-            num_osds: 3,
-            config: config.clone(),
-            ..CreateOptions::default()
-        },
-    )
-    .unwrap();
-    let c = Cluster::open(dir.path(), config).unwrap();
-    let io = pool(&c);
+    let c = common::create_cluster(dir.path(), 3, config);
+    let io = common::rbd_pool(&c, 3, 2, 8);
     write_full(&io, "o", content(0, 0));
 
     let r = block_on(io.flush());

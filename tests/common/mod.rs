@@ -2,10 +2,40 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use rbdfs::osd::{Cluster, OsdId, PgId};
+use futures::executor::block_on;
+use rbdfs::osd::{Cluster, ClusterConfig, CreateOptions, OsdId, PgId};
+use rbdfs::rados::{IoCtx, Rados};
 use rbdfs::store::{ObjectKey, ObjectStore};
+
+/// A new cluster of `num_osds` OSDs in `dir` with `config`, opened.
+pub fn create_cluster(dir: &Path, num_osds: usize, config: ClusterConfig) -> Arc<Cluster> {
+    Cluster::create(
+        dir,
+        CreateOptions {
+            num_osds,
+            config: config.clone(),
+            ..CreateOptions::default()
+        },
+    )
+    .unwrap();
+    Cluster::open(dir, config).unwrap()
+}
+
+/// Pool `rbd` with `size` replicas, `min_size` and `pg_num` PGs.
+pub fn rbd_pool(c: &Arc<Cluster>, size: u32, min_size: u32, pg_num: u32) -> IoCtx {
+    let rados = Rados::new(c.clone());
+    let p = block_on(
+        rados
+            .backend()
+            .pool_create("rbd", Some(size), Some(min_size), Some(pg_num)),
+    )
+    .unwrap();
+    rados.ioctx_by_id(p.id)
+}
 
 /// One store object: data, attributes, omap.
 pub type ObjectContents = (Bytes, BTreeMap<String, Bytes>, BTreeMap<String, Bytes>);
