@@ -39,15 +39,7 @@ use crate::rados::{
     SnapSetInfo, WriteOp,
 };
 use crate::store::{ObjectKey, StoreError, StoreResult, Transaction, TxOp};
-
-/// Which completion a store or replica reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Stage {
-    /// Durable (journal synced).
-    Commit,
-    /// Readable.
-    Applied,
-}
+use crate::sync::Mutex;
 
 /// Everything that happens to a PG, in its queue.
 pub(crate) enum PgEvent {
@@ -72,11 +64,10 @@ pub(crate) enum PgEvent {
         txn: Transaction,
         entries: Vec<PgLogEntry>,
     },
-    /// A completion of write `tid` on OSD `from` (the primary itself included).
+    /// Write `tid` is applied (readable) on OSD `from`, or failed there.
     RepReply {
         from: OsdId,
         tid: u64,
-        stage: Stage,
         result: StoreResult<()>,
     },
 }
@@ -106,9 +97,11 @@ struct Projected {
     writes: usize,
 }
 
+/// A write until it is applied on every acting OSD. Its commit is not
+/// tracked here: a flush asks the stores, peering waits for them, and a store
+/// that fails to commit is reported to the monitor by its callback.
 struct InFlight {
     names: Vec<String>,
-    waiting_for_commit: BTreeSet<OsdId>,
     waiting_for_applied: BTreeSet<OsdId>,
     reply: Option<Reply<()>>,
     error: Option<RadosError>,
@@ -547,12 +540,7 @@ impl Pg {
                 txn,
                 entries,
             } => self.do_repop(osd, from, tid, txn, entries),
-            PgEvent::RepReply {
-                from,
-                tid,
-                stage,
-                result,
-            } => self.on_reply(osd, from, tid, stage, result),
+            PgEvent::RepReply { from, tid, result } => self.on_applied(osd, from, tid, result),
         }
     }
 
@@ -952,11 +940,10 @@ impl Pg {
         let tid = self.next_tid;
         self.next_tid += 1;
         let replicas: Vec<OsdId> = self.acting[1..].to_vec();
-        let queued = osd.store.queue_transaction(
-            txn.clone(),
-            completion(osd, osd.id, self.id, tid, Stage::Commit),
-            completion(osd, osd.id, self.id, tid, Stage::Applied),
-        );
+        let local = LocalApplied::new(applied(osd, osd.id, self.id, tid));
+        let queued =
+            osd.store
+                .queue_transaction(txn.clone(), committed(osd, osd.id), local.callback());
         if let Err(e) = queued {
             // Nothing was queued: the log must not claim the entries.
             self.log.undo(undo);
@@ -986,18 +973,21 @@ impl Pg {
             p.writes += 1;
             names.push(name);
         }
-        let all: BTreeSet<OsdId> = self.acting.iter().copied().collect();
         self.inflight.insert(
             tid,
             InFlight {
                 names,
-                waiting_for_commit: all.clone(),
-                waiting_for_applied: all,
+                waiting_for_applied: self.acting.iter().copied().collect(),
                 reply: Some(reply),
                 error: None,
                 failed: BTreeSet::new(),
             },
         );
+        // A store that applied the transaction before returning (FileStore
+        // does) is answered here, without a trip through this OSD's queue.
+        if let Some(result) = local.take() {
+            self.on_applied(osd, osd.id, tid, result);
+        }
     }
 
     fn do_repop(
@@ -1015,40 +1005,27 @@ impl Pg {
         };
         let queued = osd.store.queue_transaction(
             txn,
-            completion(&primary, osd.id, self.id, tid, Stage::Commit),
-            completion(&primary, osd.id, self.id, tid, Stage::Applied),
+            committed(osd, osd.id),
+            applied(&primary, osd.id, self.id, tid),
         );
         if let Err(e) = queued {
             self.log.undo(undo);
-            for stage in [Stage::Commit, Stage::Applied] {
-                primary.enqueue(
-                    self.id,
-                    PgEvent::RepReply {
-                        from: osd.id,
-                        tid,
-                        stage,
-                        result: Err(e.clone()),
-                    },
-                );
-            }
+            primary.enqueue(
+                self.id,
+                PgEvent::RepReply {
+                    from: osd.id,
+                    tid,
+                    result: Err(e),
+                },
+            );
         }
     }
 
-    fn on_reply(
-        &mut self,
-        osd: &Osd,
-        from: OsdId,
-        tid: u64,
-        stage: Stage,
-        result: StoreResult<()>,
-    ) {
+    fn on_applied(&mut self, osd: &Osd, from: OsdId, tid: u64, result: StoreResult<()>) {
         let Some(op) = self.inflight.get_mut(&tid) else {
             return;
         };
-        match stage {
-            Stage::Commit => op.waiting_for_commit.remove(&from),
-            Stage::Applied => op.waiting_for_applied.remove(&from),
-        };
+        op.waiting_for_applied.remove(&from);
         if let Err(e) = result {
             log::error!(
                 "osd.{from}: write {tid} of pg {}.{:x} failed: {e}",
@@ -1072,31 +1049,28 @@ impl Pg {
                 osd.shared.report_failure(from, &e.to_string());
             }
         }
-        let mut release = Vec::new();
-        if op.waiting_for_applied.is_empty() {
-            if let Some(reply) = op.reply.take() {
-                let min_size = osd
-                    .shared
-                    .map()
-                    .pool(self.id.pool)
-                    .map_or(1, |p| p.info.min_size.max(1) as usize);
-                let stored = self.acting.len() - op.failed.len();
-                reply.send(match op.error.take() {
-                    Some(e) => Err(e),
-                    None if stored < min_size => Err(RadosError::Busy(format!(
-                        "write stored on {stored} of min_size {min_size} OSDs; retried"
-                    ))),
-                    None => Ok(()),
-                });
-                release = std::mem::take(&mut op.names);
-            }
+        if !op.waiting_for_applied.is_empty() {
+            return;
         }
-        // Answered and committed everywhere: only peering waits for this
-        // (a flush asks the stores themselves).
-        if op.reply.is_none() && op.waiting_for_commit.is_empty() {
-            self.inflight.remove(&tid);
+        let Some(op) = self.inflight.remove(&tid) else {
+            return;
+        };
+        if let Some(reply) = op.reply {
+            let min_size = osd
+                .shared
+                .map()
+                .pool(self.id.pool)
+                .map_or(1, |p| p.info.min_size.max(1) as usize);
+            let stored = self.acting.len() - op.failed.len();
+            reply.send(match op.error {
+                Some(e) => Err(e),
+                None if stored < min_size => Err(RadosError::Busy(format!(
+                    "write stored on {stored} of min_size {min_size} OSDs; retried"
+                ))),
+                None => Ok(()),
+            });
         }
-        for name in release {
+        for name in op.names {
             self.release(osd, &name);
         }
     }
@@ -1132,14 +1106,7 @@ impl Pg {
         let ops: Vec<String> = self
             .inflight
             .iter()
-            .map(|(tid, op)| {
-                format!(
-                    "tid {tid}: commit {:?} applied {:?} replied {}",
-                    op.waiting_for_commit,
-                    op.waiting_for_applied,
-                    op.reply.is_none()
-                )
-            })
+            .map(|(tid, op)| format!("tid {tid}: applied {:?}", op.waiting_for_applied))
             .collect();
         format!(
             "{ops:?}, projected {:?}, parked {:?}",
@@ -1167,30 +1134,80 @@ pub(crate) fn refuse(ev: PgEvent, pg: PgId) {
     }
 }
 
-/// A store callback that reports a stage of write `tid` to the primary's queue.
-fn completion(
-    primary: &Osd,
-    from: OsdId,
-    pg: PgId,
-    tid: u64,
-    stage: Stage,
-) -> crate::store::Callback {
+/// A store callback that reports write `tid` applied on `from` to the
+/// primary's queue.
+fn applied(primary: &Osd, from: OsdId, pg: PgId, tid: u64) -> crate::store::Callback {
     let target = primary
         .peer(primary.id)
         .map(|p| std::sync::Arc::downgrade(&p));
     Box::new(move |result| {
         if let Some(p) = target.and_then(|w| w.upgrade()) {
-            p.enqueue(
-                pg,
-                PgEvent::RepReply {
-                    from,
-                    tid,
-                    stage,
-                    result,
-                },
-            );
+            p.enqueue(pg, PgEvent::RepReply { from, tid, result });
         }
     })
+}
+
+/// A store callback for a commit: a store that cannot make its journal
+/// durable is failing, and goes to the monitor to be marked down.
+fn committed(osd: &Osd, id: OsdId) -> crate::store::Callback {
+    let shared = std::sync::Arc::downgrade(&osd.shared);
+    Box::new(move |result| {
+        if let (Err(e), Some(shared)) = (result, shared.upgrade()) {
+            shared.report_failure(id, &format!("commit failed: {e}"));
+        }
+    })
+}
+
+/// Catches the primary's own `on_applied` when the store runs it before
+/// `queue_transaction` returns, so the write is answered on the spot;
+/// when it runs later, it goes through the queue as a replica's does.
+struct LocalApplied {
+    slot: std::sync::Arc<Mutex<Inline>>,
+    late: crate::store::Callback,
+}
+
+enum Inline {
+    /// `queue_transaction` has not returned yet.
+    Waiting,
+    /// The store applied it before returning.
+    Ran(StoreResult<()>),
+    /// `queue_transaction` returned first: the callback reports as usual.
+    Late(crate::store::Callback),
+}
+
+impl LocalApplied {
+    fn new(late: crate::store::Callback) -> Self {
+        LocalApplied {
+            slot: std::sync::Arc::new(Mutex::new(Inline::Waiting)),
+            late,
+        }
+    }
+
+    fn callback(&self) -> crate::store::Callback {
+        let slot = self.slot.clone();
+        Box::new(move |result| {
+            let mut s = slot.lock();
+            match std::mem::replace(&mut *s, Inline::Waiting) {
+                Inline::Late(late) => {
+                    drop(s);
+                    late(result);
+                }
+                _ => *s = Inline::Ran(result),
+            }
+        })
+    }
+
+    /// After `queue_transaction` returned: the result if it already ran.
+    fn take(self) -> Option<StoreResult<()>> {
+        let mut s = self.slot.lock();
+        match std::mem::replace(&mut *s, Inline::Waiting) {
+            Inline::Ran(r) => Some(r),
+            _ => {
+                *s = Inline::Late(self.late);
+                None
+            }
+        }
+    }
 }
 
 #[cfg(test)]
