@@ -1,6 +1,9 @@
 //! The fuser adapter: every FUSE callback is one call into [`ImageFs`] and one
 //! reply, nothing else. Requests run as tokio tasks, so a few FUSE threads keep
-//! many requests in flight (a direct-I/O loop device queues dozens).
+//! many requests in flight (a direct-I/O loop device queues dozens). Reads and
+//! writes first try the path without a task (`ImageFs::read_now`), answered
+//! from the OSD worker that completes them, and run as tasks when that path
+//! hands them back.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -286,16 +289,29 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            match fs.read(fh.0, offset, size).await {
-                Ok(d) => reply.data(&d),
-                Err(e) => {
+        let (fs, rt) = (self.fs.clone(), self.rt.clone());
+        let _rt = self.rt.enter();
+        self.fs.read_now(
+            fh.0,
+            offset,
+            size,
+            Box::new(move |r| match r {
+                Some(Ok(d)) => reply.data(&d),
+                Some(Err(e)) => {
                     log_err("read", &e);
                     reply.error(errno(&e))
                 }
-            }
-        });
+                None => drop(rt.spawn(async move {
+                    match fs.read(fh.0, offset, size).await {
+                        Ok(d) => reply.data(&d),
+                        Err(e) => {
+                            log_err("read", &e);
+                            reply.error(errno(&e))
+                        }
+                    }
+                })),
+            }),
+        );
     }
 
     fn write(
@@ -310,17 +326,30 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let fs = self.fs.clone();
+        let (fs, rt) = (self.fs.clone(), self.rt.clone());
         let data = Bytes::copy_from_slice(data);
-        self.rt.spawn(async move {
-            match fs.write(fh.0, offset, data).await {
-                Ok(n) => reply.written(n),
-                Err(e) => {
+        let _rt = self.rt.enter();
+        self.fs.write_now(
+            fh.0,
+            offset,
+            data.clone(),
+            Box::new(move |r| match r {
+                Some(Ok(n)) => reply.written(n),
+                Some(Err(e)) => {
                     log_err("write", &e);
                     reply.error(errno(&e))
                 }
-            }
-        });
+                None => drop(rt.spawn(async move {
+                    match fs.write(fh.0, offset, data).await {
+                        Ok(n) => reply.written(n),
+                        Err(e) => {
+                            log_err("write", &e);
+                            reply.error(errno(&e))
+                        }
+                    }
+                })),
+            }),
+        );
     }
 
     fn flush(

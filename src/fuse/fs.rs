@@ -29,6 +29,10 @@ use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
 /// Result of a filesystem request.
 pub type FsResult<T> = Result<T, FsError>;
 
+/// The completion of a request served without a task: `Some(result)`, or
+/// `None` when the caller must run the async request instead.
+pub type Then<T> = Box<dyn FnOnce(Option<FsResult<T>>) + Send>;
+
 /// Inode number of the root directory (fixed by FUSE).
 pub const ROOT_INO: u64 = 1;
 
@@ -491,6 +495,39 @@ impl ImageFs {
         }
         let len = u64::from(size).min(end - off);
         Ok(image.read(off, len).await?)
+    }
+
+    /// [`ImageFs::read`] without a task where it can be served that way (see
+    /// `rbd::io::now`): `then` gets `Some(result)` on the thread that
+    /// completes it, or `None` when the caller must run `read` instead.
+    pub fn read_now(&self, fh: u64, off: u64, size: u32, then: Then<Bytes>) {
+        let Ok((image, _)) = self.handle(fh) else {
+            return then(None);
+        };
+        let end = image.size();
+        if off >= end {
+            return then(Some(Ok(Bytes::new())));
+        }
+        let len = u64::from(size).min(end - off);
+        image.read_now(off, len, Box::new(move |r| then(r.map(|r| Ok(r?)))));
+    }
+
+    /// [`ImageFs::write`] as [`ImageFs::read_now`] is to `read`; writes that
+    /// grow the image take the async path.
+    pub fn write_now(&self, fh: u64, off: u64, data: Bytes, then: Then<u32>) {
+        let Ok((image, writable)) = self.handle(fh) else {
+            return then(None);
+        };
+        let len = data.len() as u32;
+        let end = off.checked_add(u64::from(len));
+        if !writable || end.is_none_or(|end| end > image.size()) {
+            return then(None);
+        }
+        image.write_now(
+            off,
+            data,
+            Box::new(move |r| then(r.map(|r| Ok(r.map(|()| len)?)))),
+        );
     }
 
     /// Grow `image` to at least `end` bytes (writes and fallocate past EOF).

@@ -52,8 +52,8 @@ use super::placement::object_pg;
 use super::store_open::{CloseFn, CrashFn, FailedStore, FileStoreOpener, StoreOpener};
 use super::tracker::{Admit, Gate, Leave, Reply};
 use crate::rados::{
-    BoxFuture, PoolId, PoolInfo, RadosBackend, RadosError, ReadOp, ReadResult, Result, SNAP_HEAD,
-    SnapContext, SnapId, WriteOp,
+    BoxFuture, Done, PoolId, PoolInfo, RadosBackend, RadosError, ReadOp, ReadResult, Result,
+    SNAP_HEAD, SnapContext, SnapId, WriteOp,
 };
 use crate::store::ObjectStore;
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering, RwLock};
@@ -156,16 +156,16 @@ enum ClientKind {
     Read {
         snap: SnapId,
         ops: Vec<ReadOp>,
-        tx: oneshot::Sender<Result<Vec<ReadResult>>>,
+        done: Done<Vec<ReadResult>>,
     },
     Write {
         snapc: SnapContext,
         ops: Vec<WriteOp>,
-        tx: oneshot::Sender<Result<()>>,
+        done: Done<()>,
     },
     Trim {
         snap: SnapId,
-        tx: oneshot::Sender<Result<()>>,
+        done: Done<()>,
     },
 }
 
@@ -717,8 +717,8 @@ impl Inner {
             }
         };
         match op.kind {
-            ClientKind::Read { snap, ops, tx } => {
-                let reply = Reply::new(tx, gate);
+            ClientKind::Read { snap, ops, done } => {
+                let reply = Reply::new(done, gate);
                 match located {
                     Ok((pgid, primary)) => send(
                         pgid,
@@ -733,8 +733,8 @@ impl Inner {
                     Err(e) => reply.send(Err(e)),
                 }
             }
-            ClientKind::Write { snapc, ops, tx } => {
-                let reply = Reply::new(tx, gate);
+            ClientKind::Write { snapc, ops, done } => {
+                let reply = Reply::new(done, gate);
                 match located {
                     Ok((pgid, primary)) => send(
                         pgid,
@@ -749,8 +749,8 @@ impl Inner {
                     Err(e) => reply.send(Err(e)),
                 }
             }
-            ClientKind::Trim { snap, tx } => {
-                let reply = Reply::new(tx, gate);
+            ClientKind::Trim { snap, done } => {
+                let reply = Reply::new(done, gate);
                 match located {
                     Ok((pgid, primary)) => send(pgid, primary, PgEvent::Trim { snap, reply }),
                     Err(e) => reply.send(Err(e)),
@@ -868,7 +868,10 @@ impl Inner {
                 self.submit(ClientOp {
                     pool: t.pool,
                     target: Target::Pg(t.pg),
-                    kind: ClientKind::Trim { snap: t.snap, tx },
+                    kind: ClientKind::Trim {
+                        snap: t.snap,
+                        done: sender(tx),
+                    },
                 });
                 (t, rx)
             })
@@ -938,9 +941,14 @@ impl Inner {
 /// Answer an op that was never admitted.
 fn fail(op: ClientOp, e: RadosError) {
     match op.kind {
-        ClientKind::Read { tx, .. } => drop(tx.send(Err(e))),
-        ClientKind::Write { tx, .. } | ClientKind::Trim { tx, .. } => drop(tx.send(Err(e))),
+        ClientKind::Read { done, .. } => done(Err(e)),
+        ClientKind::Write { done, .. } | ClientKind::Trim { done, .. } => done(Err(e)),
     }
+}
+
+/// A completion that hands the result to a waiting task.
+fn sender<T: Send + 'static>(tx: oneshot::Sender<Result<T>>) -> Done<T> {
+    Box::new(move |r| drop(tx.send(r)))
 }
 
 /// Run `f` on its own thread (map changes fsync and may wait for peering;
@@ -963,14 +971,14 @@ fn blocking<T: Send + 'static>(
 /// until `op_timeout` runs out.
 fn submit_retrying<T: Send + 'static>(
     inner: Arc<Inner>,
-    make: impl Fn(oneshot::Sender<Result<T>>) -> ClientOp + Send + 'static,
+    make: impl Fn(Done<T>) -> ClientOp + Send + 'static,
 ) -> BoxFuture<'static, Result<T>> {
     // The first attempt is queued before the future is returned: ops issued
     // one after another reach their primary in that order.
     let deadline = Instant::now() + inner.config.op_timeout;
     let mut changes = inner.changes.subscribe();
     let (tx, first) = oneshot::channel();
-    inner.submit(make(tx));
+    inner.submit(make(sender(tx)));
     Box::pin(async move {
         let mut rx = first;
         loop {
@@ -999,7 +1007,7 @@ fn submit_retrying<T: Send + 'static>(
             waited?;
             changes.borrow_and_update();
             let (tx, next) = oneshot::channel();
-            inner.submit(make(tx));
+            inner.submit(make(sender(tx)));
             rx = next;
         }
     })
@@ -1053,6 +1061,29 @@ fn spawn_monitor(inner: &Arc<Inner>, failures: std::sync::mpsc::Receiver<OsdId>)
         .map_err(|e| OsdError::io("starting the monitor thread", e))
 }
 
+/// What a read is refused for before it is sent.
+fn check_read(inner: &Inner, pool: PoolId, snap: SnapId, ops: &[ReadOp]) -> Result<()> {
+    if inner.shared.map().pool(pool).is_none() {
+        return Err(RadosError::PoolNotFound(pool.to_string()));
+    }
+    if snap != SNAP_HEAD && ops.iter().any(|o| matches!(o, ReadOp::ListSnaps)) {
+        return Err(RadosError::InvalidArgument(
+            "list_snaps is only valid at the head".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// What a write is refused for before it is sent.
+fn check_write(snapc: &SnapContext) -> Result<()> {
+    if !snapc.is_valid() {
+        return Err(RadosError::InvalidArgument(format!(
+            "bad snap context {snapc:?}"
+        )));
+    }
+    Ok(())
+}
+
 impl RadosBackend for Cluster {
     fn read(
         &self,
@@ -1061,24 +1092,17 @@ impl RadosBackend for Cluster {
         snap: SnapId,
         ops: Vec<ReadOp>,
     ) -> BoxFuture<'static, Result<Vec<ReadResult>>> {
-        if self.inner.shared.map().pool(pool).is_none() {
-            return Box::pin(std::future::ready(Err(RadosError::PoolNotFound(
-                pool.to_string(),
-            ))));
-        }
-        if snap != SNAP_HEAD && ops.iter().any(|o| matches!(o, ReadOp::ListSnaps)) {
-            return Box::pin(std::future::ready(Err(RadosError::InvalidArgument(
-                "list_snaps is only valid at the head".into(),
-            ))));
+        if let Err(e) = check_read(&self.inner, pool, snap, &ops) {
+            return Box::pin(std::future::ready(Err(e)));
         }
         let oid = oid.to_string();
-        submit_retrying(self.inner.clone(), move |tx| ClientOp {
+        submit_retrying(self.inner.clone(), move |done| ClientOp {
             pool,
             target: Target::Object(oid.clone()),
             kind: ClientKind::Read {
                 snap,
                 ops: ops.clone(),
-                tx,
+                done,
             },
         })
     }
@@ -1090,21 +1114,57 @@ impl RadosBackend for Cluster {
         snapc: SnapContext,
         ops: Vec<WriteOp>,
     ) -> BoxFuture<'static, Result<()>> {
-        if !snapc.is_valid() {
-            return Box::pin(std::future::ready(Err(RadosError::InvalidArgument(
-                format!("bad snap context {snapc:?}"),
-            ))));
+        if let Err(e) = check_write(&snapc) {
+            return Box::pin(std::future::ready(Err(e)));
         }
         let oid = oid.to_string();
-        submit_retrying(self.inner.clone(), move |tx| ClientOp {
+        submit_retrying(self.inner.clone(), move |done| ClientOp {
             pool,
             target: Target::Object(oid.clone()),
             kind: ClientKind::Write {
                 snapc: snapc.clone(),
                 ops: ops.clone(),
-                tx,
+                done,
             },
         })
+    }
+
+    /// One attempt, answered from the OSD worker that completes it.
+    fn read_then(
+        &self,
+        pool: PoolId,
+        oid: &str,
+        snap: SnapId,
+        ops: Vec<ReadOp>,
+        done: Done<Vec<ReadResult>>,
+    ) {
+        if let Err(e) = check_read(&self.inner, pool, snap, &ops) {
+            return done(Err(e));
+        }
+        self.inner.submit(ClientOp {
+            pool,
+            target: Target::Object(oid.to_string()),
+            kind: ClientKind::Read { snap, ops, done },
+        });
+    }
+
+    /// One attempt, answered from the OSD worker that completes it.
+    fn write_then(
+        &self,
+        pool: PoolId,
+        oid: &str,
+        snapc: SnapContext,
+        ops: Vec<WriteOp>,
+        done: Done<()>,
+    ) {
+        if let Err(e) = check_write(&snapc) {
+            return done(Err(e));
+        }
+        self.inner.submit(ClientOp {
+            pool,
+            target: Target::Object(oid.to_string()),
+            kind: ClientKind::Write { snapc, ops, done },
+        });
     }
 
     /// Every write that completed before the call is applied on each of

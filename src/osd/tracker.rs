@@ -4,9 +4,7 @@
 //! - [`Gate`]: counts client ops in flight and holds new ones back while the
 //!   map changes and PGs peer (Ceph's "waiting for map").
 
-use tokio::sync::oneshot;
-
-use crate::rados::{RadosError, Result};
+use crate::rados::{Done, RadosError, Result};
 use crate::sync::{Arc, Condvar, Mutex};
 
 /// Counts ops in flight and blocks new ones during peering.
@@ -126,29 +124,36 @@ impl<P: Send> Leave for Gate<P> {
 
 /// The answer to one client op; counts as in flight until dropped.
 pub(crate) struct Reply<T> {
-    tx: Option<oneshot::Sender<Result<T>>>,
+    done: Option<Done<T>>,
     gate: Arc<dyn Leave>,
 }
 
 impl<T> Reply<T> {
-    /// Wrap a sender for an op the gate admitted.
-    pub fn new(tx: oneshot::Sender<Result<T>>, gate: Arc<dyn Leave>) -> Self {
-        Reply { tx: Some(tx), gate }
+    /// Wrap the completion of an op the gate admitted.
+    pub fn new(done: Done<T>, gate: Arc<dyn Leave>) -> Self {
+        Reply {
+            done: Some(done),
+            gate,
+        }
     }
 
+    /// Answer the op. The gate is left first: the caller may issue its next
+    /// op from `done`.
     pub fn send(mut self, r: Result<T>) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(r);
+        let done = self.done.take();
+        drop(self);
+        if let Some(done) = done {
+            done(r);
         }
     }
 }
 
 impl<T> Drop for Reply<T> {
     fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Err(RadosError::ShuttingDown));
-        }
         self.gate.leave();
+        if let Some(done) = self.done.take() {
+            done(Err(RadosError::ShuttingDown));
+        }
     }
 }
 
@@ -160,9 +165,12 @@ mod tests {
     fn test_reply_dropped_unanswered_answers_shutting_down_and_leaves_gate() {
         let gate: Arc<Gate<()>> = Arc::new(Gate::new());
         assert!(matches!(gate.admit(()), Admit::Go(())));
-        let (tx, mut rx) = oneshot::channel::<Result<()>>();
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<Result<()>>();
 
-        drop(Reply::new(tx, gate.clone()));
+        drop(Reply::new(
+            Box::new(move |r| drop(tx.send(r))),
+            gate.clone(),
+        ));
 
         assert_eq!(rx.try_recv(), Ok(Err(RadosError::ShuttingDown)));
         assert!(

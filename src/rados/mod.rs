@@ -34,6 +34,10 @@ pub use op::{
 /// A boxed future, as the object-safe backend trait returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A completion callback: runs once, with the result, on whichever thread
+/// finishes the operation (an OSD worker, for the in-process cluster).
+pub type Done<T> = Box<dyn FnOnce(Result<T>) + Send>;
+
 /// A pool as clients see it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PoolInfo {
@@ -70,6 +74,35 @@ pub trait RadosBackend: Send + Sync + 'static {
         ops: Vec<WriteOp>,
     ) -> BoxFuture<'static, Result<()>>;
 
+    /// Like [`RadosBackend::read`], but `done` gets the result on the thread
+    /// that completes the op, so a caller that answers from there (a FUSE
+    /// reply) wakes no task. One attempt only: where `read` would wait for
+    /// the cluster (a map change, peering), `done` gets `Busy`, and the caller
+    /// falls back to `read`. By default, `read` run on the current tokio
+    /// runtime (`Busy` outside one).
+    fn read_then(
+        &self,
+        pool: PoolId,
+        oid: &str,
+        snap: SnapId,
+        ops: Vec<ReadOp>,
+        done: Done<Vec<ReadResult>>,
+    ) {
+        spawn_then(self.read(pool, oid, snap, ops), done)
+    }
+
+    /// [`RadosBackend::write`] as [`RadosBackend::read_then`] is to `read`.
+    fn write_then(
+        &self,
+        pool: PoolId,
+        oid: &str,
+        snapc: SnapContext,
+        ops: Vec<WriteOp>,
+        done: Done<()>,
+    ) {
+        spawn_then(self.write(pool, oid, snapc, ops), done)
+    }
+
     /// Returns once every write that completed before the call is committed
     /// (durable) on every replica.
     fn flush(&self) -> BoxFuture<'static, Result<()>>;
@@ -96,6 +129,16 @@ pub trait RadosBackend: Send + Sync + 'static {
 
     /// All pools, by id.
     fn pool_list(&self) -> Result<Vec<PoolInfo>>;
+}
+
+/// Run `f` on the current tokio runtime and hand its result to `done`.
+fn spawn_then<T: Send + 'static>(f: BoxFuture<'static, Result<T>>, done: Done<T>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn(async move { done(f.await) })),
+        Err(_) => done(Err(RadosError::Busy(
+            "no async runtime to run the op on".into(),
+        ))),
+    }
 }
 
 /// A handle to a cluster, cheap to clone.
@@ -176,6 +219,23 @@ impl IoCtx {
         ops: Vec<WriteOp>,
     ) -> Result<()> {
         self.backend.write(self.pool, oid, snapc.clone(), ops).await
+    }
+
+    /// See [`RadosBackend::read_then`].
+    pub fn read_then(
+        &self,
+        oid: &str,
+        snap: SnapId,
+        ops: Vec<ReadOp>,
+        done: Done<Vec<ReadResult>>,
+    ) {
+        self.backend.read_then(self.pool, oid, snap, ops, done)
+    }
+
+    /// See [`RadosBackend::write_then`].
+    pub fn write_then(&self, oid: &str, snapc: &SnapContext, ops: Vec<WriteOp>, done: Done<()>) {
+        self.backend
+            .write_then(self.pool, oid, snapc.clone(), ops, done)
     }
 
     /// Read `[off, off + len)` of `oid` at `snap` (short at the end of the object).

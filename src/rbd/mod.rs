@@ -327,6 +327,29 @@ impl Image {
         io::write(&self.ctx, off, data).await
     }
 
+    /// [`Image::read`] without a task, when it can be served that way:
+    /// `then` gets `Some(result)` on the thread that completes it, or `None`
+    /// (possibly at once) when the caller must call `read` instead. See
+    /// `io::now`.
+    pub fn read_now(&self, off: u64, len: u64, then: io::now::Then<Bytes>) {
+        io::now::read(
+            &self.ctx,
+            self.snap_id(),
+            off,
+            len,
+            !self.is_read_only(),
+            then,
+        )
+    }
+
+    /// [`Image::write`] as [`Image::read_now`] is to `read`.
+    pub fn write_now(&self, off: u64, data: Bytes, then: io::now::Then<()>) {
+        if self.is_read_only() {
+            return then(None);
+        }
+        io::now::write(&self.ctx, off, data, then)
+    }
+
     /// Discard `[off, off + len)`: whole objects are removed, partial ranges
     /// zeroed; reads return zeros afterwards. Clamped at the end of the image.
     pub async fn discard(&self, off: u64, len: u64) -> Result<()> {

@@ -77,8 +77,8 @@ pub struct ImageCtx {
     /// Data I/O holds it shared; operations that change the header in a way
     /// I/O must not straddle (snapshot, resize, rollback, detaching the
     /// parent) hold it exclusively. This is librbd's "block writes".
-    pub(crate) io_gate: tokio::sync::RwLock<()>,
-    object_locks: Vec<tokio::sync::RwLock<()>>,
+    pub(crate) io_gate: Arc<tokio::sync::RwLock<()>>,
+    object_locks: Vec<Arc<tokio::sync::RwLock<()>>>,
     pub(crate) lock: ExclusiveLock,
     /// Objects with a recorded copyup intent (see `io::copyup::settle`).
     pending_copyups: Mutex<std::collections::HashSet<u64>>,
@@ -114,9 +114,9 @@ impl ImageCtx {
             snap_maps: Mutex::new(snap_maps),
             chains: Mutex::new((epoch, HashMap::new())),
             parent_names: Mutex::new(HashMap::new()),
-            io_gate: tokio::sync::RwLock::new(()),
+            io_gate: Arc::new(tokio::sync::RwLock::new(())),
             object_locks: (0..OBJECT_LOCK_STRIPES)
-                .map(|_| tokio::sync::RwLock::new(()))
+                .map(|_| Arc::new(tokio::sync::RwLock::new(())))
                 .collect(),
             lock: ExclusiveLock::new(client),
             pending_copyups: Mutex::new(std::collections::HashSet::new()),
@@ -142,7 +142,7 @@ impl ImageCtx {
     }
 
     /// The lock stripe of object `objno`.
-    pub(crate) fn object_lock(&self, objno: u64) -> &tokio::sync::RwLock<()> {
+    pub(crate) fn object_lock(&self, objno: u64) -> &Arc<tokio::sync::RwLock<()>> {
         &self.object_locks[(objno % OBJECT_LOCK_STRIPES as u64) as usize]
     }
 

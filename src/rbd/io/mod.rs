@@ -7,6 +7,7 @@
 //! entry left by a crash can never make a write skip its copyup.
 
 pub mod copyup;
+pub mod now;
 pub mod read_parent;
 pub mod striper;
 

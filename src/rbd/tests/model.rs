@@ -354,9 +354,8 @@ async fn apply(sut: &mut Sut, m: &mut Model, op: &Op) {
             let off = scale(off, size);
             let len = (len as u64).min(size - off);
             let h = head(&sut.rbd, &mut sut.handles, &m.images[i].name).await;
-            h.write(off, Bytes::from(vec![byte; len as usize]))
-                .await
-                .unwrap();
+            let data = Bytes::from(vec![byte; len as usize]);
+            write_either(&h, off, data, byte % 2 == 0).await.unwrap();
             m.images[i].data[off as usize..(off + len) as usize].fill(byte);
         }
         Op::Discard { img, off, len } | Op::WriteZeroes { img, off, len } => {
@@ -583,8 +582,33 @@ async fn apply(sut: &mut Sut, m: &mut Model, op: &Op) {
     }
 }
 
-/// Every image and snapshot reads as the model says: in full, and over a
-/// range chosen by `sel`.
+/// A write as the FUSE adapter issues it: with `now`, `Image::write_now`
+/// first, and `write` where that hands it back.
+async fn write_either(h: &Image, off: u64, data: Bytes, now: bool) -> Result<(), RbdError> {
+    if now {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        h.write_now(off, data.clone(), Box::new(move |r| drop(tx.send(r))));
+        if let Some(r) = rx.await.expect("write_now answers") {
+            return r;
+        }
+    }
+    h.write(off, data).await
+}
+
+/// A read as [`write_either`] writes.
+async fn read_either(h: &Image, off: u64, len: u64, now: bool) -> Result<Bytes, RbdError> {
+    if now {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        h.read_now(off, len, Box::new(move |r| drop(tx.send(r))));
+        if let Some(r) = rx.await.expect("read_now answers") {
+            return r;
+        }
+    }
+    h.read(off, len).await
+}
+
+/// Every image and snapshot reads as the model says: in full (through
+/// `read`), and over a range chosen by `sel` (through `read_now` first).
 async fn check(rbd: &Arc<Rbd>, handles: &mut Handles, m: &Model, sel: u16) {
     let mut listed = rbd.list("rbd").await.unwrap();
     listed.sort();
@@ -605,7 +629,7 @@ async fn check(rbd: &Arc<Rbd>, handles: &mut Handles, m: &Model, sel: u16) {
             }
             let off = scale(sel, data.len() as u64);
             let len = (sel as u64 % (3 * OBJ)).min(data.len() as u64 - off);
-            let part = h.read(off, len).await.unwrap();
+            let part = read_either(&h, off, len, true).await.unwrap();
             assert_eq!(
                 part,
                 data[off as usize..(off + len) as usize],

@@ -1,0 +1,165 @@
+//! The fast path of the data path: a read or write inside one object, in
+//! the steady state, issued without an async task and answered from the
+//! thread that completes it.
+//!
+//! A FUSE request served through `read`/`write` in `io` wakes a task to
+//! start it and again to answer it; on a loop device that is most of the
+//! CPU a small request costs. Here the caller's thread takes the same locks
+//! as the async path (shared, and only if free right now), sends the object
+//! op, and the completion, run on the OSD worker that finishes it, releases
+//! them and answers. Whatever needs more (several objects, an object map
+//! change, a copyup, the parent, a lock someone holds, a cluster that is
+//! peering) is handed back as `None`: the caller then runs the async path,
+//! which decides and reports errors exactly as before.
+
+use bytes::Bytes;
+
+use crate::rados::{RadosError, ReadOp, ReadResult, SNAP_HEAD, SnapId, WriteOp};
+use crate::rbd::error::{RbdError, Result};
+use crate::rbd::image::{ImageCtx, names};
+use crate::rbd::object_map::EXISTS;
+use crate::sync::Arc;
+
+use super::read_parent::pad;
+use super::striper::{self, ObjectExtent};
+
+/// `Some(result)` when the fast path served the request, `None` when the
+/// caller must run the async path.
+pub type Then<T> = Box<dyn FnOnce(Option<Result<T>>) + Send>;
+
+/// The one object extent `[off, off + len)` falls in, if it is one.
+fn single_extent(order: u8, off: u64, len: u64) -> Option<ObjectExtent> {
+    let mut extents = striper::map_extent(order, off, len);
+    if extents.len() == 1 {
+        extents.pop()
+    } else {
+        None
+    }
+}
+
+/// Write `data` at `off` of the head when the object exists, has changed
+/// since the newest snapshot, and no copyup is under way (the first branch
+/// of `io::write_object`).
+pub(crate) fn write(ctx: &Arc<ImageCtx>, off: u64, data: Bytes, then: Then<()>) {
+    let Ok(gate) = ctx.io_gate.clone().try_read_owned() else {
+        return then(None);
+    };
+    let hdr = ctx.header();
+    let len = data.len() as u64;
+    if off.checked_add(len).is_none_or(|end| end > hdr.size) {
+        return then(None);
+    }
+    let Some(e) = single_extent(hdr.order, off, len) else {
+        return then(None);
+    };
+    let Ok(stripe) = ctx.object_lock(e.objno).clone().try_read_owned() else {
+        return then(None);
+    };
+    if ctx.head_state(e.objno) != EXISTS || ctx.copyup_pending(e.objno) {
+        return then(None);
+    }
+    let has_parent = hdr.parent.is_some() || hdr.snaps.iter().any(|s| s.parent.is_some());
+    let mut ops = Vec::with_capacity(2);
+    if has_parent {
+        ops.push(WriteOp::AssertExists);
+    }
+    ops.push(WriteOp::Write {
+        off: e.offset,
+        data,
+    });
+    let oid = names::data_oid(ctx.id(), e.objno);
+    let done_oid = oid.clone();
+    ctx.ioctx.write_then(
+        &oid,
+        &hdr.snapc(),
+        ops,
+        Box::new(move |r| {
+            drop((stripe, gate));
+            then(match r {
+                Ok(()) => Some(Ok(())),
+                // A map entry left by a crash (the async path copies up
+                // first), or a cluster that is not serving right now (the
+                // async path waits for it).
+                Err(RadosError::NotFound) if has_parent => None,
+                Err(RadosError::Busy(_)) => None,
+                Err(e) => Some(Err(RbdError::rados(done_oid, e))),
+            })
+        }),
+    );
+}
+
+/// Read `[off, off + len)` of the head or of snapshot `snap`, already cut
+/// at the end of the image by the caller, from one object that is read from
+/// itself (not the parent) and is not in a copyup.
+pub(crate) fn read(
+    ctx: &Arc<ImageCtx>,
+    snap: SnapId,
+    off: u64,
+    len: u64,
+    may_copy_up: bool,
+    then: Then<Bytes>,
+) {
+    let Ok(gate) = ctx.io_gate.clone().try_read_owned() else {
+        return then(None);
+    };
+    let hdr = ctx.header();
+    let size = if snap == SNAP_HEAD {
+        Some(hdr.size)
+    } else {
+        hdr.snap_by_id(snap).map(|s| s.size)
+    };
+    if size.is_none_or(|size| off.checked_add(len).is_none_or(|end| end > size)) || len == 0 {
+        return then(None);
+    }
+    let Some(e) = single_extent(hdr.order, off, len) else {
+        return then(None);
+    };
+    let has_link = if snap == SNAP_HEAD {
+        hdr.parent.is_some()
+    } else {
+        hdr.snap_by_id(snap).is_some_and(|s| s.parent.is_some())
+    };
+    let copy_on_read =
+        may_copy_up && snap == SNAP_HEAD && has_link && ctx.rbd.config().clone_copy_on_read;
+    if copy_on_read || (has_link && !ctx.map_exists(snap, e.objno)) {
+        return then(None);
+    }
+    let generation = ctx.copyup_generation();
+    if ctx.copyup_pending(e.objno) {
+        return then(None);
+    }
+    if !ctx.map_exists(snap, e.objno) {
+        drop(gate);
+        return then(Some(Ok(Bytes::from(vec![0u8; e.length as usize]))));
+    }
+    let oid = names::data_oid(ctx.id(), e.objno);
+    let done_oid = oid.clone();
+    let ctx = ctx.clone();
+    ctx.clone().ioctx.read_then(
+        &oid,
+        snap,
+        vec![ReadOp::Read {
+            off: e.offset,
+            len: e.length,
+        }],
+        Box::new(move |r| {
+            drop(gate);
+            // A copyup that started or ended meanwhile: its intermediate
+            // states are nobody's content (see `io::read_object`).
+            if ctx.copyup_generation() != generation {
+                return then(None);
+            }
+            then(match r {
+                Ok(mut results) => {
+                    let data = results.pop().map(ReadResult::into_data);
+                    Some(Ok(pad(data.unwrap_or_default(), e.length)))
+                }
+                Err(RadosError::NotFound) if !has_link => {
+                    Some(Ok(Bytes::from(vec![0u8; e.length as usize])))
+                }
+                Err(RadosError::NotFound) | Err(RadosError::Busy(_)) => None,
+                Err(e) => Some(Err(RbdError::rados(done_oid, e))),
+            })
+        }),
+    );
+}
