@@ -233,3 +233,64 @@ fn test_seek_data_and_seek_hole_see_the_images_holes() {
     assert_eq!(data, 8 << 20);
     assert_eq!(hole, 12 << 20);
 }
+
+#[test]
+fn test_direct_and_cached_opens_of_an_image_see_each_others_writes() {
+    // Arrange: an image whose first blocks sit in the page cache of a
+    // cached open (as `cmp` or `cp` next to a direct-I/O loop device).
+    use std::os::unix::fs::FileExt;
+    let w = World::new();
+    let img = w.path("rbd/shared");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    std::fs::write(&img, pattern(1, 1 << 20)).unwrap();
+    let cached = std::fs::File::open(&img).unwrap();
+    let mut before = vec![0u8; 1 << 16];
+    cached.read_exact_at(&mut before, 0).unwrap();
+    assert!(before[..] == pattern(1, 1 << 20)[..1 << 16]);
+    let block = w.dir.path().join("block");
+    std::fs::write(&block, pattern(2, 4096)).unwrap();
+
+    // Act: a direct write into the cached range, then a cached write read
+    // back directly.
+    let dd = |args: &[&str]| {
+        let mut all = vec!["bs=4096", "count=1", "status=none"];
+        all.extend_from_slice(args);
+        run("dd", &all);
+    };
+    let (img_s, block_s) = (img.to_str().unwrap(), block.to_str().unwrap());
+    dd(&[
+        &format!("if={block_s}"),
+        &format!("of={img_s}"),
+        "seek=2",
+        "oflag=direct",
+        "conv=notrunc",
+    ]);
+    let mut seen_cached = vec![0u8; 4096];
+    cached.read_exact_at(&mut seen_cached, 8192).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .write_all_at(&pattern(3, 4096), 16384)
+        .unwrap();
+    let out = w.dir.path().join("out");
+    dd(&[
+        &format!("if={img_s}"),
+        &format!("of={}", out.to_str().unwrap()),
+        "skip=4",
+        "iflag=direct",
+    ]);
+
+    // Assert
+    assert!(
+        seen_cached == pattern(2, 4096),
+        "a cached open still sees the bytes a direct write replaced"
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == pattern(3, 4096),
+        "a direct read misses a cached open's write"
+    );
+}

@@ -82,6 +82,20 @@ fn log_err(op: &str, e: &FsError) {
     }
 }
 
+/// How the kernel treats an open file. An `O_DIRECT` open (a loop device
+/// with `--direct-io=on`, `fio --direct=1`) goes the direct-I/O way: its
+/// writes then run in parallel, and without the inode lock and the
+/// `security.capability` lookup (a round trip to the daemon) that every
+/// write through the page-cache path takes first. Other opens keep the
+/// page cache.
+fn open_flags(flags: i32) -> FopenFlags {
+    if flags & libc::O_DIRECT != 0 {
+        FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+    } else {
+        FopenFlags::empty()
+    }
+}
+
 /// Reply with the xattr protocol: size query when `size == 0`, else the data
 /// (ERANGE when it does not fit).
 fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
@@ -104,6 +118,9 @@ impl Filesystem for FuseAdapter {
         // dirops lets lookups of different names run at once.
         let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // O_DIRECT opens bypass the page cache (see `open_flags`); this keeps
+        // them mmap-able.
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         Ok(())
     }
 
@@ -267,9 +284,7 @@ impl Filesystem for FuseAdapter {
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.open(ino.0, flags.0).await {
-                // Parallel direct writes: O_DIRECT writes (a loop device with
-                // --direct-io=on) are not serialised on the inode lock.
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES),
+                Ok(fh) => reply.opened(FileHandle(fh), open_flags(flags.0)),
                 Err(e) => {
                     log_err("open", &e);
                     reply.error(errno(&e))
@@ -469,6 +484,11 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // Names outside ours are answered here: the kernel asks for
+        // `security.capability` before every write through the page cache.
+        if let Some(e) = self.fs.foreign_xattr(ino.0, name) {
+            return reply.error(errno(&e));
+        }
         let fs = self.fs.clone();
         let name = name.to_string_lossy().into_owned();
         self.rt.spawn(async move {
@@ -525,7 +545,7 @@ impl Filesystem for FuseAdapter {
                     &file_attr(&a),
                     Generation(0),
                     FileHandle(fh),
-                    FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES,
+                    open_flags(flags),
                 ),
                 Err(e) => {
                     log_err("create", &e);

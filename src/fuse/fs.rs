@@ -835,6 +835,18 @@ impl ImageFs {
     }
 
     /// Value of extended attribute `name` of `ino`.
+    /// The answer to a `getxattr` of a name that is not ours (no I/O needed):
+    /// `None` for names under `user.rbd.`.
+    pub fn foreign_xattr(&self, ino: u64, name: &OsStr) -> Option<FsError> {
+        if name.as_encoded_bytes().starts_with(XATTR_PREFIX.as_bytes()) {
+            return None;
+        }
+        Some(match self.node(ino) {
+            Ok(_) => FsError::NoAttribute(name.to_string_lossy().into_owned()),
+            Err(e) => e,
+        })
+    }
+
     pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
         let node = self.node(ino)?;
         let no = || FsError::NoAttribute(name.to_string());
