@@ -253,17 +253,10 @@ impl ImageCtx {
 
     /// The parent chain behind `link` (cached until the layout epoch moves).
     pub(crate) async fn parent_view(&self, link: &ParentLink) -> Result<Arc<ParentView>> {
-        let key = (link.pool_id, link.image_id.clone(), link.snap_id);
-        let epoch = self.rbd.layout_epoch();
-        {
-            let mut c = self.chains.lock();
-            if c.0 != epoch {
-                *c = (epoch, HashMap::new());
-            }
-            if let Some(v) = c.1.get(&key) {
-                return Ok(v.clone());
-            }
+        if let Some(v) = self.cached_parent_view(link) {
+            return Ok(v);
         }
+        let key = (link.pool_id, link.image_id.clone(), link.snap_id);
         let view = ParentView::load(&self.rbd, link, 0).await?;
         self.parent_names.lock().insert(
             key.clone(),
@@ -271,6 +264,17 @@ impl ImageCtx {
         );
         self.chains.lock().1.insert(key, view.clone());
         Ok(view)
+    }
+
+    /// The parent chain behind `link` if it is cached (no I/O).
+    pub(crate) fn cached_parent_view(&self, link: &ParentLink) -> Option<Arc<ParentView>> {
+        let key = (link.pool_id, link.image_id.clone(), link.snap_id);
+        let epoch = self.rbd.layout_epoch();
+        let mut c = self.chains.lock();
+        if c.0 != epoch {
+            *c = (epoch, HashMap::new());
+        }
+        c.1.get(&key).cloned()
     }
 
     pub(crate) fn copyup_generation(&self) -> u64 {

@@ -8,8 +8,8 @@
 //! as the async path (shared, and only if free right now), sends the object
 //! op, and the completion, run on the OSD worker that finishes it, releases
 //! them and answers. Whatever needs more (several objects, an object map
-//! change, a copyup, the parent, a lock someone holds, a cluster that is
-//! peering) is handed back as `None`: the caller then runs the async path,
+//! change, a copyup, a parent chain not loaded yet, a lock someone holds, a
+//! cluster that is peering) is handed back as `None`: the caller then runs the async path,
 //! which decides and reports errors exactly as before.
 
 use bytes::Bytes;
@@ -88,9 +88,10 @@ pub(crate) fn write(ctx: &Arc<ImageCtx>, off: u64, data: Bytes, then: Then<()>) 
     );
 }
 
-/// Read `[off, off + len)` of the head or of snapshot `snap`, already cut
-/// at the end of the image by the caller, from one object that is read from
-/// itself (not the parent) and is not in a copyup.
+/// Read `[off, off + len)` of the head or of snapshot `snap` (within its
+/// size) from one object that is not in a copyup: from the object itself, or
+/// through a parent chain already cached, from the nearest ancestor whose map
+/// claims it.
 pub(crate) fn read(
     ctx: &Arc<ImageCtx>,
     snap: SnapId,
@@ -114,33 +115,60 @@ pub(crate) fn read(
     let Some(e) = single_extent(hdr.order, off, len) else {
         return then(None);
     };
-    let has_link = if snap == SNAP_HEAD {
-        hdr.parent.is_some()
+    let link = if snap == SNAP_HEAD {
+        hdr.parent.as_ref()
     } else {
-        hdr.snap_by_id(snap).is_some_and(|s| s.parent.is_some())
+        hdr.snap_by_id(snap).and_then(|s| s.parent.as_ref())
     };
     let copy_on_read =
-        may_copy_up && snap == SNAP_HEAD && has_link && ctx.rbd.config().clone_copy_on_read;
-    if copy_on_read || (has_link && !ctx.map_exists(snap, e.objno)) {
+        may_copy_up && snap == SNAP_HEAD && link.is_some() && ctx.rbd.config().clone_copy_on_read;
+    if copy_on_read {
         return then(None);
     }
     let generation = ctx.copyup_generation();
     if ctx.copyup_pending(e.objno) {
         return then(None);
     }
-    if !ctx.map_exists(snap, e.objno) {
-        drop(gate);
-        return then(Some(Ok(Bytes::from(vec![0u8; e.length as usize]))));
-    }
-    let oid = names::data_oid(ctx.id(), e.objno);
+    // Where the bytes are: the object itself, else the nearest ancestor
+    // whose map claims it (through a cached chain only), else nowhere.
+    let zeros = || Bytes::from(vec![0u8; e.length as usize]);
+    let own = ctx.map_exists(snap, e.objno);
+    let (ioctx, oid, at, valid) = match link {
+        _ if own => (
+            ctx.ioctx.clone(),
+            names::data_oid(ctx.id(), e.objno),
+            snap,
+            e.length,
+        ),
+        None => return then(Some(Ok(zeros()))),
+        Some(link) => {
+            let Some(view) = ctx.cached_parent_view(link) else {
+                return then(None);
+            };
+            let img_off = (e.objno << hdr.order) + e.offset;
+            match view
+                .holders(e.objno, img_off, e.length, link.overlap)
+                .next()
+            {
+                Some((cur, valid)) => (
+                    cur.ioctx.clone(),
+                    names::data_oid(&cur.image_id, e.objno),
+                    cur.snap_id,
+                    valid,
+                ),
+                None => return then(Some(Ok(zeros()))),
+            }
+        }
+    };
+    let has_link = link.is_some();
     let done_oid = oid.clone();
     let ctx = ctx.clone();
-    ctx.clone().ioctx.read_then(
+    ioctx.read_then(
         &oid,
-        snap,
+        at,
         vec![ReadOp::Read {
             off: e.offset,
-            len: e.length,
+            len: valid,
         }],
         Box::new(move |r| {
             drop(gate);
@@ -157,6 +185,8 @@ pub(crate) fn read(
                 Err(RadosError::NotFound) if !has_link => {
                     Some(Ok(Bytes::from(vec![0u8; e.length as usize])))
                 }
+                // A map that claims more than is there (a crash): the
+                // async path probes further up the chain.
                 Err(RadosError::NotFound) | Err(RadosError::Busy(_)) => None,
                 Err(e) => Some(Err(RbdError::rados(done_oid, e))),
             })

@@ -73,27 +73,37 @@ impl ParentView {
         }))
     }
 
+    /// The ancestors from this one up, each with the limit that applies to
+    /// it: the smallest overlap on the way up (image offsets at or past it
+    /// read as zeros from there on).
+    fn chain(&self, overlap: u64) -> impl Iterator<Item = (&ParentView, u64)> {
+        std::iter::successors(Some((self, overlap)), |&(cur, limit)| {
+            cur.up.as_ref().map(|(up, ov)| (&**up, limit.min(*ov)))
+        })
+    }
+
+    /// The ancestors whose maps claim object `objno`, nearest first, each with
+    /// how many bytes from image offset `img_off` it may hold (at most `len`).
+    /// A read takes the first; a probe that finds nothing tries the next.
+    pub fn holders(
+        &self,
+        objno: u64,
+        img_off: u64,
+        len: u64,
+        overlap: u64,
+    ) -> impl Iterator<Item = (&ParentView, u64)> {
+        self.chain(overlap)
+            .take_while(move |&(_, limit)| img_off < limit)
+            .filter(move |&(cur, _)| cur.map.exists(objno))
+            .map(move |(cur, limit)| (cur, len.min(limit - img_off)))
+    }
+
     /// True when some ancestor may hold data of object `objno` below image
     /// offset `limit` (the child's overlap), from the maps alone.
     pub fn may_have(&self, objno: u64, limit: u64) -> bool {
-        let start = objno << self.order;
-        let mut limit = limit;
-        let mut cur = self;
-        loop {
-            if start >= limit {
-                return false;
-            }
-            if cur.map.exists(objno) {
-                return true;
-            }
-            match &cur.up {
-                Some((up, ov)) => {
-                    limit = limit.min(*ov);
-                    cur = up;
-                }
-                None => return false,
-            }
-        }
+        self.holders(objno, objno << self.order, 1, limit)
+            .next()
+            .is_some()
     }
 
     /// Bytes `[off, off + len)` of object `objno` as the child sees them through
@@ -101,27 +111,12 @@ impl ParentView {
     /// zeros elsewhere. Always `len` bytes.
     pub async fn read(&self, objno: u64, off: u64, len: u64, overlap: u64) -> Result<Bytes> {
         let img_off = (objno << self.order) + off;
-        let mut limit = overlap;
-        let mut cur = self;
-        loop {
-            if img_off >= limit {
-                break;
-            }
-            let valid = len.min(limit - img_off);
-            if cur.map.exists(objno) {
-                let oid = names::data_oid(&cur.image_id, objno);
-                match cur.ioctx.read(&oid, cur.snap_id, off, valid).await {
-                    Ok(d) => return Ok(pad(d, len)),
-                    Err(RadosError::NotFound) => {}
-                    Err(e) => return Err(RbdError::rados(oid, e)),
-                }
-            }
-            match &cur.up {
-                Some((up, ov)) => {
-                    limit = limit.min(*ov);
-                    cur = up;
-                }
-                None => break,
+        for (cur, valid) in self.holders(objno, img_off, len, overlap) {
+            let oid = names::data_oid(&cur.image_id, objno);
+            match cur.ioctx.read(&oid, cur.snap_id, off, valid).await {
+                Ok(d) => return Ok(pad(d, len)),
+                Err(RadosError::NotFound) => {}
+                Err(e) => return Err(RbdError::rados(oid, e)),
             }
         }
         Ok(Bytes::from(vec![0u8; len as usize]))
