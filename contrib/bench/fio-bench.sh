@@ -123,7 +123,12 @@ measure() { # measure LABEL UNIT(iops|bw) SIDE(read|write|both) RBD_DEV PLAIN_DE
   local label="$1" unit="$2" side="$3" r="$4" p="$5"; shift 5
   echo "fio-bench: $label" >&2
   local a b
+  # Each job starts with no dirty data left behind by the one before (the
+  # store's write-back of earlier writes would otherwise land in the next
+  # job's numbers).
+  sync
   a=$(run_fio "$r" "$label" "$@")
+  sync
   b=$(run_fio "$p" "$label" "$@")
   rows+=("$label|$unit|$side|$a|$b")
 }

@@ -36,11 +36,17 @@ const MAX_BACKGROUND: u16 = 64;
 pub struct FuseAdapter {
     fs: Arc<ImageFs>,
     rt: tokio::runtime::Handle,
+    /// O_DIRECT opens may bypass the page cache (see [`open_flags`]).
+    direct_io: bool,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<ImageFs>, rt: tokio::runtime::Handle) -> Self {
-        Self { fs, rt }
+        Self {
+            fs,
+            rt,
+            direct_io: false,
+        }
     }
 }
 
@@ -87,9 +93,9 @@ fn log_err(op: &str, e: &FsError) {
 /// writes then run in parallel, and without the inode lock and the
 /// `security.capability` lookup (a round trip to the daemon) that every
 /// write through the page-cache path takes first. Other opens keep the
-/// page cache.
-fn open_flags(flags: i32) -> FopenFlags {
-    if flags & libc::O_DIRECT != 0 {
+/// page cache. `direct_io`: the kernel keeps such opens mmap-able.
+fn open_flags(flags: i32, direct_io: bool) -> FopenFlags {
+    if direct_io && flags & libc::O_DIRECT != 0 {
         FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
     } else {
         FopenFlags::empty()
@@ -118,9 +124,12 @@ impl Filesystem for FuseAdapter {
         // dirops lets lookups of different names run at once.
         let _ = config.add_capabilities(InitFlags::FUSE_ASYNC_DIO);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
-        // O_DIRECT opens bypass the page cache (see `open_flags`); this keeps
-        // them mmap-able.
-        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        // O_DIRECT opens bypass the page cache (see `open_flags`) on kernels
+        // that keep such files mmap-able and coherent with cached opens
+        // (6.6 on); older ones take the page-cache path as before.
+        self.direct_io = config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_ok();
         Ok(())
     }
 
@@ -281,10 +290,10 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let fs = self.fs.clone();
+        let (fs, direct_io) = (self.fs.clone(), self.direct_io);
         self.rt.spawn(async move {
             match fs.open(ino.0, flags.0).await {
-                Ok(fh) => reply.opened(FileHandle(fh), open_flags(flags.0)),
+                Ok(fh) => reply.opened(FileHandle(fh), open_flags(flags.0, direct_io)),
                 Err(e) => {
                     log_err("open", &e);
                     reply.error(errno(&e))
@@ -536,7 +545,7 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let fs = self.fs.clone();
+        let (fs, direct_io) = (self.fs.clone(), self.direct_io);
         let name = name.to_owned();
         self.rt.spawn(async move {
             match fs.create(parent.0, &name, flags).await {
@@ -545,7 +554,7 @@ impl Filesystem for FuseAdapter {
                     &file_attr(&a),
                     Generation(0),
                     FileHandle(fh),
-                    open_flags(flags),
+                    open_flags(flags, direct_io),
                 ),
                 Err(e) => {
                     log_err("create", &e);

@@ -834,7 +834,6 @@ impl ImageFs {
             .collect())
     }
 
-    /// Value of extended attribute `name` of `ino`.
     /// The answer to a `getxattr` of a name that is not ours (no I/O needed):
     /// `None` for names under `user.rbd.`.
     pub fn foreign_xattr(&self, ino: u64, name: &OsStr) -> Option<FsError> {
@@ -847,6 +846,7 @@ impl ImageFs {
         })
     }
 
+    /// Value of extended attribute `name` of `ino`.
     pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
         let node = self.node(ino)?;
         let no = || FsError::NoAttribute(name.to_string());

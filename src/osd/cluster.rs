@@ -88,8 +88,9 @@ impl Default for ClusterConfig {
             // One shard per two cores, two threads each. On 2 cores, one
             // shard did 10-15% more small-I/O IOPS than two (fewer sleeping
             // workers to wake: every OSD of the process has its own pool).
+            // At most 4: every OSD of the process has its own pool.
             osd_op_num_shards: std::thread::available_parallelism()
-                .map_or(1, |n| (n.get() / 2).max(1)),
+                .map_or(1, |n| (n.get() / 2).clamp(1, 4)),
             osd_op_num_threads_per_shard: 2,
             pg_log_max_entries: 3000,
             default_pool_size: 3,
@@ -525,8 +526,11 @@ impl Cluster {
         self.inner.stopping.store(true, Ordering::SeqCst);
         // Serialised with a monitor-driven map change in progress.
         let _serial = self.inner.map_change.lock();
-        let parked = self.inner.gate.close();
-        drop(parked);
+        // Parked ops are answered, not dropped: a dropped completion
+        // would never run.
+        for op in self.inner.gate.close() {
+            fail(op, RadosError::ShuttingDown);
+        }
         self.inner.changes.send_modify(|v| *v += 1);
         let osds = self.inner.osds();
         for o in &osds {

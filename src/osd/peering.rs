@@ -46,8 +46,8 @@ pub(crate) fn peer_all(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -
     let Some(first) = osds.first() else {
         return Ok(());
     };
-    // Writes answered but not yet committed keep their PG busy: have every
-    // store commit, and the commit replies reach the primaries' queues.
+    // Every write answered so far becomes durable on every store before the
+    // PGs compare logs (the logs of what was only applied could be lost).
     for o in osds {
         if let Err(e) = o.store.wait_committed() {
             log::debug!("osd.{}: commit before peering: {e}", o.id);

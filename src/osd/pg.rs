@@ -10,9 +10,11 @@
 //!    ─> one Transaction: clone + data ops + "_"/"snapset" attrs + PG log
 //!       entry + PG info
 //!    ─> queue on the local store, send the same transaction to each replica
-//!    ─> in-flight op: waiting_for_commit = waiting_for_applied = acting set
-//!  each OSD: commit (journal durable) ─> reply; applied (readable) ─> reply
-//!  all applied ─> client reply; all committed ─> flushes may pass it
+//!    ─> in-flight op: waiting_for_applied = acting set
+//!  each OSD: applied (readable) ─> reply (the primary's own store usually
+//!  applies before queue_transaction returns: handled on the spot)
+//!  all applied ─> client reply
+//!  commits (journal durable) are the stores' business: a flush asks them
 //! ```
 //!
 //! Reads run on the primary's store directly, except that a read of an object
@@ -914,7 +916,7 @@ impl Pg {
     }
 
     /// Log, queue locally, replicate, and track a write until it is applied
-    /// and committed on every acting OSD.
+    /// on every acting OSD.
     fn submit(
         &mut self,
         osd: &Osd,

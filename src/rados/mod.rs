@@ -77,9 +77,11 @@ pub trait RadosBackend: Send + Sync + 'static {
     /// Like [`RadosBackend::read`], but `done` gets the result on the thread
     /// that completes the op, so a caller that answers from there (a FUSE
     /// reply) wakes no task. One attempt only: where `read` would wait for
-    /// the cluster (a map change, peering), `done` gets `Busy`, and the caller
-    /// falls back to `read`. By default, `read` run on the current tokio
-    /// runtime (`Busy` outside one).
+    /// the cluster to serve the op (a PG not peered yet, too few replicas),
+    /// `done` gets `Busy`, and the caller falls back to `read`; an op that
+    /// arrives while the map changes waits for the peering, as with `read`.
+    /// By default, `read` run on the current tokio runtime (`Busy` outside
+    /// one).
     fn read_then(
         &self,
         pool: PoolId,

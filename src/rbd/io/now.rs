@@ -69,12 +69,14 @@ pub(crate) fn write(ctx: &Arc<ImageCtx>, off: u64, data: Bytes, then: Then<()>) 
     });
     let oid = names::data_oid(ctx.id(), e.objno);
     let done_oid = oid.clone();
+    // The image stays open until the op is done, as on the async path.
+    let open = ctx.clone();
     ctx.ioctx.write_then(
         &oid,
         &hdr.snapc(),
         ops,
         Box::new(move |r| {
-            drop((stripe, gate));
+            drop((stripe, gate, open));
             then(match r {
                 Ok(()) => Some(Ok(())),
                 // A map entry left by a crash (the async path copies up
