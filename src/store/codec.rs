@@ -18,6 +18,11 @@
 //! carries the file's id and length instead of the data. Records without a
 //! `Place` are still written as version 1, byte for byte as before.
 //!
+//! Version 3 adds `InPlace` (tag 17): a large overwrite inside an object
+//! whose data was written into the object's own file and synced before the
+//! record, so the record carries the key and the range only. Records without
+//! one keep the version they had.
+//!
 //! The header layout is the same for every version, so a reader can always
 //! frame and checksum a record; only a record whose checksum holds and whose
 //! version is newer than ours is reported as [`DecodeError::NewerVersion`].
@@ -35,8 +40,10 @@ use super::{CollId, ObjectKey, TxOp};
 
 pub const RECORD_MAGIC: [u8; 4] = *b"RBDJ";
 /// Newest record version this build writes and reads.
-pub const RECORD_VERSION: u8 = 2;
-/// The version of records without a [`Step::Place`].
+pub const RECORD_VERSION: u8 = 3;
+/// The version of records with a [`Step::Place`] and no [`Step::InPlace`].
+const RECORD_VERSION_PLACE: u8 = 2;
+/// The version of records without either.
 const RECORD_VERSION_PLAIN: u8 = 1;
 pub const RECORD_HEADER_LEN: usize = 24;
 /// Larger lengths are treated as corruption rather than allocated.
@@ -307,6 +314,7 @@ mod tag {
     pub const COLL_META_SET: u8 = 14;
     pub const COLL_META_RM: u8 = 15;
     pub const PLACE: u8 = 16;
+    pub const IN_PLACE: u8 = 17;
 }
 
 /// One step of a transaction as the store journals and applies it.
@@ -320,6 +328,14 @@ pub enum Step {
         key: ObjectKey,
         len: u64,
         id: u64,
+    },
+    /// Bytes `[off, off + len)` of the object, inside its size, were
+    /// overwritten in its data file and synced before the record: nothing to
+    /// do on apply or replay.
+    InPlace {
+        key: ObjectKey,
+        off: u64,
+        len: u64,
     },
 }
 
@@ -337,11 +353,18 @@ pub fn encode_steps(e: &mut Encoder, steps: &[Step]) -> u8 {
         match s {
             Step::Op(op) => encode_op(e, op),
             Step::Place { key, len, id } => {
-                version = RECORD_VERSION;
+                version = version.max(RECORD_VERSION_PLACE);
                 e.u8(tag::PLACE);
                 e.key(key);
                 e.u64(*len);
                 e.u64(*id);
+            }
+            Step::InPlace { key, off, len } => {
+                version = RECORD_VERSION;
+                e.u8(tag::IN_PLACE);
+                e.key(key);
+                e.u64(*off);
+                e.u64(*len);
             }
         }
     }
@@ -432,7 +455,15 @@ pub fn decode_steps(buf: Bytes, version: u8) -> DecodeResult<Vec<Step>> {
     let mut ops = Vec::with_capacity(n);
     for _ in 0..n {
         let t = d.u8("operation tag")?;
-        if t == tag::PLACE && version >= RECORD_VERSION {
+        if t == tag::IN_PLACE && version >= RECORD_VERSION {
+            ops.push(Step::InPlace {
+                key: d.key()?,
+                off: d.u64("in-place offset")?,
+                len: d.u64("in-place length")?,
+            });
+            continue;
+        }
+        if t == tag::PLACE && version >= RECORD_VERSION_PLACE {
             ops.push(Step::Place {
                 key: d.key()?,
                 len: d.u64("placed length")?,
@@ -771,6 +802,42 @@ mod tests {
         let r = decode_steps(Bytes::from(e.finish_flat()), RECORD_VERSION_PLAIN);
 
         assert_eq!(r.unwrap_err(), DecodeError::BadTag(tag::PLACE));
+    }
+
+    fn in_place() -> Vec<Step> {
+        vec![
+            Step::Place {
+                key: key("p"),
+                len: 1 << 20,
+                id: (1 << 63) | 6,
+            },
+            Step::InPlace {
+                key: key("o"),
+                off: 1 << 20,
+                len: 2 << 20,
+            },
+        ]
+    }
+
+    #[test]
+    fn test_record_with_in_place_step_is_version_3_and_roundtrips() {
+        let flat = Bytes::from(frame_record(4, encode_payload(&in_place())).bufs.concat());
+
+        let (seq, steps, used) = decode_record(&flat).unwrap();
+
+        assert_eq!(flat[4], 3, "record version");
+        assert_eq!((seq, used), (4, flat.len()));
+        assert_eq!(steps, in_place());
+    }
+
+    #[test]
+    fn test_decode_version_2_record_with_in_place_tag_is_an_error() {
+        let mut e = Encoder::new();
+        encode_steps(&mut e, &in_place());
+
+        let r = decode_steps(Bytes::from(e.finish_flat()), RECORD_VERSION_PLACE);
+
+        assert_eq!(r.unwrap_err(), DecodeError::BadTag(tag::IN_PLACE));
     }
 
     #[test]

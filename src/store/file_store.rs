@@ -54,6 +54,16 @@
 //! Every byte is written once; the journal carries a few dozen bytes. The
 //! file's fdatasyncs run on the queueing threads, in parallel across them.
 //!
+//! Large overwrites inside an object go in place the same way (`InPlace`):
+//! the data is written into the object's own file and synced before the
+//! record, which carries only the range, so it too is written once. Only
+//! into a file that no record replay may still apply sets or reads bytes of
+//! (replay would put older journaled bytes over them), only inside the
+//! object's size (no replay cut past the size can take them), and only in a
+//! transaction with metadata steps besides, that need not commit first (see
+//! `Inner::in_place`). A crash between the data and the record leaves bytes
+//! of a write that was never acknowledged, as a disk may.
+//!
 //! Data files are never deleted by an apply: a removed, replaced or
 //! overwritten-by-clone object's file is doomed with the seq that dropped it
 //! and deleted by the first checkpoint whose snapshot covers that seq. So a
@@ -65,7 +75,7 @@
 //! never appended to), and only then removes files no object owns: the
 //! orphans of placed writes whose record never committed, and doomed files.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -265,6 +275,12 @@ struct Inner {
     /// Files of objects dropped by applied transactions: (seq, id). Deleted
     /// by the first checkpoint whose snapshot covers the seq.
     doomed: Mutex<Vec<(u64, u64)>>,
+    /// Data files whose bytes a record replay may still apply sets or reads
+    /// (a journaled `Write`, `Zero`, `Truncate`, either side of a `Clone`, a
+    /// `Place`), with the newest such record's seq; pruned by checkpoints.
+    /// A large overwrite goes in place only into a file not in here: replay
+    /// would put older bytes over it. See [`Inner::in_place`].
+    replayed_files: Mutex<HashMap<u64, u64>>,
     fds: FdCache,
     failed: AtomicBool,
     closed: AtomicBool,
@@ -393,6 +409,7 @@ impl FileStore {
             ckpt_wake: Wakeup::default(),
             next_placed: AtomicU64::new(max_placed + 1),
             doomed: Mutex::new(Vec::new()),
+            replayed_files: Mutex::new(HashMap::new()),
             fds: FdCache {
                 map: Mutex::new(std::collections::HashMap::new()),
             },
@@ -975,6 +992,8 @@ impl Inner {
         //    replay could still apply (seq > S) dropped them, so they go. A
         //    crash part way leaves orphans, which open sweeps.
         self.doomed.lock().retain(|(s, _)| *s > seq);
+        // Replay starts past `seq` from now on.
+        self.replayed_files.lock().retain(|_, s| *s > seq);
         for id in doomed {
             self.fds.forget(id);
             data::remove_file(&obj_path(&self.root, id)).map_err(io_err(&ctx))?;
@@ -1334,6 +1353,8 @@ fn apply_txn(
                     Some(Step::Op(TxOp::Truncate { key: k, size })) if k == key && size <= len);
                 ctx.place(meta, key, *len, *id, !cut)?
             }
+            // Written and synced before the record was.
+            Step::InPlace { .. } => {}
         }
     }
     meta.write().seq = seq;
@@ -1539,32 +1560,55 @@ fn txn_shards(txn: &Transaction) -> Vec<usize> {
     v
 }
 
-/// The files a transaction's large writes were placed in, by step index.
+/// Where a transaction's write's data goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direct {
+    /// Into the journal record (and the object file at apply).
+    Journal,
+    /// Into new data file `id`, before the record (`Step::Place`).
+    Place(u64),
+    /// Into the object's own file, before the record (`Step::InPlace`).
+    InPlace,
+}
+
+/// What a transaction's large writes did before its record, by step index.
 struct Placed {
-    ids: Vec<Option<u64>>,
+    how: Vec<Direct>,
+    /// Bytes written before the record (they need no journal space).
     bytes: u64,
 }
 
 impl Placed {
-    /// The transaction's steps, placed writes as `Step::Place`.
+    /// The transaction's steps, placed writes as `Step::Place` or
+    /// `Step::InPlace`.
     fn steps(&self, txn: &Transaction) -> Vec<Step> {
         txn.ops
             .iter()
-            .zip(&self.ids)
-            .map(|(op, id)| match (op, id) {
-                (TxOp::Write { key, data, .. }, Some(id)) => Step::Place {
+            .zip(&self.how)
+            .map(|(op, how)| match (op, how) {
+                (TxOp::Write { key, data, .. }, Direct::Place(id)) => Step::Place {
                     key: key.clone(),
                     len: data.len() as u64,
                     id: *id,
+                },
+                (TxOp::Write { key, off, data }, Direct::InPlace) => Step::InPlace {
+                    key: key.clone(),
+                    off: *off,
+                    len: data.len() as u64,
                 },
                 _ => Step::Op(op.clone()),
             })
             .collect()
     }
 
-    /// The transaction was refused: its files are not named by any record.
+    /// The transaction was refused: its new files are not named by any
+    /// record. (In-place bytes stay, as those of a lost write.)
     fn discard(&self, root: &Path) {
-        for id in self.ids.iter().flatten() {
+        let ids = self.how.iter().filter_map(|h| match h {
+            Direct::Place(id) => Some(id),
+            _ => None,
+        });
+        for id in ids {
             if let Err(e) = data::remove_file(&obj_path(root, *id)) {
                 log::warn!("removing unused data file {id:x}: {e}; open removes it");
             }
@@ -1593,12 +1637,62 @@ impl Inner {
         size.saturating_sub(len) <= len
     }
 
-    /// Write each direct-path step's data to a new file and make it durable
-    /// (data, then directory entry). Runs on the queueing thread, so callers
-    /// on several threads sync in parallel, off the journal's threads.
+    /// Whether write `op` of `txn` may overwrite its object's file in place
+    /// before the record (`Step::InPlace`), and the file's id. Only:
+    /// - a large write (`direct_write_min`) inside the object's size, into
+    ///   an existing file: nothing grows, so no replay's cut past the size
+    ///   can take those bytes;
+    /// - into a file no record since the last checkpoint set or read bytes
+    ///   of from the journal (`replayed_files`): replay re-applies those
+    ///   records, and would put older bytes over these;
+    /// - in a transaction whose other steps touch metadata only (none that
+    ///   could refuse it once its bytes are in place, none that reads the
+    ///   object's data) and that need not commit first (an object with a
+    ///   stored digest: bytes landing before their record would fail it).
+    ///
+    /// Transactions on one object are queued one at a time (the OSD's PG
+    /// serialises them), so what is checked here still holds at apply.
+    fn in_place(&self, txn: &Transaction, op: &TxOp) -> Option<u64> {
+        let TxOp::Write { key, off, data } = op else {
+            return None;
+        };
+        let len = data.len() as u64;
+        if self.cfg.direct_write_min == 0 || len < self.cfg.direct_write_min || txn.commit_first {
+            return None;
+        }
+        let metadata_only = txn.ops.iter().all(|o| {
+            std::ptr::eq(o, op)
+                || matches!(
+                    o,
+                    TxOp::SetAttrs { .. }
+                        | TxOp::RmAttr { .. }
+                        | TxOp::OmapSet { .. }
+                        | TxOp::OmapRmKeys { .. }
+                        | TxOp::OmapClear(_)
+                        | TxOp::CollMetaSet { .. }
+                        | TxOp::CollMetaRm { .. }
+                )
+        });
+        if !metadata_only {
+            return None;
+        }
+        let (id, size) = self.meta.read().get(key).map(|o| (o.id, o.size))?;
+        if off.checked_add(len).is_none_or(|end| end > size) {
+            return None;
+        }
+        if self.replayed_files.lock().contains_key(&id) {
+            return None;
+        }
+        Some(id)
+    }
+
+    /// Write each direct-path step's data before the record: to a new file
+    /// (`Place`) or into the object's file (`InPlace`), and make it durable
+    /// (data, then a new file's directory entry). Runs on the queueing
+    /// thread, so callers on several threads sync in parallel.
     fn place_writes(&self, txn: &Transaction) -> StoreResult<Placed> {
         let mut placed = Placed {
-            ids: Vec::with_capacity(txn.ops.len()),
+            how: Vec::with_capacity(txn.ops.len()),
             bytes: 0,
         };
         let want: u64 = txn
@@ -1614,26 +1708,59 @@ impl Inner {
             self.check_space(want, self.available()?)?;
         }
         for op in &txn.ops {
-            let TxOp::Write { data, .. } = op else {
-                placed.ids.push(None);
+            let TxOp::Write { key, off, data } = op else {
+                placed.how.push(Direct::Journal);
                 continue;
             };
-            if !self.direct_write(op) {
-                placed.ids.push(None);
+            if self.direct_write(op) {
+                let id = PLACED_ID_BIT | self.next_placed.fetch_add(1, Ordering::Relaxed);
+                placed.how.push(Direct::Place(id));
+                let path = obj_path(&self.root, id);
+                let res = data::write_new_durable(&path, data)
+                    .and_then(|()| fsync_dir(&obj_dir(&self.root, id)));
+                if let Err(e) = res {
+                    placed.discard(&self.root);
+                    return Err(StoreError::io(format!("writing {}", path.display()), e));
+                }
+                placed.bytes += data.len() as u64;
                 continue;
             }
-            let id = PLACED_ID_BIT | self.next_placed.fetch_add(1, Ordering::Relaxed);
-            placed.ids.push(Some(id));
-            let path = obj_path(&self.root, id);
-            let res = data::write_new_durable(&path, data)
-                .and_then(|()| fsync_dir(&obj_dir(&self.root, id)));
-            if let Err(e) = res {
-                placed.discard(&self.root);
-                return Err(StoreError::io(format!("writing {}", path.display()), e));
+            let written = match self.in_place(txn, op) {
+                // Only with room for the record: past this point nothing
+                // may refuse the transaction.
+                Some(id) if self.check_space(0, self.available()?).is_ok() => {
+                    let _shard = self.shards[shard_of(key)].write();
+                    self.overwrite_in_place(id, *off, data)?
+                }
+                _ => false,
+            };
+            if written {
+                placed.how.push(Direct::InPlace);
+                placed.bytes += data.len() as u64;
+            } else {
+                placed.how.push(Direct::Journal);
             }
-            placed.bytes += data.len() as u64;
         }
         Ok(placed)
+    }
+
+    /// Write `data` at `off` of data file `id` and `fdatasync` it. False
+    /// when the file is not there (a hole-only object): the write is
+    /// journaled instead. An I/O error fails the store: the file may hold
+    /// part of the bytes, which no record describes.
+    fn overwrite_in_place(&self, id: u64, off: u64, data: &[u8]) -> StoreResult<bool> {
+        let path = obj_path(&self.root, id);
+        let res = self.fds.get(&self.root, id, false).and_then(|f| match f {
+            Some(f) => data::write_in_pieces(&f, data, off)
+                .and_then(|()| f.sync_data())
+                .map(|()| true),
+            None => Ok(false),
+        });
+        res.map_err(|e| {
+            let why = format!("writing {} in place: {e}", path.display());
+            self.fail(why.clone());
+            StoreError::io(why, e)
+        })
     }
 
     /// Check, journal and apply a transaction on the caller's thread; see
@@ -1744,6 +1871,7 @@ impl Inner {
             self.doomed
                 .lock()
                 .extend(ctx.doomed.into_iter().map(|id| (seq, id)));
+            self.note_replayed_files(seq, &steps);
             r
         };
         let res = match res {
@@ -1762,6 +1890,28 @@ impl Inner {
         drop(s);
         on_applied(res);
         Ok(())
+    }
+}
+
+impl Inner {
+    /// Record the files whose bytes replay of record `seq` would set or read
+    /// (see `replayed_files`), by their ids after the apply.
+    fn note_replayed_files(&self, seq: u64, steps: &[Step]) {
+        let m = self.meta.read();
+        let mut files = self.replayed_files.lock();
+        for step in steps {
+            let keys: &[&ObjectKey] = match step {
+                Step::Op(TxOp::Write { key, .. })
+                | Step::Op(TxOp::Zero { key, .. })
+                | Step::Op(TxOp::Truncate { key, .. })
+                | Step::Place { key, .. } => &[key],
+                Step::Op(TxOp::Clone { from, to }) => &[from, to],
+                _ => &[],
+            };
+            for id in keys.iter().filter_map(|k| m.get(k)).map(|o| o.id) {
+                files.insert(id, seq);
+            }
+        }
     }
 }
 
