@@ -1560,6 +1560,10 @@ fn txn_shards(txn: &Transaction) -> Vec<usize> {
     v
 }
 
+/// Journal room an in-place transaction's record is allowed, on top of its
+/// data, when its space is checked before the data goes in place.
+const IN_PLACE_RECORD_ROOM: u64 = 1 << 20;
+
 /// Where a transaction's write's data goes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Direct {
@@ -1645,13 +1649,18 @@ impl Inner {
     /// - into a file no record since the last checkpoint set or read bytes
     ///   of from the journal (`replayed_files`): replay re-applies those
     ///   records, and would put older bytes over these;
-    /// - in a transaction whose other steps touch metadata only (none that
-    ///   could refuse it once its bytes are in place, none that reads the
-    ///   object's data) and that need not commit first (an object with a
-    ///   stored digest: bytes landing before their record would fail it).
+    /// - in a transaction whose other steps touch metadata of the object's
+    ///   own collection only (none the queue could refuse once the bytes are
+    ///   in place, none that reads the object's data) and that need not
+    ///   commit first (an object with a stored digest: bytes landing before
+    ///   their record would fail it).
     ///
     /// Transactions on one object are queued one at a time (the OSD's PG
-    /// serialises them), so what is checked here still holds at apply.
+    /// serialises them), so what is checked here still holds at apply. The
+    /// caller also checks the space for the data and the record before it
+    /// writes, and the queue does not refuse the transaction for space after.
+    /// A `close` racing the write refuses it with the bytes in place, as a
+    /// crash would leave them.
     fn in_place(&self, txn: &Transaction, op: &TxOp) -> Option<u64> {
         let TxOp::Write { key, off, data } = op else {
             return None;
@@ -1660,18 +1669,21 @@ impl Inner {
         if self.cfg.direct_write_min == 0 || len < self.cfg.direct_write_min || txn.commit_first {
             return None;
         }
+        // Metadata of the object's own collection, which exists (the
+        // object does): no step the queue could refuse.
         let metadata_only = txn.ops.iter().all(|o| {
             std::ptr::eq(o, op)
-                || matches!(
-                    o,
-                    TxOp::SetAttrs { .. }
-                        | TxOp::RmAttr { .. }
-                        | TxOp::OmapSet { .. }
-                        | TxOp::OmapRmKeys { .. }
-                        | TxOp::OmapClear(_)
-                        | TxOp::CollMetaSet { .. }
-                        | TxOp::CollMetaRm { .. }
-                )
+                || match o {
+                    TxOp::SetAttrs { key: k, .. }
+                    | TxOp::RmAttr { key: k, .. }
+                    | TxOp::OmapSet { key: k, .. }
+                    | TxOp::OmapRmKeys { key: k, .. }
+                    | TxOp::OmapClear(k) => k.coll == key.coll,
+                    TxOp::CollMetaSet { coll, .. } | TxOp::CollMetaRm { coll, .. } => {
+                        *coll == key.coll
+                    }
+                    _ => false,
+                }
         });
         if !metadata_only {
             return None;
@@ -1725,12 +1737,20 @@ impl Inner {
                 placed.bytes += data.len() as u64;
                 continue;
             }
+            // Room for the data (it may fill holes) and the record, checked
+            // now: past this point nothing may refuse the transaction (the
+            // queue skips its space check for it), and an open store.
             let written = match self.in_place(txn, op) {
-                // Only with room for the record: past this point nothing
-                // may refuse the transaction.
-                Some(id) if self.check_space(0, self.available()?).is_ok() => {
-                    let _shard = self.shards[shard_of(key)].write();
-                    self.overwrite_in_place(id, *off, data)?
+                Some(id)
+                    if !self.closed.load(Ordering::Acquire)
+                        && self
+                            .check_space(
+                                data.len() as u64 + IN_PLACE_RECORD_ROOM,
+                                self.available()?,
+                            )
+                            .is_ok() =>
+                {
+                    self.overwrite_in_place(key, id, *off, data)?
                 }
                 _ => false,
             };
@@ -1748,12 +1768,24 @@ impl Inner {
     /// when the file is not there (a hole-only object): the write is
     /// journaled instead. An I/O error fails the store: the file may hold
     /// part of the bytes, which no record describes.
-    fn overwrite_in_place(&self, id: u64, off: u64, data: &[u8]) -> StoreResult<bool> {
+    ///
+    /// The object's shard is held while the bytes are copied (readers see
+    /// all of them or none), not while they are synced.
+    fn overwrite_in_place(
+        &self,
+        key: &ObjectKey,
+        id: u64,
+        off: u64,
+        data: &[u8],
+    ) -> StoreResult<bool> {
         let path = obj_path(&self.root, id);
         let res = self.fds.get(&self.root, id, false).and_then(|f| match f {
-            Some(f) => data::write_in_pieces(&f, data, off)
-                .and_then(|()| f.sync_data())
-                .map(|()| true),
+            Some(f) => {
+                let shard = self.shards[shard_of(key)].write();
+                let w = data::write_in_pieces(&f, data, off);
+                drop(shard);
+                w.and_then(|()| f.sync_data()).map(|()| true)
+            }
             None => Ok(false),
         });
         res.map_err(|e| {
@@ -1796,9 +1828,12 @@ impl Inner {
             ));
         }
         // The placed data is on disk already: `available` counts it.
+        // A transaction with bytes already in place must not be refused
+        // now: `place_writes` checked its space.
         let need = self
             .space_need(&txn, payload.len)
-            .map(|n| n.saturating_sub(placed.bytes));
+            .map(|n| n.saturating_sub(placed.bytes))
+            .filter(|_| !placed.how.contains(&Direct::InPlace));
         let avail = match need.map(|_| self.available()).transpose() {
             Ok(a) => a,
             Err(e) => return refuse(e),

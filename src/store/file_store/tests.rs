@@ -1186,3 +1186,39 @@ fn test_large_overwrite_goes_in_place_unless_a_replayable_record_touched_the_fil
     want[32768..49152].fill(4);
     assert!(read_all(&s, "o") == want, "content after replay differs");
 }
+
+#[test]
+fn test_large_overwrite_without_room_is_refused_and_changes_nothing() {
+    // Arrange: a checkpointed 64 KiB object (eligible to be overwritten in
+    // place), then a store with only the reserve left.
+    let cfg = StoreConfig {
+        direct_write_min: 4096,
+        ..StoreConfig::default()
+    };
+    let (d, s) = new_store_with(cfg.clone());
+    run(&s, vec![write("o", 0, &[1u8; 65536])]).unwrap();
+    s.close().unwrap();
+    let s = FileStore::open(
+        d.path(),
+        StoreConfig {
+            min_free_bytes: 1000,
+            fake_available_bytes: Some(1010),
+            ..cfg
+        },
+    )
+    .unwrap();
+
+    // Act
+    let r = s.queue_transaction(
+        Transaction::from(vec![write("o", 8192, &[2u8; 8192])]),
+        nop(),
+        nop(),
+    );
+
+    // Assert: refused, and the object's bytes are as before.
+    assert!(matches!(r, Err(StoreError::NoSpace { .. })), "{r:?}");
+    assert!(
+        read_all(&s, "o") == vec![1u8; 65536],
+        "a refused write changed the object"
+    );
+}
