@@ -1693,6 +1693,10 @@ impl Inner {
             return None;
         }
         if self.replayed_files.lock().contains_key(&id) {
+            // A checkpoint clears the file for the writes after this one
+            // (the journal barely grows while writes go in place, so size
+            // alone would not bring one).
+            self.request_checkpoint();
             return None;
         }
         Some(id)
