@@ -18,7 +18,7 @@ use fuser::{
 };
 
 use super::errno::FsError;
-use super::fs::{Attr, ImageFs, Kind};
+use super::fs::{Attr, FsResult, ImageFs, Kind};
 use crate::sync::Arc;
 
 /// How long the kernel may cache names and attributes. Short, because the CLI
@@ -99,6 +99,28 @@ fn open_flags(flags: i32, direct_io: bool) -> FopenFlags {
         FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
     } else {
         FopenFlags::empty()
+    }
+}
+
+/// Answer a read, from whichever path served it.
+fn answer_read(reply: ReplyData, r: FsResult<Bytes>) {
+    match r {
+        Ok(d) => reply.data(&d),
+        Err(e) => {
+            log_err("read", &e);
+            reply.error(errno(&e))
+        }
+    }
+}
+
+/// Answer a write, from whichever path served it.
+fn answer_write(reply: ReplyWrite, r: FsResult<u32>) {
+    match r {
+        Ok(n) => reply.written(n),
+        Err(e) => {
+            log_err("write", &e);
+            reply.error(errno(&e))
+        }
     }
 }
 
@@ -320,20 +342,10 @@ impl Filesystem for FuseAdapter {
             offset,
             size,
             Box::new(move |r| match r {
-                Some(Ok(d)) => reply.data(&d),
-                Some(Err(e)) => {
-                    log_err("read", &e);
-                    reply.error(errno(&e))
-                }
-                None => drop(rt.spawn(async move {
-                    match fs.read(fh.0, offset, size).await {
-                        Ok(d) => reply.data(&d),
-                        Err(e) => {
-                            log_err("read", &e);
-                            reply.error(errno(&e))
-                        }
-                    }
-                })),
+                Some(r) => answer_read(reply, r),
+                None => drop(
+                    rt.spawn(async move { answer_read(reply, fs.read(fh.0, offset, size).await) }),
+                ),
             }),
         );
     }
@@ -358,20 +370,12 @@ impl Filesystem for FuseAdapter {
             offset,
             data.clone(),
             Box::new(move |r| match r {
-                Some(Ok(n)) => reply.written(n),
-                Some(Err(e)) => {
-                    log_err("write", &e);
-                    reply.error(errno(&e))
+                Some(r) => answer_write(reply, r),
+                None => {
+                    drop(rt.spawn(async move {
+                        answer_write(reply, fs.write(fh.0, offset, data).await)
+                    }))
                 }
-                None => drop(rt.spawn(async move {
-                    match fs.write(fh.0, offset, data).await {
-                        Ok(n) => reply.written(n),
-                        Err(e) => {
-                            log_err("write", &e);
-                            reply.error(errno(&e))
-                        }
-                    }
-                })),
             }),
         );
     }
