@@ -27,6 +27,11 @@ use super::striper::{self, ObjectExtent};
 /// caller must run the async path.
 pub type Then<T> = Box<dyn FnOnce(Option<Result<T>>) + Send>;
 
+/// `len` zero bytes: a range no object holds.
+fn zeros(len: u64) -> Bytes {
+    Bytes::from(vec![0u8; len as usize])
+}
+
 /// The one object extent `[off, off + len)` falls in, if it is one.
 fn single_extent(order: u8, off: u64, len: u64) -> Option<ObjectExtent> {
     let mut extents = striper::map_extent(order, off, len);
@@ -133,7 +138,6 @@ pub(crate) fn read(
     }
     // Where the bytes are: the object itself, else the nearest ancestor
     // whose map claims it (through a cached chain only), else nowhere.
-    let zeros = || Bytes::from(vec![0u8; e.length as usize]);
     let own = ctx.map_exists(snap, e.objno);
     let (ioctx, oid, at, valid) = match link {
         _ if own => (
@@ -142,7 +146,7 @@ pub(crate) fn read(
             snap,
             e.length,
         ),
-        None => return then(Some(Ok(zeros()))),
+        None => return then(Some(Ok(zeros(e.length)))),
         Some(link) => {
             let Some(view) = ctx.cached_parent_view(link) else {
                 return then(None);
@@ -158,7 +162,7 @@ pub(crate) fn read(
                     cur.snap_id,
                     valid,
                 ),
-                None => return then(Some(Ok(zeros()))),
+                None => return then(Some(Ok(zeros(e.length)))),
             }
         }
     };
@@ -184,9 +188,7 @@ pub(crate) fn read(
                     let data = results.pop().map(ReadResult::into_data);
                     Some(Ok(pad(data.unwrap_or_default(), e.length)))
                 }
-                Err(RadosError::NotFound) if !has_link => {
-                    Some(Ok(Bytes::from(vec![0u8; e.length as usize])))
-                }
+                Err(RadosError::NotFound) if !has_link => Some(Ok(zeros(e.length))),
                 // A map that claims more than is there (a crash): the
                 // async path probes further up the chain.
                 Err(RadosError::NotFound) | Err(RadosError::Busy(_)) => None,

@@ -1144,16 +1144,23 @@ fn journal_len(dir: &Path) -> u64 {
         .sum()
 }
 
-#[test]
-fn test_large_overwrite_goes_in_place_unless_a_replayable_record_touched_the_file() {
-    // Arrange: a 64 KiB object, checkpointed: no record replay could apply
-    // names its file.
+/// A store that takes overwrites of 4 KiB or more in place, with object
+/// "o": 64 KiB of 1s.
+fn store_with_64k_object() -> (tempfile::TempDir, Arc<FileStore>, StoreConfig) {
     let cfg = StoreConfig {
         direct_write_min: 4096,
         ..StoreConfig::default()
     };
     let (d, s) = new_store_with(cfg.clone());
     run(&s, vec![write("o", 0, &[1u8; 65536])]).unwrap();
+    (d, s, cfg)
+}
+
+#[test]
+fn test_large_overwrite_goes_in_place_unless_a_replayable_record_touched_the_file() {
+    // Arrange: a 64 KiB object, checkpointed: no record replay could apply
+    // names its file.
+    let (d, s, cfg) = store_with_64k_object();
     s.sync().unwrap();
 
     // Act: a large overwrite inside it; then a small (journaled) write and
@@ -1191,12 +1198,7 @@ fn test_large_overwrite_goes_in_place_unless_a_replayable_record_touched_the_fil
 fn test_large_overwrite_without_room_is_refused_and_changes_nothing() {
     // Arrange: a checkpointed 64 KiB object (eligible to be overwritten in
     // place), then a store with only the reserve left.
-    let cfg = StoreConfig {
-        direct_write_min: 4096,
-        ..StoreConfig::default()
-    };
-    let (d, s) = new_store_with(cfg.clone());
-    run(&s, vec![write("o", 0, &[1u8; 65536])]).unwrap();
+    let (d, s, cfg) = store_with_64k_object();
     s.close().unwrap();
     let s = FileStore::open(
         d.path(),
