@@ -70,6 +70,10 @@ pub struct JournalWriter {
     older: Vec<(u64, u64)>,
     /// Seq the next record will carry.
     next_seq: u64,
+    /// Bytes appended since the journal was opened (checkpoints do not
+    /// lower it), for tests.
+    #[cfg(test)]
+    appended: u64,
 }
 
 impl JournalWriter {
@@ -83,6 +87,8 @@ impl JournalWriter {
             bytes: 0,
             older: Vec::new(),
             next_seq,
+            #[cfg(test)]
+            appended: 0,
         })
     }
 
@@ -126,8 +132,18 @@ impl JournalWriter {
         let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
         write_all_bufs(&self.file, bufs)?;
         self.bytes += len;
+        #[cfg(test)]
+        {
+            self.appended += len;
+        }
         self.next_seq += count;
         Ok(self.total_bytes())
+    }
+
+    /// Bytes appended since the journal was opened.
+    #[cfg(test)]
+    pub fn appended(&self) -> u64 {
+        self.appended
     }
 
     /// Sync the current segment and start a new one at the next seq; returns
