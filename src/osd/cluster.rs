@@ -65,6 +65,10 @@ pub struct ClusterConfig {
     pub osd_op_num_shards: usize,
     /// Worker threads per shard.
     pub osd_op_num_threads_per_shard: usize,
+    /// Threads per OSD for reads that miss the page cache: a worker hands
+    /// them over instead of waiting for the disk, so that as many reads are
+    /// in flight to the disk as a loop device asks for.
+    pub osd_cold_read_threads: usize,
     /// Entries kept in each PG's log; a replica further behind is backfilled.
     pub pg_log_max_entries: usize,
     /// Pool defaults when `pool_create` leaves them out.
@@ -92,6 +96,7 @@ impl Default for ClusterConfig {
             osd_op_num_shards: std::thread::available_parallelism()
                 .map_or(1, |n| (n.get() / 2).clamp(1, 4)),
             osd_op_num_threads_per_shard: 2,
+            osd_cold_read_threads: 8,
             pg_log_max_entries: 3000,
             default_pool_size: 3,
             default_pg_num: 32,
@@ -111,6 +116,7 @@ impl std::fmt::Debug for ClusterConfig {
                 "osd_op_num_threads_per_shard",
                 &self.osd_op_num_threads_per_shard,
             )
+            .field("osd_cold_read_threads", &self.osd_cold_read_threads)
             .field("pg_log_max_entries", &self.pg_log_max_entries)
             .field("default_pool_size", &self.default_pool_size)
             .field("default_pg_num", &self.default_pg_num)
@@ -293,13 +299,7 @@ impl Cluster {
         let mut closers = Vec::new();
         for (id, (store, closer)) in opened.into_iter().enumerate() {
             closers.push(closer);
-            osds.push(Osd::start(
-                id as OsdId,
-                store,
-                shared.clone(),
-                config.osd_op_num_shards,
-                config.osd_op_num_threads_per_shard,
-            )?);
+            osds.push(Osd::start(id as OsdId, store, shared.clone(), &config)?);
         }
         let weak: Vec<_> = osds.iter().map(Arc::downgrade).collect();
         for o in &osds {
@@ -372,13 +372,7 @@ impl Cluster {
                 })?;
             let mut osds = inner.osds.write();
             let id = osds.len() as OsdId;
-            let osd = Osd::start(
-                id,
-                opened.store,
-                inner.shared.clone(),
-                inner.config.osd_op_num_shards,
-                inner.config.osd_op_num_threads_per_shard,
-            )?;
+            let osd = Osd::start(id, opened.store, inner.shared.clone(), &inner.config)?;
             osds.push(osd);
             let weak: Vec<_> = osds.iter().map(Arc::downgrade).collect();
             for o in osds.iter() {

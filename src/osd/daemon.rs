@@ -7,12 +7,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{OnceLock, Weak};
 
 use super::PgId;
-use super::error::{OsdError, OsdResult};
+use super::cluster::ClusterConfig;
+use super::error::{OsdError, OsdResult, store_to_rados};
 use super::op_queue::ShardedOpQueue;
 use super::osdmap::{OsdId, OsdMap};
-use super::pg::{Pg, PgEvent};
+use super::pg::{ColdRead, Pg, PgEvent, check_store};
 use super::pg_log::PgLog;
-use crate::rados::SnapId;
+use crate::rados::{ReadResult, SnapId};
 use crate::store::{ObjectKey, ObjectStore, StoreError, StoreResult, Transaction, TxOp};
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock};
 
@@ -119,6 +120,10 @@ pub(crate) struct Osd {
     pub store: Arc<dyn ObjectStore>,
     pub shared: Arc<Shared>,
     queue: OnceLock<ShardedOpQueue<PgId, PgEvent>>,
+    /// Reads a worker handed over because they would wait for the disk,
+    /// each its own key, so any of the pool's threads takes the next.
+    cold_reads: OnceLock<ShardedOpQueue<u64, ColdRead>>,
+    next_cold_read: AtomicU64,
     pgs: Mutex<HashMap<PgId, Arc<Mutex<Pg>>>>,
     /// Every OSD of the cluster by id (this one included); weak so that the
     /// OSDs do not keep each other alive. Grows when OSDs are added.
@@ -126,35 +131,53 @@ pub(crate) struct Osd {
 }
 
 impl Osd {
-    /// Start an OSD over an open store with `shards x threads` workers.
+    /// Start an OSD over an open store with the op queue workers and
+    /// cold-read threads `config` asks for.
     pub fn start(
         id: OsdId,
         store: Arc<dyn ObjectStore>,
         shared: Arc<Shared>,
-        shards: usize,
-        threads_per_shard: usize,
+        config: &ClusterConfig,
     ) -> OsdResult<Arc<Osd>> {
         let osd = Arc::new(Osd {
             id,
             store,
             shared,
             queue: OnceLock::new(),
+            cold_reads: OnceLock::new(),
+            next_cold_read: AtomicU64::new(0),
             pgs: Mutex::new(HashMap::new()),
             peers: RwLock::new(Vec::new()),
         });
+        let starting = |e| OsdError::io(format!("starting the workers of osd.{id}"), e);
         let weak = Arc::downgrade(&osd);
         let queue = ShardedOpQueue::new(
             &format!("osd.{id}"),
-            shards,
-            threads_per_shard,
+            config.osd_op_num_shards,
+            config.osd_op_num_threads_per_shard,
             Arc::new(move |pg: &PgId, events: Vec<PgEvent>| {
                 if let Some(osd) = weak.upgrade() {
                     osd.handle(*pg, events);
                 }
             }),
         )
-        .map_err(|e| OsdError::io(format!("starting the workers of osd.{id}"), e))?;
+        .map_err(starting)?;
         let _ = osd.queue.set(queue);
+        let weak = Arc::downgrade(&osd);
+        let cold_reads = ShardedOpQueue::new(
+            &format!("osd.{id}-rd"),
+            1,
+            config.osd_cold_read_threads,
+            Arc::new(move |_: &u64, reads: Vec<ColdRead>| {
+                if let Some(osd) = weak.upgrade() {
+                    for r in reads {
+                        osd.cold_read(r);
+                    }
+                }
+            }),
+        )
+        .map_err(starting)?;
+        let _ = osd.cold_reads.set(cold_reads);
         Ok(osd)
     }
 
@@ -176,14 +199,45 @@ impl Osd {
         }
     }
 
-    pub fn wait_idle(&self) {
-        if let Some(q) = self.queue.get() {
-            q.wait_idle();
+    /// Hand a read that would wait for the disk to the cold-read threads.
+    /// A stopped OSD drops it (its reply answers `ShuttingDown`).
+    pub fn defer_read(&self, read: ColdRead) {
+        if let Some(q) = self.cold_reads.get() {
+            let n = self.next_cold_read.fetch_add(1, Ordering::Relaxed);
+            if q.enqueue(n, read).is_err() {
+                log::debug!("osd.{}: dropped a read: stopping", self.id);
+            }
         }
+    }
+
+    /// On a cold-read thread: read, answer, and tell the PG the object may
+    /// be written again.
+    fn cold_read(&self, r: ColdRead) {
+        let got = self
+            .store
+            .read(&r.key, r.off, r.len)
+            .map(|data| vec![ReadResult::Data(data)])
+            .map_err(|e| store_to_rados(&e));
+        r.reply.send(check_store(self, got));
+        self.enqueue(r.key.coll, PgEvent::ReadDone { name: r.key.name });
+    }
+
+    /// Returns once no event is queued or running, cold reads included.
+    pub fn wait_idle(&self) {
+        let (Some(q), Some(reads)) = (self.queue.get(), self.cold_reads.get()) else {
+            return;
+        };
+        q.wait_idle();
+        // A cold read finishing queues an event for its PG.
+        reads.wait_idle();
+        q.wait_idle();
     }
 
     pub fn stop(&self) {
         if let Some(q) = self.queue.get() {
+            q.stop();
+        }
+        if let Some(q) = self.cold_reads.get() {
             q.stop();
         }
     }

@@ -20,7 +20,10 @@
 //! Reads run on the primary's store directly, except that a read of an object
 //! with writes in flight waits ("wait for readable") until they are applied;
 //! writes to that object arriving after the waiting read queue behind it, so
-//! each read sees exactly the writes that came before it.
+//! each read sees exactly the writes that came before it. A read whose bytes
+//! are not in the page cache is handed to the OSD's cold-read threads rather
+//! than waiting for the disk on a worker; writes to that object wait for it
+//! the same way (Ceph's object context read/write lock, per object).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -72,6 +75,25 @@ pub(crate) enum PgEvent {
         tid: u64,
         result: StoreResult<()>,
     },
+    /// A read of `name` handed to the cold-read threads is answered.
+    ReadDone { name: String },
+}
+
+/// A read that would have waited for the disk, for a cold-read thread. Until
+/// its `ReadDone`, writes to the object wait, so it reads what was there
+/// when it arrived.
+pub(crate) struct ColdRead {
+    pub key: ObjectKey,
+    pub off: u64,
+    pub len: u64,
+    pub reply: Reply<Vec<ReadResult>>,
+}
+
+/// What a read found: the results, or that its one data read must wait for
+/// the disk.
+enum Reading {
+    Done(Vec<ReadResult>),
+    Cold { key: ObjectKey, off: u64, len: u64 },
 }
 
 /// An object's state as the write path needs it.
@@ -130,7 +152,11 @@ pub(crate) struct Pg {
     next_tid: u64,
     projected: HashMap<String, Projected>,
     inflight: BTreeMap<u64, InFlight>,
+    /// Ops waiting on an object, in arrival order: reads behind writes not
+    /// yet applied, writes behind cold reads, and whatever came after them.
     waiting_for_readable: HashMap<String, VecDeque<PgEvent>>,
+    /// Reads on the cold-read threads, by object.
+    cold_reads: HashMap<String, usize>,
 }
 
 fn key(pg: PgId, name: &str, snap: SnapId) -> ObjectKey {
@@ -152,6 +178,25 @@ fn check_extent(off: u64, len: u64) -> Result<u64> {
 
 fn io(e: StoreError) -> RadosError {
     store_to_rados(&e)
+}
+
+/// An op's result, unless the store behind it failed: then the OSD is
+/// reported to the monitor and the op answered Busy, to be retried once the
+/// OSD is marked down.
+pub(crate) fn check_store<T>(osd: &Osd, r: Result<T>) -> Result<T> {
+    match r {
+        Err(e) if !matches!(e, RadosError::Busy(_)) => match osd.store.check_health() {
+            Err(h) => {
+                osd.shared.report_failure(osd.id, &h.to_string());
+                Err(RadosError::Busy(format!(
+                    "osd.{} failed ({e}); retried once it is marked down",
+                    osd.id
+                )))
+            }
+            Ok(()) => Err(e),
+        },
+        other => other,
+    }
 }
 
 /// Load an object's state from a store (applied state).
@@ -485,6 +530,7 @@ impl Pg {
             projected: HashMap::new(),
             inflight: BTreeMap::new(),
             waiting_for_readable: HashMap::new(),
+            cold_reads: HashMap::new(),
         }
     }
 
@@ -513,8 +559,19 @@ impl Pg {
                 if !self.is_primary(osd) {
                     return reply.send(Err(self.not_primary(osd)));
                 }
-                let r = self.do_read(osd, &name, snap, &ops);
-                reply.send(self.check_failed(osd, r));
+                match self.do_read(osd, &name, snap, &ops) {
+                    Ok(Reading::Done(results)) => reply.send(Ok(results)),
+                    Ok(Reading::Cold { key, off, len }) => {
+                        *self.cold_reads.entry(name).or_default() += 1;
+                        osd.defer_read(ColdRead {
+                            key,
+                            off,
+                            len,
+                            reply,
+                        });
+                    }
+                    Err(e) => reply.send(check_store(osd, Err(e))),
+                }
             }
             PgEvent::Write {
                 name,
@@ -523,8 +580,12 @@ impl Pg {
                 reply,
             } => {
                 // Behind a waiting read, so that a stream of writes cannot
-                // keep the read waiting forever (first come, first served).
-                if let Some(q) = self.waiting_for_readable.get_mut(&name) {
+                // keep the read waiting forever (first come, first served),
+                // and behind a cold read, which must not see it.
+                if self.waiting_for_readable.contains_key(&name)
+                    || self.cold_reads.contains_key(&name)
+                {
+                    let q = self.waiting_for_readable.entry(name.clone()).or_default();
                     q.push_back(PgEvent::Write {
                         name,
                         snapc,
@@ -543,6 +604,16 @@ impl Pg {
                 entries,
             } => self.do_repop(osd, from, tid, txn, entries),
             PgEvent::RepReply { from, tid, result } => self.on_applied(osd, from, tid, result),
+            PgEvent::ReadDone { name } => {
+                let Some(n) = self.cold_reads.get_mut(&name) else {
+                    return;
+                };
+                *n -= 1;
+                if *n == 0 {
+                    self.cold_reads.remove(&name);
+                    self.run_waiting(osd, &name);
+                }
+            }
         }
     }
 
@@ -575,22 +646,6 @@ impl Pg {
     /// the op answered `Busy`, which the client retries under the new map.
     /// Any error is suspect, not only I/O errors: a failed store also
     /// answers "no such object".
-    fn check_failed<T>(&self, osd: &Osd, r: Result<T>) -> Result<T> {
-        match r {
-            Err(e) if !matches!(e, RadosError::Busy(_)) => match osd.store.check_health() {
-                Err(h) => {
-                    osd.shared.report_failure(osd.id, &h.to_string());
-                    Err(RadosError::Busy(format!(
-                        "osd.{} failed ({e}); retried once it is marked down",
-                        osd.id
-                    )))
-                }
-                Ok(()) => Err(e),
-            },
-            other => other,
-        }
-    }
-
     fn pool(&self, osd: &Osd) -> Result<PoolEntry> {
         osd.shared
             .map()
@@ -613,13 +668,7 @@ impl Pg {
         }
     }
 
-    fn do_read(
-        &self,
-        osd: &Osd,
-        name: &str,
-        snap: SnapId,
-        ops: &[ReadOp],
-    ) -> Result<Vec<ReadResult>> {
+    fn do_read(&self, osd: &Osd, name: &str, snap: SnapId, ops: &[ReadOp]) -> Result<Reading> {
         let pool = self.pool(osd)?;
         let store = osd.store.as_ref();
         let head = load_state(store, self.id, name)?;
@@ -671,13 +720,24 @@ impl Pg {
                         ReadResult::Data(Bytes::new())
                     } else {
                         let n = (*len).min(t.size - off);
-                        let data = store.read(&t.key, *off, n).map_err(io)?;
                         if *off == 0 && n == t.size {
+                            let data = store.read(&t.key, *off, n).map_err(io)?;
                             ReadResult::Data(self.verified(osd, t, data)?)
-                        } else {
+                        } else if ops.len() > 1 {
                             // Partial reads are not verified: checking them
                             // would mean reading the whole object each time.
-                            ReadResult::Data(data)
+                            ReadResult::Data(store.read(&t.key, *off, n).map_err(io)?)
+                        } else {
+                            match store.read_cached(&t.key, *off, n).map_err(io)? {
+                                Some(data) => ReadResult::Data(data),
+                                None => {
+                                    return Ok(Reading::Cold {
+                                        key: t.key.clone(),
+                                        off: *off,
+                                        len: n,
+                                    });
+                                }
+                            }
                         }
                     }
                 }
@@ -723,7 +783,7 @@ impl Pg {
                 }
             });
         }
-        Ok(out)
+        Ok(Reading::Done(out))
     }
 
     /// `data` (a whole-object read from this OSD) if it matches the stored
@@ -843,7 +903,7 @@ impl Pg {
             Ok(plan.map(|p| (p, in_place)))
         });
         match plan {
-            Err(e) => reply.send(self.check_failed(osd, Err(e))),
+            Err(e) => reply.send(check_store(osd, Err(e))),
             Ok(None) => reply.send(Ok(())),
             Ok(Some((plan, in_place))) => {
                 let entry = PgLogEntry {
@@ -949,7 +1009,7 @@ impl Pg {
         if let Err(e) = queued {
             // Nothing was queued: the log must not claim the entries.
             self.log.undo(undo);
-            return reply.send(self.check_failed(osd, Err(io(e))));
+            return reply.send(check_store(osd, Err(io(e))));
         }
         for r in &replicas {
             match osd.peer(*r) {
@@ -1088,13 +1148,22 @@ impl Pg {
             return;
         }
         self.projected.remove(name);
+        self.run_waiting(osd, name);
+    }
+
+    /// Run the ops waiting on `name` in arrival order, until one must wait
+    /// again: a read behind a write in flight, a write behind a cold read.
+    fn run_waiting(&mut self, osd: &Osd, name: &str) {
         let Some(mut waiting) = self.waiting_for_readable.remove(name) else {
             return;
         };
-        // In arrival order: reads run until a released write is in flight
-        // again, then the rest waits for that one.
         while let Some(ev) = waiting.pop_front() {
-            if matches!(ev, PgEvent::Read { .. }) && self.projected.contains_key(name) {
+            let blocked = match ev {
+                PgEvent::Read { .. } => self.projected.contains_key(name),
+                PgEvent::Write { .. } => self.cold_reads.contains_key(name),
+                _ => false,
+            };
+            if blocked {
                 waiting.push_front(ev);
                 self.waiting_for_readable.insert(name.to_string(), waiting);
                 return;
@@ -1111,9 +1180,10 @@ impl Pg {
             .map(|(tid, op)| format!("tid {tid}: applied {:?}", op.waiting_for_applied))
             .collect();
         format!(
-            "{ops:?}, projected {:?}, parked {:?}",
+            "{ops:?}, projected {:?}, parked {:?}, cold reads {:?}",
             self.projected.keys().collect::<Vec<_>>(),
-            self.waiting_for_readable.keys().collect::<Vec<_>>()
+            self.waiting_for_readable.keys().collect::<Vec<_>>(),
+            self.cold_reads.keys().collect::<Vec<_>>()
         )
     }
 
@@ -1122,6 +1192,7 @@ impl Pg {
         self.inflight.is_empty()
             && self.projected.is_empty()
             && self.waiting_for_readable.is_empty()
+            && self.cold_reads.is_empty()
     }
 }
 
@@ -1132,7 +1203,7 @@ pub(crate) fn refuse(ev: PgEvent, pg: PgId) {
     match ev {
         PgEvent::Read { reply, .. } => reply.send(Err(why())),
         PgEvent::Write { reply, .. } | PgEvent::Trim { reply, .. } => reply.send(Err(why())),
-        PgEvent::RepOp { .. } | PgEvent::RepReply { .. } => {}
+        PgEvent::RepOp { .. } | PgEvent::RepReply { .. } | PgEvent::ReadDone { .. } => {}
     }
 }
 

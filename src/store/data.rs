@@ -173,6 +173,44 @@ pub fn read_at_zero_fill(f: &File, buf: &mut [u8], off: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// [`read_at_zero_fill`] from the page cache only: `false` (with `buf` in an
+/// unspecified state) where any of it would have to wait for the disk. The
+/// kernel starts reading what is missing, so a blocking read that follows
+/// finds it sooner. Where `RWF_NOWAIT` is not supported, this reads.
+pub fn read_at_zero_fill_cached(f: &File, buf: &mut [u8], off: u64) -> io::Result<bool> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        let iov = libc::iovec {
+            iov_base: rest.as_mut_ptr().cast(),
+            iov_len: rest.len(),
+        };
+        let at = (off + done as u64) as libc::off_t;
+        // SAFETY: one iovec over `rest`, which outlives the call.
+        let r = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+        match r {
+            0 => {
+                rest.fill(0);
+                return Ok(true);
+            }
+            n if n > 0 => done += n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return Ok(false),
+                    Some(libc::EINTR) => {}
+                    Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => {
+                        read_at_zero_fill(f, rest, off + done as u64)?;
+                        return Ok(true);
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// Make `[off, off + len)` read as zeros without changing the file size:
 /// punch a hole, or write zeros where the file system cannot.
 pub fn zero_range(f: &File, off: u64, len: u64) -> io::Result<()> {

@@ -794,6 +794,45 @@ fn checkpoint_at_open(
 }
 
 impl Inner {
+    /// `[off, off + len)` of an object; with `cached_only`, `None` where
+    /// the bytes are not all in the page cache.
+    fn read(
+        &self,
+        key: &ObjectKey,
+        off: u64,
+        len: u64,
+        cached_only: bool,
+    ) -> StoreResult<Option<Bytes>> {
+        self.usable()?;
+        // Holding the shard across the pread keeps a transaction being
+        // applied to this object from showing half its effects.
+        let _shard = self.shards[shard_of(key)].read();
+        let (id, size) = self.id_size(key)?;
+        let end = off.saturating_add(len).min(size);
+        if off >= end {
+            return Ok(Some(Bytes::new()));
+        }
+        let mut buf = vec![0u8; (end - off) as usize];
+        let path = obj_path(&self.root, id);
+        let reading = io_err(format!("reading {}", path.display()));
+        match self
+            .fds
+            .get(&self.root, id, false)
+            .map_err(io_err(format!("opening {}", path.display())))?
+        {
+            Some(f) if cached_only => {
+                if !data::read_at_zero_fill_cached(&f, &mut buf, off).map_err(reading)? {
+                    return Ok(None);
+                }
+            }
+            Some(f) => data::read_at_zero_fill(&f, &mut buf, off).map_err(reading)?,
+            // A missing file is an object of holes, unless the whole store
+            // vanished underneath us: then zeros would be a lie.
+            None => self.check_root()?,
+        }
+        Ok(Some(Bytes::from(buf)))
+    }
+
     fn failed_reason(&self) -> Option<String> {
         self.progress.lock().failed.clone()
     }
@@ -1981,30 +2020,13 @@ impl ObjectStore for FileStore {
     }
 
     fn read(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<Bytes> {
-        self.inner.usable()?;
-        // Holding the shard across the pread keeps a transaction being
-        // applied to this object from showing half its effects.
-        let _shard = self.inner.shards[shard_of(key)].read();
-        let (id, size) = self.inner.id_size(key)?;
-        let end = off.saturating_add(len).min(size);
-        if off >= end {
-            return Ok(Bytes::new());
-        }
-        let mut buf = vec![0u8; (end - off) as usize];
-        let path = obj_path(&self.inner.root, id);
-        match self
-            .inner
-            .fds
-            .get(&self.inner.root, id, false)
-            .map_err(io_err(format!("opening {}", path.display())))?
-        {
-            Some(f) => data::read_at_zero_fill(&f, &mut buf, off)
-                .map_err(io_err(format!("reading {}", path.display())))?,
-            // A missing file is an object of holes, unless the whole store
-            // vanished underneath us: then zeros would be a lie.
-            None => self.inner.check_root()?,
-        }
-        Ok(Bytes::from(buf))
+        self.inner
+            .read(key, off, len, false)
+            .map(|b| b.expect("a blocking read always has the bytes"))
+    }
+
+    fn read_cached(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<Option<Bytes>> {
+        self.inner.read(key, off, len, true)
     }
 
     fn stat(&self, key: &ObjectKey) -> StoreResult<u64> {

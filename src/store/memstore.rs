@@ -2,7 +2,8 @@
 //! once, under one lock, and both callbacks run inline before
 //! `queue_transaction` returns. [`MemStore::deferred`] instead applies queued
 //! transactions in order on a background thread, so that the window between
-//! queueing and "applied" that a real store has can be tested.
+//! queueing and "applied" that a real store has can be tested; it also calls
+//! every other cached read cold, as a real store whose page cache misses.
 //!
 //! It exists so that the OSD layer can be tested quickly and so that a cluster
 //! can be "restarted" over the same in-memory stores. It keeps nothing on disk,
@@ -17,7 +18,7 @@ use super::{
     TxOp,
 };
 use crate::rados::SnapId;
-use crate::sync::{Arc, Condvar, Mutex};
+use crate::sync::{Arc, AtomicU64, Condvar, Mutex, Ordering};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct MemObject {
@@ -47,6 +48,9 @@ struct Backlog {
 pub struct MemStore {
     colls: Arc<Mutex<BTreeMap<CollId, MemColl>>>,
     deferred: Option<Arc<(Mutex<Backlog>, Condvar)>>,
+    /// Cached reads asked so far (a deferred store calls every other one
+    /// cold, so that callers take both paths).
+    cached_reads: AtomicU64,
 }
 
 impl std::fmt::Debug for MemStore {
@@ -91,6 +95,7 @@ impl MemStore {
         MemStore {
             colls,
             deferred: Some(backlog),
+            cached_reads: AtomicU64::new(0),
         }
     }
 
@@ -257,6 +262,14 @@ impl ObjectStore for MemStore {
             let (a, b) = (off.min(size), off.saturating_add(len).min(size));
             Bytes::copy_from_slice(&o.data[a as usize..b as usize])
         })
+    }
+
+    fn read_cached(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<Option<Bytes>> {
+        let n = self.cached_reads.fetch_add(1, Ordering::Relaxed);
+        if self.deferred.is_some() && n % 2 == 0 {
+            return Ok(None);
+        }
+        self.read(key, off, len).map(Some)
     }
 
     fn stat(&self, key: &ObjectKey) -> StoreResult<u64> {

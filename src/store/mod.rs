@@ -205,6 +205,12 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// `[off, off + len)` of an object, short at its end.
     fn read(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<Bytes>;
+    /// Like [`ObjectStore::read`], but `None` where the read would wait for
+    /// the disk (the bytes are not all in memory), so that a thread that
+    /// must not block can hand the read to one that may. The default reads.
+    fn read_cached(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<Option<Bytes>> {
+        self.read(key, off, len).map(Some)
+    }
     /// Size of an object.
     fn stat(&self, key: &ObjectKey) -> StoreResult<u64>;
     fn exists(&self, key: &ObjectKey) -> bool;

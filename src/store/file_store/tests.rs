@@ -1222,3 +1222,29 @@ fn test_large_overwrite_without_room_is_refused_and_changes_nothing() {
         "a refused write changed the object"
     );
 }
+
+#[test]
+fn test_cached_read_is_none_until_the_bytes_are_in_the_page_cache() {
+    // Arrange: an object written whole with direct I/O, so none of it is in
+    // the page cache. On disk, not in /dev/shm: tmpfs is all page cache.
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    FileStore::mkfs(dir.path()).unwrap();
+    let cfg = StoreConfig {
+        direct_write_min: 4096,
+        ..StoreConfig::default()
+    };
+    let s = FileStore::open(dir.path(), cfg).unwrap();
+    run(&s, vec![TxOp::CreateCollection(COLL)]).unwrap();
+    let data: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+    run(&s, vec![write("o", 0, &data)]).unwrap();
+
+    // Act / Assert: a cached read says it would wait; a blocking read brings
+    // the bytes in; then the cached read has them, short at the end.
+    assert_eq!(s.read_cached(&key("o"), 4096, 8192).unwrap(), None);
+    assert_eq!(&s.read(&key("o"), 0, 65536).unwrap()[..], &data[..]);
+    let got = s.read_cached(&key("o"), 4096, 8192).unwrap();
+    assert_eq!(got.as_deref(), Some(&data[4096..12288]));
+    let tail = s.read_cached(&key("o"), 65536 - 100, 4096).unwrap();
+    assert_eq!(tail.as_deref(), Some(&data[65536 - 100..]));
+    s.close().unwrap();
+}
