@@ -56,13 +56,16 @@
 //!
 //! Large overwrites inside an object go in place the same way (`InPlace`):
 //! the data is written into the object's own file and synced before the
-//! record, which carries only the range, so it too is written once. Only
-//! into a file that no record replay may still apply sets or reads bytes of
-//! (replay would put older journaled bytes over them), only inside the
-//! object's size (no replay cut past the size can take them), and only in a
-//! transaction with metadata steps besides, that need not commit first (see
-//! `Inner::in_place`). A crash between the data and the record leaves bytes
-//! of a write that was never acknowledged, as a disk may.
+//! record, which carries only the range, so it too is written once. Replay
+//! leaves the bytes of earlier journaled `Write`/`Zero` steps alone where a
+//! later in-place write covers them (a first pass over the journal finds
+//! those ranges, see `shadow.rs`). Only into a file whose size no record
+//! replay may still apply changes and that none reads (a growing `Write`, a
+//! `Truncate`, `Place` or `Clone`), only inside the object's size (no replay
+//! cut past the size can take them), and only in a transaction with metadata
+//! steps besides, that need not commit first (see `Inner::in_place`). A
+//! crash between the data and the record leaves bytes of a write that was
+//! never acknowledged, as a disk may.
 //!
 //! Data files are never deleted by an apply: a removed, replaced or
 //! overwritten-by-clone object's file is doomed with the seq that dropped it
@@ -95,6 +98,7 @@ use super::{
     TxOp,
 };
 use crate::sync::{Arc, AtomicBool, AtomicU64, Condvar, Mutex, Ordering, RwLock};
+use shadow::Shadows;
 
 const SUPERBLOCK: &str = "superblock";
 const LOCK: &str = "lock";
@@ -275,11 +279,12 @@ struct Inner {
     /// Files of objects dropped by applied transactions: (seq, id). Deleted
     /// by the first checkpoint whose snapshot covers the seq.
     doomed: Mutex<Vec<(u64, u64)>>,
-    /// Data files whose bytes a record replay may still apply sets or reads
-    /// (a journaled `Write`, `Zero`, `Truncate`, either side of a `Clone`, a
-    /// `Place`), with the newest such record's seq; pruned by checkpoints.
-    /// A large overwrite goes in place only into a file not in here: replay
-    /// would put older bytes over it. See [`Inner::in_place`].
+    /// Data files whose size a record replay may still apply changes, or
+    /// whose bytes it reads (a journaled `Write` that grows the object, a
+    /// `Truncate`, either side of a `Clone`, a `Place`), with the newest such
+    /// record's seq; pruned by checkpoints. A large overwrite goes in place
+    /// only into a file not in here: replay cuts a file at the size it finds
+    /// first, and copies what it reads. See [`Inner::in_place`].
     replayed_files: Mutex<HashMap<u64, u64>>,
     fds: FdCache,
     failed: AtomicBool,
@@ -669,6 +674,15 @@ fn load_snapshot(path: &Path) -> StoreResult<MetaTable> {
 /// no object owns and trim files longer than their object.
 fn recover(path: &Path, meta: &mut MetaTable) -> StoreResult<()> {
     let base = meta.seq;
+    // First pass: where later records wrote in place (see shadow.rs). Its
+    // errors and torn tail are the second pass's, which reports them.
+    let mut shadows = Shadows::default();
+    let _ = journal::replay(path, |seq, steps| {
+        if seq > base {
+            shadows.note(seq, &steps);
+        }
+        Ok(())
+    });
     let mut touched = HashSet::new();
     let mut replayed = 0u64;
     let table = RwLock::new(std::mem::take(meta));
@@ -691,6 +705,7 @@ fn recover(path: &Path, meta: &mut MetaTable) -> StoreResult<()> {
             crashed: None,
             doomed: Vec::new(),
             fds: None,
+            shadows: Some(&shadows),
         };
         // Doomed files stay: the sweep after the open checkpoint takes them.
         apply_txn(&mut ctx, &table, seq, &steps)
@@ -1228,6 +1243,9 @@ struct ApplyCtx<'a> {
     doomed: Vec<u64>,
     /// Open files (not during replay, which touches each file only once).
     fds: Option<&'a FdCache>,
+    /// During replay: the bytes later records overwrote in place, which
+    /// journaled steps must not write over.
+    shadows: Option<&'a Shadows>,
 }
 
 impl ApplyCtx<'_> {
@@ -1240,10 +1258,13 @@ impl ApplyCtx<'_> {
     /// its unsynced tail; what those lost transactions can have left is only
     /// in-place bytes of `Write`/`Zero` steps (the tolerated loss), growth
     /// past an object's size (cut below and by the open's sweep) and new
-    /// files no record names (swept): their other steps commit first. Write, Zero (clamped to the table's size),
-    /// Truncate and Remove set bytes to a value that does not depend on the
-    /// file's contents, so re-applying all of them in order leaves each byte
-    /// as its last setter left it. Clone reads the file; see `clone_data`.
+    /// files no record names (swept): their other steps commit first. Write,
+    /// Zero (clamped to the table's size), Truncate and Remove set bytes to a
+    /// value that does not depend on the file's contents, so re-applying all
+    /// of them in order leaves each byte as its last setter left it; where
+    /// the last setter is a later in-place write, whose bytes are already in
+    /// the file, replay skips the earlier steps' bytes (`shadow.rs`). Clone
+    /// reads the file; see `clone_data`.
     /// Place's bytes `[0, len)` are not in the journal but in its own file,
     /// durable before the record and touched since only by later steps (its
     /// id is new), which replay re-applies; its tail copy reads the old
@@ -1384,7 +1405,7 @@ fn apply_txn(
             return Ok(false);
         }
         match step {
-            Step::Op(op) => apply_op(ctx, meta, op)?,
+            Step::Op(op) => apply_op(ctx, meta, seq, op)?,
             Step::Place { key, len, id } => {
                 // A shrinking write_full is Write{0} then Truncate to its
                 // length: the old tail would be copied only to be cut.
@@ -1424,7 +1445,16 @@ fn with_obj(meta: &RwLock<MetaTable>, k: &ObjectKey, f: impl FnOnce(&mut super::
     }
 }
 
-fn apply_op(ctx: &mut ApplyCtx, meta: &RwLock<MetaTable>, op: &TxOp) -> io::Result<()> {
+/// The pieces of `[off, off + len)` of `key` record `seq` sets: all of it,
+/// except during replay where later records overwrote some in place.
+fn unshadowed(ctx: &ApplyCtx, key: &ObjectKey, seq: u64, off: u64, len: u64) -> Vec<(u64, u64)> {
+    match ctx.shadows {
+        Some(s) => shadow::uncovered(off, len, &s.later(key, seq)),
+        None => vec![(off, len)],
+    }
+}
+
+fn apply_op(ctx: &mut ApplyCtx, meta: &RwLock<MetaTable>, seq: u64, op: &TxOp) -> io::Result<()> {
     match op {
         TxOp::CreateCollection(c) => {
             meta.write().colls.entry(*c).or_default();
@@ -1464,7 +1494,10 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &RwLock<MetaTable>, op: &TxOp) -> io::Resu
                     f.set_len(end)?;
                 }
             } else {
-                data::write_in_pieces(&f, data, *off)?;
+                for (at, n) in unshadowed(ctx, key, seq, *off, data.len() as u64) {
+                    let from = (at - off) as usize;
+                    data::write_in_pieces(&f, &data[from..from + n as usize], at)?;
+                }
             }
         }
         TxOp::Zero { key, off, len } => {
@@ -1474,7 +1507,9 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &RwLock<MetaTable>, op: &TxOp) -> io::Resu
             let end = off.saturating_add(*len).min(size);
             if *off < end {
                 let f = ctx.file(id, size)?;
-                data::zero_range(&f, *off, end - off)?;
+                for (at, n) in unshadowed(ctx, key, seq, *off, end - off) {
+                    data::zero_range(&f, at, n)?;
+                }
             }
         }
         TxOp::Truncate { key, size: new } => {
@@ -1685,9 +1720,11 @@ impl Inner {
     /// - a large write (`direct_write_min`) inside the object's size, into
     ///   an existing file: nothing grows, so no replay's cut past the size
     ///   can take those bytes;
-    /// - into a file no record since the last checkpoint set or read bytes
-    ///   of from the journal (`replayed_files`): replay re-applies those
-    ///   records, and would put older bytes over these;
+    /// - into a file whose size no record since the last checkpoint changed
+    ///   and that none read (`replayed_files`): replay would cut these bytes
+    ///   at an older size, or copy newer bytes than the record read. Plain
+    ///   journaled overwrites of the file are fine: replay skips their bytes
+    ///   under a later in-place write (`shadow.rs`);
     /// - in a transaction whose other steps touch metadata of the object's
     ///   own collection only (none the queue could refuse once the bytes are
     ///   in place, none that reads the object's data) and that need not
@@ -1943,13 +1980,15 @@ impl Inner {
                 crashed: Some(&self.crashed),
                 doomed: Vec::new(),
                 fds: Some(&self.fds),
+                shadows: None,
             };
+            let growing = self.growing_writes(&steps);
             let r = apply_txn(&mut ctx, &self.meta, seq, &steps);
             // Under the gate, so a checkpoint's table copy and doomed list agree.
             self.doomed
                 .lock()
                 .extend(ctx.doomed.into_iter().map(|id| (seq, id)));
-            self.note_replayed_files(seq, &steps);
+            self.note_replayed_files(seq, &steps, &growing);
             r
         };
         let res = match res {
@@ -1972,17 +2011,34 @@ impl Inner {
 }
 
 impl Inner {
-    /// Record the files whose bytes replay of record `seq` would set or read
-    /// (see `replayed_files`), by their ids after the apply.
-    fn note_replayed_files(&self, seq: u64, steps: &[Step]) {
+    /// The objects that journaled `Write`s of `steps` create or grow (asked
+    /// before the apply).
+    fn growing_writes<'a>(&self, steps: &'a [Step]) -> Vec<&'a ObjectKey> {
+        let m = self.meta.read();
+        steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Op(TxOp::Write { key, off, data })
+                    if m.get(key).is_none_or(|o| off + data.len() as u64 > o.size) =>
+                {
+                    Some(key)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Record the files that replay of record `seq` would change the size
+    /// of or read (see `replayed_files`), by their ids after the apply:
+    /// `growing` (from [`Inner::growing_writes`]), and those of `Truncate`,
+    /// `Place` and `Clone` steps.
+    fn note_replayed_files(&self, seq: u64, steps: &[Step], growing: &[&ObjectKey]) {
         let m = self.meta.read();
         let mut files = self.replayed_files.lock();
         for step in steps {
             let keys: &[&ObjectKey] = match step {
-                Step::Op(TxOp::Write { key, .. })
-                | Step::Op(TxOp::Zero { key, .. })
-                | Step::Op(TxOp::Truncate { key, .. })
-                | Step::Place { key, .. } => &[key],
+                Step::Op(TxOp::Write { key, .. }) if growing.contains(&key) => &[key],
+                Step::Op(TxOp::Truncate { key, .. }) | Step::Place { key, .. } => &[key],
                 Step::Op(TxOp::Clone { from, to }) => &[from, to],
                 _ => &[],
             };
@@ -2145,5 +2201,6 @@ impl ObjectStore for FileStore {
 
 #[cfg(test)]
 mod model_tests;
+mod shadow;
 #[cfg(test)]
 mod tests;

@@ -320,10 +320,30 @@ fn write_full_strategy() -> impl Strategy<Value = Transaction> {
         })
 }
 
+/// An overwrite alone in its transaction, as the OSD emits for a client's
+/// write, all of one object so that they meet: in place when large (the
+/// test's threshold on) and inside the object, journaled when small.
+fn overwrite_strategy() -> impl Strategy<Value = Transaction> {
+    let len = prop_oneof![1usize..1000, 1024usize..5000];
+    (0u64..4000, len, any::<u8>()).prop_map(|(off, len, seed)| {
+        let data = (0..len).map(|i| seed.wrapping_mul(3).wrapping_add(i as u8));
+        Transaction::from(vec![TxOp::Write {
+            key: ObjectKey {
+                coll: COLLS[0],
+                name: NAMES[0].to_string(),
+                snap: SNAP_HEAD,
+            },
+            off,
+            data: Bytes::from(data.collect::<Vec<_>>()),
+        }])
+    })
+}
+
 fn txn_strategy() -> impl Strategy<Value = Transaction> {
     prop_oneof![
         4 => proptest::collection::vec(op_strategy(), 1..5).prop_map(Transaction::from),
         1 => write_full_strategy(),
+        2 => overwrite_strategy(),
     ]
 }
 

@@ -1154,41 +1154,77 @@ fn store_with_64k_object() -> (tempfile::TempDir, Arc<FileStore>, StoreConfig) {
     (d, s, cfg)
 }
 
+/// Journal bytes `ops` took.
+fn journaled(s: &FileStore, ops: Vec<TxOp>) -> u64 {
+    let start = journal_len(s);
+    run(s, ops).unwrap();
+    journal_len(s) - start
+}
+
 #[test]
-fn test_large_overwrite_goes_in_place_unless_a_replayable_record_touched_the_file() {
-    // Arrange: a 64 KiB object, checkpointed: no record replay could apply
-    // names its file.
+fn test_large_overwrite_goes_in_place_over_journaled_overwrites_and_replay_keeps_it() {
+    // Arrange: a 64 KiB object, checkpointed.
     let (d, s, cfg) = store_with_64k_object();
     s.sync().unwrap();
 
-    // Act: a large overwrite inside it; then a small (journaled) write and
-    // another large overwrite of the same file; then a crash.
-    let start = journal_len(&s);
-    run(&s, vec![write("o", 8192, &[2u8; 16384])]).unwrap();
-    let in_place = journal_len(&s) - start;
-    run(&s, vec![write("o", 0, &[3u8; 100])]).unwrap();
-    let mid = journal_len(&s);
-    run(&s, vec![write("o", 32768, &[4u8; 16384])]).unwrap();
-    let after_small = journal_len(&s) - mid;
+    // Act: small (journaled) overwrites, each followed by a large overwrite
+    // covering some of it; then a kill.
+    let mut sizes = Vec::new();
+    run(&s, vec![write("o", 100, &[2u8; 200])]).unwrap();
+    sizes.push(journaled(&s, vec![write("o", 0, &[3u8; 16384])]));
+    run(&s, vec![write("o", 16000, &[4u8; 1000])]).unwrap();
+    run(
+        &s,
+        vec![TxOp::Zero {
+            key: key("o"),
+            off: 20000,
+            len: 100,
+        }],
+    )
+    .unwrap();
+    sizes.push(journaled(&s, vec![write("o", 16384, &[5u8; 8192])]));
     s.crash();
     let s = FileStore::open(d.path(), cfg).unwrap();
 
-    // Assert: the first went in place (its record is a few dozen bytes), the
-    // second was journaled (replay re-applies the small write, and would
-    // have put its bytes over anything in place after it), and replay
-    // rebuilt all three.
-    assert!(
-        in_place < 200,
-        "in-place write took {in_place} journal bytes"
-    );
-    assert!(
-        after_small > 16384,
-        "an overwrite after a journaled write of the file took only {after_small} journal bytes"
-    );
+    // Assert: both large ones went in place (a record of a few dozen
+    // bytes), and replay did not put the small ones' older bytes over
+    // theirs: each byte is its last writer's.
+    for n in sizes {
+        assert!(
+            n < 200,
+            "an overwrite after a journaled one took {n} journal bytes"
+        );
+    }
     let mut want = vec![1u8; 65536];
-    want[8192..24576].fill(2);
-    want[..100].fill(3);
-    want[32768..49152].fill(4);
+    want[100..300].fill(2);
+    want[..16384].fill(3);
+    want[16000..17000].fill(4);
+    want[20000..20100].fill(0);
+    want[16384..24576].fill(5);
+    assert!(read_all(&s, "o") == want, "content after replay differs");
+}
+
+#[test]
+fn test_large_overwrite_after_a_growing_journaled_write_is_journaled_until_a_checkpoint() {
+    // Arrange: a 64 KiB object, checkpointed, then grown by a small write.
+    let (d, s, cfg) = store_with_64k_object();
+    s.sync().unwrap();
+    run(&s, vec![write("o", 65536, &[2u8; 100])]).unwrap();
+
+    // Act: a large overwrite inside the new size, then a kill.
+    let n = journaled(&s, vec![write("o", 60000, &[3u8; 5636])]);
+    s.crash();
+    let s = FileStore::open(d.path(), cfg).unwrap();
+
+    // Assert: it was journaled (replay cuts the file at the size it finds
+    // first, 64 KiB, and would have taken in-place bytes past it), and
+    // replay rebuilt both.
+    assert!(
+        n > 5636,
+        "a write after a growing one took only {n} journal bytes"
+    );
+    let mut want = vec![1u8; 65636];
+    want[60000..65636].fill(3);
     assert!(read_all(&s, "o") == want, "content after replay differs");
 }
 
