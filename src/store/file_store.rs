@@ -36,6 +36,7 @@
 //! STORE/lock                flock'ed while open; holds the owner's pid
 //! STORE/meta.snapshot       metadata table as of a journal seq (see meta.rs)
 //! STORE/journal.<seq hex>   journal segments (see journal.rs, codec.rs)
+//! STORE/journal-spare       a trimmed segment the next rotation writes over
 //! STORE/objects/<xx>/<id>   object data, one file per object (see data.rs);
 //!                           ids with the top bit set hold placed writes
 //! ```

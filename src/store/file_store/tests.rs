@@ -466,8 +466,22 @@ fn test_crash_before_checkpoint_replays_journal() {
     assert_eq!(s.omap_get(&key("o")).unwrap(), map(&[("k", "v")]));
 }
 
+/// Seqs of the records in a segment file, up to its padding (a recycled
+/// segment may hold records of its previous use after its own).
+fn record_seqs(path: &Path) -> Vec<u64> {
+    let raw = Bytes::from(std::fs::read(path).unwrap());
+    let mut off = 0;
+    let mut seqs = Vec::new();
+    while off < raw.len() && raw[off..].iter().any(|b| *b != 0) {
+        let (seq, _, used) = codec::decode_record(&raw.slice(off..)).unwrap();
+        seqs.push(seq);
+        off += used;
+    }
+    seqs
+}
+
 #[test]
-fn test_sync_trims_journal_to_one_empty_segment() {
+fn test_sync_trims_journal_to_one_segment_without_live_records() {
     let (d, s) = new_store();
     run(&s, vec![write("o", 0, &[1u8; 10000])]).unwrap();
 
@@ -475,7 +489,12 @@ fn test_sync_trims_journal_to_one_empty_segment() {
 
     let segs = journal::list_segments(d.path()).unwrap();
     assert_eq!(segs.len(), 1);
-    assert_eq!(std::fs::metadata(&segs[0].1).unwrap().len(), 0);
+    let (start, path) = &segs[0];
+    let live: Vec<u64> = record_seqs(path)
+        .into_iter()
+        .filter(|q| q >= start)
+        .collect();
+    assert!(live.is_empty(), "records {live:?} left after a sync");
 }
 
 #[test]
@@ -556,7 +575,8 @@ fn crashed_store_with_records(n: u8) -> (tempfile::TempDir, PathBuf, std::ops::R
     let raw = Bytes::from(std::fs::read(&segs[0].1).unwrap());
     let mut off = 0;
     let mut last = 0..0;
-    while off < raw.len() {
+    // Records, then zeros to the end of the page.
+    while off < raw.len() && raw[off..].iter().any(|b| *b != 0) {
         let (_, _, used) = codec::decode_record(&raw.slice(off..)).unwrap();
         last = off..off + used;
         off += used;
@@ -1283,4 +1303,63 @@ fn test_cached_read_is_none_until_the_bytes_are_in_the_page_cache() {
     let tail = s.read_cached(&key("o"), 65536 - 100, 4096).unwrap();
     assert_eq!(tail.as_deref(), Some(&data[65536 - 100..]));
     s.close().unwrap();
+}
+
+/// Append records `seqs` (each touching object "o") to `j`.
+fn append_touches(j: &mut JournalWriter, seqs: std::ops::RangeInclusive<u64>) {
+    for seq in seqs {
+        let rec = codec::frame_record(
+            seq,
+            codec::encode_payload(&[Step::Op(TxOp::Touch(key("o")))]),
+        );
+        j.write(seq, 1, &rec.bufs).unwrap();
+    }
+}
+
+/// Every record replay reads, and how it ended.
+fn replayed(dir: &Path) -> (Vec<u64>, journal::ReplayEnd) {
+    let mut seqs = Vec::new();
+    let end = journal::replay(dir, |seq, _| {
+        seqs.push(seq);
+        Ok(())
+    })
+    .unwrap();
+    (seqs, end)
+}
+
+#[test]
+fn test_recycled_segment_replays_its_own_records_and_not_its_old_ones() {
+    // Arrange: segment 1 (records 1..=200) trimmed into the spare, which the
+    // next rotation makes segment 211: written over from its start.
+    let d = scratch_dir();
+    let mut j = JournalWriter::create(d.path(), 1).unwrap();
+    append_touches(&mut j, 1..=200);
+    assert_eq!(j.rotate().unwrap(), 201);
+    append_touches(&mut j, 201..=210);
+    j.trim(200).unwrap();
+    assert_eq!(j.rotate().unwrap(), 211);
+    j.trim(210).unwrap();
+    let seg = journal::segment_path(d.path(), 211);
+    let old_len = std::fs::metadata(&seg).unwrap().len();
+
+    // Act / Assert: right after the reuse, the segment holds only old
+    // records, and replay reads none of them.
+    assert_eq!(replayed(d.path()), (vec![], journal::ReplayEnd::Clean));
+
+    // Act / Assert: two records written over the old ones; the file keeps
+    // its length (an overwrite), and replay reads exactly the two.
+    append_touches(&mut j, 211..=212);
+    j.file().sync_data().unwrap();
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), old_len);
+    assert_eq!(
+        replayed(d.path()),
+        (vec![211, 212], journal::ReplayEnd::Clean)
+    );
+
+    // Act / Assert: rotating away cuts the old records, so replay reads on
+    // into the next segment.
+    assert_eq!(j.rotate().unwrap(), 213);
+    append_touches(&mut j, 213..=213);
+    let want = vec![211, 212, 213];
+    assert_eq!(replayed(d.path()), (want, journal::ReplayEnd::Clean));
 }
