@@ -39,14 +39,8 @@ use super::Transaction;
 use super::{CollId, ObjectKey, TxOp};
 
 pub const RECORD_MAGIC: [u8; 4] = *b"RBDJ";
-/// Newest record version this build writes and reads: records with a
-/// [`Step::InPlace`], which replay of journaled bytes before them must leave
-/// alone where they cover them (a build that reads only up to version 3
-/// would write those older bytes over them, so it must refuse these).
-pub const RECORD_VERSION: u8 = 4;
-/// The first version with [`Step::InPlace`] (written only into files no
-/// earlier journaled step of the same checkpoint interval wrote; read as 4).
-const RECORD_VERSION_IN_PLACE: u8 = 3;
+/// Newest record version this build writes and reads.
+pub const RECORD_VERSION: u8 = 3;
 /// The version of records with a [`Step::Place`] and no [`Step::InPlace`].
 const RECORD_VERSION_PLACE: u8 = 2;
 /// The version of records without either.
@@ -461,7 +455,7 @@ pub fn decode_steps(buf: Bytes, version: u8) -> DecodeResult<Vec<Step>> {
     let mut ops = Vec::with_capacity(n);
     for _ in 0..n {
         let t = d.u8("operation tag")?;
-        if t == tag::IN_PLACE && version >= RECORD_VERSION_IN_PLACE {
+        if t == tag::IN_PLACE && version >= RECORD_VERSION {
             ops.push(Step::InPlace {
                 key: d.key()?,
                 off: d.u64("in-place offset")?,
@@ -826,24 +820,14 @@ mod tests {
     }
 
     #[test]
-    fn test_record_with_in_place_step_is_version_4_and_roundtrips() {
+    fn test_record_with_in_place_step_is_version_3_and_roundtrips() {
         let flat = Bytes::from(frame_record(4, encode_payload(&in_place())).bufs.concat());
 
         let (seq, steps, used) = decode_record(&flat).unwrap();
 
-        assert_eq!(flat[4], 4, "record version");
+        assert_eq!(flat[4], 3, "record version");
         assert_eq!((seq, used), (4, flat.len()));
         assert_eq!(steps, in_place());
-    }
-
-    #[test]
-    fn test_decode_version_3_record_with_in_place_step_is_read() {
-        let mut e = Encoder::new();
-        encode_steps(&mut e, &in_place());
-
-        let r = decode_steps(Bytes::from(e.finish_flat()), RECORD_VERSION_IN_PLACE);
-
-        assert_eq!(r.unwrap(), in_place());
     }
 
     #[test]

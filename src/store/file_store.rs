@@ -105,7 +105,11 @@ const SUPERBLOCK: &str = "superblock";
 const LOCK: &str = "lock";
 const SNAPSHOT: &str = "meta.snapshot";
 const FORMAT_NAME: &str = "rbdfs-filestore";
-const FORMAT_VERSION: u32 = 1;
+/// Version 2: replay leaves journaled bytes under a later in-place write
+/// alone (`shadow.rs`), and journal segments are recycled. A build that
+/// knows only version 1 would write those bytes over the in-place ones, so
+/// it must refuse the store: a version 1 store is upgraded when opened.
+const FORMAT_VERSION: u32 = 2;
 
 /// Tunables of a [`FileStore`].
 #[derive(Clone, Debug)]
@@ -287,6 +291,9 @@ struct Inner {
     /// only into a file not in here: replay cuts a file at the size it finds
     /// first, and copies what it reads. See [`Inner::in_place`].
     replayed_files: Mutex<HashMap<u64, u64>>,
+    /// In-place records since the last checkpoint began (see
+    /// [`IN_PLACE_PER_CHECKPOINT`]).
+    in_place_since_checkpoint: AtomicU64,
     fds: FdCache,
     failed: AtomicBool,
     closed: AtomicBool,
@@ -362,21 +369,24 @@ impl FileStore {
         fsync_dir(&path.join(data::OBJECTS_DIR)).map_err(io_err(&ctx))?;
         write_atomic(path, SNAPSHOT, &MetaTable::default().encode()).map_err(io_err(&ctx))?;
         journal::create_segment(path, 1).map_err(io_err(&ctx))?;
-        let sb = serde_json::to_vec_pretty(&Superblock {
-            format: FORMAT_NAME.into(),
-            version: FORMAT_VERSION,
-        })
-        .map_err(|e| StoreError::io(&ctx, io::Error::other(e)))?;
         // The superblock goes last: a directory without one is not a store.
-        write_atomic(path, SUPERBLOCK, &sb).map_err(io_err(&ctx))?;
-        Ok(())
+        write_superblock(path)
     }
 
     /// Open the store in `path`: lock it, load the metadata snapshot, replay
     /// the journal, checkpoint, and start the syncer and checkpoint threads.
     pub fn open(path: &Path, cfg: StoreConfig) -> StoreResult<Arc<FileStore>> {
-        check_superblock(path)?;
+        let version = check_superblock(path)?;
         let lock = take_lock(path)?;
+        if version < FORMAT_VERSION {
+            // Version 1 journals replay the same under version 2 (their
+            // in-place writes went only into files no journaled step wrote).
+            write_superblock(path)?;
+            log::info!(
+                "store {}: format upgraded to version {FORMAT_VERSION}",
+                path.display()
+            );
+        }
         let root_dir = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
         let mut meta = load_snapshot(path)?;
         recover(path, &mut meta)?;
@@ -416,6 +426,7 @@ impl FileStore {
             next_placed: AtomicU64::new(max_placed + 1),
             doomed: Mutex::new(Vec::new()),
             replayed_files: Mutex::new(HashMap::new()),
+            in_place_since_checkpoint: AtomicU64::new(0),
             fds: FdCache {
                 map: Mutex::new(std::collections::HashMap::new()),
             },
@@ -598,7 +609,18 @@ impl Drop for FileStore {
     }
 }
 
-fn check_superblock(path: &Path) -> StoreResult<()> {
+fn write_superblock(path: &Path) -> StoreResult<()> {
+    let ctx = format!("writing the superblock of {}", path.display());
+    let sb = serde_json::to_vec_pretty(&Superblock {
+        format: FORMAT_NAME.into(),
+        version: FORMAT_VERSION,
+    })
+    .map_err(|e| StoreError::io(&ctx, io::Error::other(e)))?;
+    write_atomic(path, SUPERBLOCK, &sb).map_err(io_err(&ctx))
+}
+
+/// The store's format version (one this build opens).
+fn check_superblock(path: &Path) -> StoreResult<u32> {
     let raw = match std::fs::read(path.join(SUPERBLOCK)) {
         Ok(r) => r,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -617,16 +639,16 @@ fn check_superblock(path: &Path) -> StoreResult<()> {
             format!("unknown store format {:?}", sb.format),
         ));
     }
-    if sb.version != FORMAT_VERSION {
+    if !(1..=FORMAT_VERSION).contains(&sb.version) {
         return Err(corrupt(
             path,
             format!(
-                "store format version {} but this build supports {FORMAT_VERSION}; use a matching rbdfs",
+                "store format version {} but this build supports versions 1 to {FORMAT_VERSION}; use a matching rbdfs",
                 sb.version
             ),
         ));
     }
-    Ok(())
+    Ok(sb.version)
 }
 
 /// flock the store's lock file; the lock dies with the open file, so it is
@@ -675,15 +697,19 @@ fn load_snapshot(path: &Path) -> StoreResult<MetaTable> {
 /// no object owns and trim files longer than their object.
 fn recover(path: &Path, meta: &mut MetaTable) -> StoreResult<()> {
     let base = meta.seq;
-    // First pass: where later records wrote in place (see shadow.rs). Its
-    // errors and torn tail are the second pass's, which reports them.
+    // First pass: where later records wrote in place (see shadow.rs). A
+    // torn tail or a newer record ends it where it ends the second pass,
+    // which reports them; a read error fails the open.
     let mut shadows = Shadows::default();
-    let _ = journal::replay(path, |seq, steps| {
+    let first = journal::replay(path, |seq, steps| {
         if seq > base {
             shadows.note(seq, &steps);
         }
         Ok(())
     });
+    if let Err(ReplayError::Io(e)) = first {
+        return Err(StoreError::io("reading the journal", e));
+    }
     let mut touched = HashSet::new();
     let mut replayed = 0u64;
     let table = RwLock::new(std::mem::take(meta));
@@ -1017,6 +1043,7 @@ impl Inner {
         let boundary = {
             let mut j = self.journal.lock();
             let b = j.rotate().map_err(io_err(&ctx))?;
+            self.in_place_since_checkpoint.store(0, Ordering::Relaxed);
             // The closed segments are synced (rotate syncs the one it closes).
             *self.synced_end.lock() = (j.start(), j.bytes());
             b
@@ -1060,6 +1087,11 @@ impl Inner {
         self.ckpt_wake.request();
     }
 }
+
+/// In-place records that bring a checkpoint. They barely grow the journal,
+/// so its size alone would let them pile up, and replay compares each
+/// journaled step with the later in-place writes of its object.
+const IN_PLACE_PER_CHECKPOINT: u64 = 4096;
 
 /// Largest object size: file offsets are signed 64-bit.
 const MAX_OBJECT_SIZE: u64 = i64::MAX as u64;
@@ -1964,7 +1996,13 @@ impl Inner {
         if let Some(after) = after {
             s.colls = after;
         }
-        if journal_bytes > self.cfg.journal_max_bytes {
+        let in_place = placed.how.contains(&Direct::InPlace)
+            && self
+                .in_place_since_checkpoint
+                .fetch_add(1, Ordering::Relaxed)
+                + 1
+                >= IN_PLACE_PER_CHECKPOINT;
+        if journal_bytes > self.cfg.journal_max_bytes || in_place {
             self.request_checkpoint();
         }
         if commit_first && self.commit_written().is_err() {
@@ -1983,13 +2021,13 @@ impl Inner {
                 fds: Some(&self.fds),
                 shadows: None,
             };
-            let growing = self.growing_writes(&steps);
+            let marks = self.replay_marks(&steps);
             let r = apply_txn(&mut ctx, &self.meta, seq, &steps);
             // Under the gate, so a checkpoint's table copy and doomed list agree.
             self.doomed
                 .lock()
                 .extend(ctx.doomed.into_iter().map(|id| (seq, id)));
-            self.note_replayed_files(seq, &steps, &growing);
+            self.note_replayed_files(seq, &marks);
             r
         };
         let res = match res {
@@ -2012,40 +2050,46 @@ impl Inner {
 }
 
 impl Inner {
-    /// The objects that journaled `Write`s of `steps` create or grow (asked
-    /// before the apply).
-    fn growing_writes<'a>(&self, steps: &'a [Step]) -> Vec<&'a ObjectKey> {
+    /// The objects of `steps` whose files replay may cut or read, asked
+    /// before the apply: those a `Write` creates or grows, and those a
+    /// `Truncate`, `Place`, `Clone` (either side), `Remove` or `Touch` names
+    /// or whose collection a step creates or removes (any of which may
+    /// change the size replay finds for a later step of the transaction).
+    fn replay_marks<'a>(&self, steps: &'a [Step]) -> Vec<&'a ObjectKey> {
         let m = self.meta.read();
-        steps
+        let colls: Vec<CollId> = steps
             .iter()
             .filter_map(|step| match step {
-                Step::Op(TxOp::Write { key, off, data })
-                    if m.get(key).is_none_or(|o| off + data.len() as u64 > o.size) =>
-                {
-                    Some(key)
-                }
+                Step::Op(TxOp::CreateCollection(c) | TxOp::RemoveCollection(c)) => Some(*c),
                 _ => None,
             })
-            .collect()
+            .collect();
+        let mut marks = Vec::new();
+        for step in steps {
+            match step {
+                Step::Op(TxOp::Write { key, off, data }) => {
+                    let grows = m.get(key).is_none_or(|o| off + data.len() as u64 > o.size);
+                    if grows || colls.contains(&key.coll) {
+                        marks.push(key);
+                    }
+                }
+                Step::Op(TxOp::Truncate { key, .. } | TxOp::Remove(key) | TxOp::Touch(key))
+                | Step::Place { key, .. } => marks.push(key),
+                Step::Op(TxOp::Clone { from, to }) => marks.extend([from, to]),
+                _ => {}
+            }
+        }
+        marks
     }
 
-    /// Record the files that replay of record `seq` would change the size
-    /// of or read (see `replayed_files`), by their ids after the apply:
-    /// `growing` (from [`Inner::growing_writes`]), and those of `Truncate`,
-    /// `Place` and `Clone` steps.
-    fn note_replayed_files(&self, seq: u64, steps: &[Step], growing: &[&ObjectKey]) {
+    /// Record the files of `marks` (from [`Inner::replay_marks`]) as ones
+    /// replay of record `seq` may cut or read (see `replayed_files`), by
+    /// their ids after the apply.
+    fn note_replayed_files(&self, seq: u64, marks: &[&ObjectKey]) {
         let m = self.meta.read();
         let mut files = self.replayed_files.lock();
-        for step in steps {
-            let keys: &[&ObjectKey] = match step {
-                Step::Op(TxOp::Write { key, .. }) if growing.contains(&key) => &[key],
-                Step::Op(TxOp::Truncate { key, .. }) | Step::Place { key, .. } => &[key],
-                Step::Op(TxOp::Clone { from, to }) => &[from, to],
-                _ => &[],
-            };
-            for id in keys.iter().filter_map(|k| m.get(k)).map(|o| o.id) {
-                files.insert(id, seq);
-            }
+        for id in marks.iter().filter_map(|k| m.get(k)).map(|o| o.id) {
+            files.insert(id, seq);
         }
     }
 }

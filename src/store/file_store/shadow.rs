@@ -13,10 +13,12 @@
 //! A later in-place write shadows an earlier step only while the object
 //! keeps its file and nothing read the file in between: a `Place`, `Clone`
 //! (either side), `Truncate` or `Remove` of the object, or the removal of its
-//! collection, ends the shadow (a barrier). The live path keeps such steps
-//! and in-place writes of one file in different checkpoint intervals anyway
-//! (`Inner::in_place`); the barriers keep replay correct without relying on
-//! that.
+//! collection, ends the shadow (a barrier). What makes skipping correct is
+//! the live path's rule (`Inner::in_place`, `Inner::replay_marks`): no
+//! in-place write goes into a file that a record since the last checkpoint
+//! grew, cut, re-created or read, so replay never cuts its bytes at an older
+//! size nor copies bytes newer than a record saw. The barriers only keep a
+//! skip from reaching across such a step should that rule ever change.
 
 use std::collections::HashMap;
 
@@ -73,14 +75,15 @@ impl Shadows {
     }
 
     fn push(&mut self, key: &ObjectKey, ev: Event) {
-        // Only objects with an in-place write need their barriers; the
-        // others are dropped by `later` finding no events.
+        // Every object's barriers, also before its first in-place write: a
+        // step before a barrier must not skip under a write after it.
         self.by_key.entry(key.clone()).or_default().push(ev);
     }
 
     /// The ranges of `key` that records after `seq` overwrote in place
-    /// before a barrier, sorted and merged. A barrier in record `seq` itself
-    /// (after the step asking) counts.
+    /// before a barrier, sorted and merged. A barrier anywhere in record
+    /// `seq` itself counts (the live path never puts one with an in-place
+    /// write of the same object in one checkpoint interval).
     pub fn later(&self, key: &ObjectKey, seq: u64) -> Vec<(u64, u64)> {
         let Some(events) = self.by_key.get(key) else {
             return Vec::new();
