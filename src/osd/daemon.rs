@@ -200,14 +200,13 @@ impl Osd {
     }
 
     /// Hand a read that would wait for the disk to the cold-read threads.
-    /// A stopped OSD drops it (its reply answers `ShuttingDown`).
-    pub fn defer_read(&self, read: ColdRead) {
-        if let Some(q) = self.cold_reads.get() {
-            let n = self.next_cold_read.fetch_add(1, Ordering::Relaxed);
-            if q.enqueue(n, read).is_err() {
-                log::debug!("osd.{}: dropped a read: stopping", self.id);
-            }
-        }
+    /// A stopped OSD hands it back.
+    pub fn defer_read(&self, read: ColdRead) -> Result<(), ColdRead> {
+        let Some(q) = self.cold_reads.get() else {
+            return Err(read);
+        };
+        let n = self.next_cold_read.fetch_add(1, Ordering::Relaxed);
+        q.enqueue(n, read)
     }
 
     /// On a cold-read thread: read, answer, and tell the PG the object may
@@ -233,11 +232,14 @@ impl Osd {
         q.wait_idle();
     }
 
+    /// Stop the cold-read threads (their reads answered, their `ReadDone`
+    /// queued), then the op queue (which runs what is queued, those
+    /// included, so no op stays parked behind a cold read).
     pub fn stop(&self) {
-        if let Some(q) = self.queue.get() {
+        if let Some(q) = self.cold_reads.get() {
             q.stop();
         }
-        if let Some(q) = self.cold_reads.get() {
+        if let Some(q) = self.queue.get() {
             q.stop();
         }
     }

@@ -333,9 +333,10 @@ fn backfill_live(
     caught_up
 }
 
-/// Run `f` on the PG once no write is in flight in it (polled: writes in
-/// flight finish within a store round trip once the stores commit, which
-/// they are asked to; new ones wait for the lock).
+/// Run `f` on the PG once no write or cold read is in flight in it
+/// (polled: writes in flight finish within a store round trip once the
+/// stores commit, which they are asked to, and cold reads within a disk
+/// read; new ones wait for the lock).
 fn when_idle<T>(
     osds: &[Arc<Osd>],
     pg: &crate::sync::Mutex<super::pg::Pg>,
@@ -344,8 +345,12 @@ fn when_idle<T>(
     loop {
         let mut g = pg.lock();
         if g.is_idle() {
+            g.quiesce_reads = false;
             return f(&mut g);
         }
+        // Reads arriving meanwhile are served on the workers, so that the
+        // cold reads out now are the last.
+        g.quiesce_reads = true;
         drop(g);
         for o in osds {
             o.store.commit_soon();

@@ -157,6 +157,10 @@ pub(crate) struct Pg {
     waiting_for_readable: HashMap<String, VecDeque<PgEvent>>,
     /// Reads on the cold-read threads, by object.
     cold_reads: HashMap<String, usize>,
+    /// Set while something waits for the PG to be idle (peering,
+    /// backfill): reads do not go to the cold-read threads, so that a
+    /// steady stream of them cannot keep the PG busy.
+    pub quiesce_reads: bool,
 }
 
 fn key(pg: PgId, name: &str, snap: SnapId) -> ObjectKey {
@@ -180,9 +184,11 @@ fn io(e: StoreError) -> RadosError {
     store_to_rados(&e)
 }
 
-/// An op's result, unless the store behind it failed: then the OSD is
-/// reported to the monitor and the op answered Busy, to be retried once the
-/// OSD is marked down.
+/// An op's result, unless the store behind it failed. An I/O error from a
+/// store that turns out to be failing is not the client's: the OSD is
+/// reported (to be marked down, a new epoch) and the op answered `Busy`,
+/// which the client retries under the new map. Any error is suspect, not
+/// only I/O errors: a failed store also answers "no such object".
 pub(crate) fn check_store<T>(osd: &Osd, r: Result<T>) -> Result<T> {
     match r {
         Err(e) if !matches!(e, RadosError::Busy(_)) => match osd.store.check_health() {
@@ -531,6 +537,7 @@ impl Pg {
             inflight: BTreeMap::new(),
             waiting_for_readable: HashMap::new(),
             cold_reads: HashMap::new(),
+            quiesce_reads: false,
         }
     }
 
@@ -562,13 +569,18 @@ impl Pg {
                 match self.do_read(osd, &name, snap, &ops) {
                     Ok(Reading::Done(results)) => reply.send(Ok(results)),
                     Ok(Reading::Cold { key, off, len }) => {
-                        *self.cold_reads.entry(name).or_default() += 1;
-                        osd.defer_read(ColdRead {
+                        let read = ColdRead {
                             key,
                             off,
                             len,
                             reply,
-                        });
+                        };
+                        // Refused only when stopping: dropping the read
+                        // answers it. Its ReadDone is handled after this
+                        // event, so counting it now is in time.
+                        if osd.defer_read(read).is_ok() {
+                            *self.cold_reads.entry(name).or_default() += 1;
+                        }
                     }
                     Err(e) => reply.send(check_store(osd, Err(e))),
                 }
@@ -641,11 +653,6 @@ impl Pg {
         ))
     }
 
-    /// An I/O error from a store that turns out to be failing is not the
-    /// client's: the OSD is reported (to be marked down, a new epoch) and
-    /// the op answered `Busy`, which the client retries under the new map.
-    /// Any error is suspect, not only I/O errors: a failed store also
-    /// answers "no such object".
     fn pool(&self, osd: &Osd) -> Result<PoolEntry> {
         osd.shared
             .map()
@@ -726,6 +733,11 @@ impl Pg {
                         } else if ops.len() > 1 {
                             // Partial reads are not verified: checking them
                             // would mean reading the whole object each time.
+                            ReadResult::Data(store.read(&t.key, *off, n).map_err(io)?)
+                        } else if t.key.snap != SNAP_HEAD || self.quiesce_reads {
+                            // A clone's read stays here: the snap trimmer
+                            // may remove the clone, and it does not wait for
+                            // cold reads.
                             ReadResult::Data(store.read(&t.key, *off, n).map_err(io)?)
                         } else {
                             match store.read_cached(&t.key, *off, n).map_err(io)? {

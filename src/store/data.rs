@@ -174,7 +174,8 @@ pub fn read_at_zero_fill(f: &File, buf: &mut [u8], off: u64) -> io::Result<()> {
 }
 
 /// [`read_at_zero_fill`] from the page cache only: `false` (with `buf` in an
-/// unspecified state) where any of it would have to wait for the disk. The
+/// unspecified state) where any of it would have to wait for the disk, or
+/// lies past the end of the file. The
 /// kernel starts reading what is missing, so a blocking read that follows
 /// finds it sooner. Where `RWF_NOWAIT` is not supported, this reads.
 pub fn read_at_zero_fill_cached(f: &File, buf: &mut [u8], off: u64) -> io::Result<bool> {
@@ -189,10 +190,9 @@ pub fn read_at_zero_fill_cached(f: &File, buf: &mut [u8], off: u64) -> io::Resul
         // SAFETY: one iovec over `rest`, which outlives the call.
         let r = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
         match r {
-            0 => {
-                rest.fill(0);
-                return Ok(true);
-            }
+            // The end of the file, or (Linux 5.9 and 5.10, preadv2(2) BUGS)
+            // not cached: the blocking read tells them apart.
+            0 => return Ok(false),
             n if n > 0 => done += n as usize,
             _ => {
                 let e = io::Error::last_os_error();
