@@ -836,6 +836,25 @@ fn checkpoint_at_open(
 }
 
 impl Inner {
+    /// Bring `[off, off + len)` of an object's file into the page cache,
+    /// holding its shard only to find the file.
+    fn prefetch(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<()> {
+        let file = {
+            let _shard = self.shards[shard_of(key)].read();
+            let (id, _) = self.id_size(key)?;
+            let path = obj_path(&self.root, id);
+            self.fds
+                .get(&self.root, id, false)
+                .map_err(io_err(format!("opening {}", path.display())))?
+        };
+        if let Some(f) = file {
+            // SAFETY: readahead on a valid fd; it only fills the page cache
+            // (and waits for that), so its result does not matter.
+            unsafe { libc::readahead(f.as_raw_fd(), off as libc::off64_t, len as usize) };
+        }
+        Ok(())
+    }
+
     /// `[off, off + len)` of an object; with `cached_only`, `None` where
     /// the bytes are not all in the page cache.
     fn read(
@@ -2121,6 +2140,13 @@ impl ObjectStore for FileStore {
     }
 
     fn read(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<Bytes> {
+        if let Some(b) = self.inner.read(key, off, len, true)? {
+            return Ok(b);
+        }
+        // Wait for the disk without the object's shard, which a transaction
+        // of any object of the shard would otherwise wait for (and the
+        // submit lock with it).
+        self.inner.prefetch(key, off, len)?;
         self.inner
             .read(key, off, len, false)
             .map(|b| b.expect("a blocking read always has the bytes"))
