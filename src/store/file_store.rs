@@ -12,7 +12,7 @@
 //!   (wait_committed, commit_soon: a client's flush) or every
 //!   commit_interval; then on_commit (durable) in seq order
 //! checkpoint thread: rotate journal, snapshot metadata, syncfs, write
-//!   snapshot, delete covered segments
+//!   snapshot, delete covered segments (the newest becomes the spare)
 //! ```
 //!
 //! A transaction is applied as soon as its record is in the journal file, and
@@ -106,9 +106,9 @@ const LOCK: &str = "lock";
 const SNAPSHOT: &str = "meta.snapshot";
 const FORMAT_NAME: &str = "rbdfs-filestore";
 /// Version 2: replay leaves journaled bytes under a later in-place write
-/// alone (`shadow.rs`), and journal segments are recycled. A build that
-/// knows only version 1 would write those bytes over the in-place ones, so
-/// it must refuse the store: a version 1 store is upgraded when opened.
+/// alone (`shadow.rs`). A build that knows only version 1 would write those
+/// bytes over the in-place ones, so it must refuse the store: a version 1
+/// store is upgraded when opened.
 const FORMAT_VERSION: u32 = 2;
 
 /// Tunables of a [`FileStore`].
@@ -150,7 +150,8 @@ struct Superblock {
 /// Open data files by id, so reads and applies do not open a file per call.
 ///
 /// Only live ids are ever looked up: a reader holds its object's shard while
-/// it resolves the id and reads, and an id leaves the table (under that
+/// it resolves the id and opens the file (`Inner::prefetch` then reads
+/// through the handle without it), and an id leaves the table (under that
 /// shard's write lock) before it is doomed, so no entry is added for a file
 /// that a checkpoint deletes; the checkpoint forgets an id as it deletes it.
 struct FdCache {
@@ -378,20 +379,22 @@ impl FileStore {
     pub fn open(path: &Path, cfg: StoreConfig) -> StoreResult<Arc<FileStore>> {
         let version = check_superblock(path)?;
         let lock = take_lock(path)?;
+        let root_dir = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+        let mut meta = load_snapshot(path)?;
+        recover(path, &mut meta)?;
+        let next_seq = meta.seq + 1;
+        let writer = checkpoint_at_open(path, &root_dir, &meta)?;
         if version < FORMAT_VERSION {
-            // Version 1 journals replay the same under version 2 (their
-            // in-place writes went only into files no journaled step wrote).
+            // With the journal replayed and empty, any build could open the
+            // store now: this is where it becomes version 2. (Version 1
+            // journals replay the same under version 2: their in-place
+            // writes went only into files no journaled step wrote.)
             write_superblock(path)?;
             log::info!(
                 "store {}: format upgraded to version {FORMAT_VERSION}",
                 path.display()
             );
         }
-        let root_dir = File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
-        let mut meta = load_snapshot(path)?;
-        recover(path, &mut meta)?;
-        let next_seq = meta.seq + 1;
-        let writer = checkpoint_at_open(path, &root_dir, &meta)?;
         // Only now, with the replayed state in the snapshot, may files that no
         // object owns go: a crash during replay must find them again.
         let max_placed = sweep_objects(path, &meta)?;
@@ -836,21 +839,29 @@ fn checkpoint_at_open(
 }
 
 impl Inner {
-    /// Bring `[off, off + len)` of an object's file into the page cache,
-    /// holding its shard only to find the file.
+    /// Bring `[off, off + len)` of an object's file into the page cache by
+    /// reading it, holding its shard only to find the file. The bytes are
+    /// dropped: read without the shard, they may show half a transaction.
+    /// (The file stays readable through its handle even if a checkpoint
+    /// deletes it meanwhile, and ids are never reused.)
     fn prefetch(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<()> {
-        let file = {
+        let (file, size, path) = {
             let _shard = self.shards[shard_of(key)].read();
-            let (id, _) = self.id_size(key)?;
+            let (id, size) = self.id_size(key)?;
             let path = obj_path(&self.root, id);
-            self.fds
+            let f = self
+                .fds
                 .get(&self.root, id, false)
-                .map_err(io_err(format!("opening {}", path.display())))?
+                .map_err(io_err(format!("opening {}", path.display())))?;
+            (f, size, path)
         };
-        if let Some(f) = file {
-            // SAFETY: readahead on a valid fd; it only fills the page cache
-            // (and waits for that), so its result does not matter.
-            unsafe { libc::readahead(f.as_raw_fd(), off as libc::off64_t, len as usize) };
+        let end = off.saturating_add(len).min(size);
+        if let Some(f) = file
+            && off < end
+        {
+            let mut scratch = vec![0u8; (end - off) as usize];
+            data::read_at_zero_fill(&f, &mut scratch, off)
+                .map_err(io_err(format!("reading {}", path.display())))?;
         }
         Ok(())
     }
@@ -1055,7 +1066,8 @@ impl Inner {
     /// 4. write the snapshot (temp, fsync, rename, fsync dir): a crash before
     ///    the rename reopens from the old snapshot with all segments intact; after
     ///    it, from S, skipping the records <= S still on disk;
-    /// 5. delete the segments holding only records <= S (step 6 below).
+    /// 5. delete the segments holding only records <= S (step 6 below),
+    ///    keeping the newest as the journal's spare.
     fn checkpoint(&self) -> StoreResult<()> {
         let _g = self.ckpt_lock.lock();
         let ctx = format!("checkpointing {}", self.root.display());
@@ -2145,8 +2157,12 @@ impl ObjectStore for FileStore {
         }
         // Wait for the disk without the object's shard, which a transaction
         // of any object of the shard would otherwise wait for (and the
-        // submit lock with it).
+        // submit lock with it); then read under it, from the page cache
+        // unless the pages went again.
         self.inner.prefetch(key, off, len)?;
+        if let Some(b) = self.inner.read(key, off, len, true)? {
+            return Ok(b);
+        }
         self.inner
             .read(key, off, len, false)
             .map(|b| b.expect("a blocking read always has the bytes"))

@@ -3,7 +3,7 @@
 //! Segment `journal.<start seq as 16 hex>` holds records `start..next start`.
 //! Only the newest segment is appended to; a checkpoint rotates to a new
 //! segment and deletes the older ones once the metadata snapshot covers their
-//! last record. A closed segment was fully synced, and cut to its last
+//! last record (keeping the newest of them as the spare, below). A closed segment was fully synced, and cut to its last
 //! record, before the rotation.
 //!
 //! Appends go to the page cache (one `writev` loop per append); the caller
@@ -18,9 +18,9 @@
 //! write followed by `fsync`. So a segment may hold, after its records,
 //! records of its previous use (their seqs are below the segment's start)
 //! or padding: each append is followed by zeros up to the end of its page
-//! (a whole page if it ends on one), so the kernel never reads an old page
-//! back to write part of it, and replay finds a zero header where the
-//! records end.
+//! (and a whole page more where fewer than a record header's bytes are
+//! left), so the kernel never reads an old page back to write part of it,
+//! and replay finds a zero header where the records end.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
@@ -39,7 +39,7 @@ const PREFIX: &str = "journal.";
 const SPARE: &str = "journal-spare";
 /// Appends are padded with zeros to a multiple of this.
 const PAGE: u64 = 4096;
-static ZEROS: [u8; PAGE as usize] = [0; PAGE as usize];
+static ZEROS: [u8; 2 * PAGE as usize] = [0; 2 * PAGE as usize];
 
 pub fn segment_path(root: &Path, start: u64) -> PathBuf {
     root.join(format!("{PREFIX}{start:016x}"))
@@ -150,9 +150,10 @@ impl JournalWriter {
 
     /// Append records (already in seq order, starting at `next_seq`) with one
     /// `writev` loop. Returns the bytes in every segment now; the caller must
-    /// `fdatasync` the current segment before calling them committed. On error the segment
-    /// may hold a partial record; the caller must stop appending (replay
-    /// treats it as a torn tail).
+    /// `fdatasync` the current segment before calling them committed. On
+    /// error the segment may hold part of the records, or all of them; the
+    /// caller must stop appending (replay treats a partial one as a torn
+    /// tail, and may replay whole ones).
     pub fn write(&mut self, first_seq: u64, count: u64, bufs: &[Bytes]) -> io::Result<u64> {
         if first_seq != self.next_seq {
             return Err(io::Error::other(format!(
@@ -162,7 +163,10 @@ impl JournalWriter {
         }
         let len: u64 = bufs.iter().map(|b| b.len() as u64).sum();
         let end = self.bytes + len;
-        let pad = PAGE - end % PAGE;
+        let mut pad = PAGE - end % PAGE;
+        if pad < RECORD_HEADER_LEN as u64 {
+            pad += PAGE;
+        }
         let padded: Vec<Bytes> = bufs
             .iter()
             .cloned()
@@ -195,10 +199,17 @@ impl JournalWriter {
             // reads a closed segment to its end and goes on to the next.
             self.file.set_len(self.bytes)?;
             self.file.sync_all()?;
-            let file = Arc::new(if std::mem::take(&mut self.spare) {
-                reuse_segment(&self.root, self.next_seq)?
-            } else {
-                create_segment(&self.root, self.next_seq)?
+            let reused = match std::mem::take(&mut self.spare) {
+                true => reuse_segment(&self.root, self.next_seq).map(Some),
+                false => Ok(None),
+            };
+            let file = Arc::new(match reused {
+                Ok(Some(f)) => f,
+                Ok(None) => create_segment(&self.root, self.next_seq)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    create_segment(&self.root, self.next_seq)?
+                }
+                Err(e) => return Err(e),
             });
             self.older.push((self.start, self.bytes));
             self.file = file;
@@ -214,39 +225,32 @@ impl JournalWriter {
         self.file = Arc::new(file);
     }
 
-    /// Delete older segments whose records are all `<= covered`.
+    /// Delete older segments whose records are all `<= covered`, oldest
+    /// first, and keep the newest of them as the spare: a crash part way
+    /// leaves segments that still follow each other. Only whole segments
+    /// older than the current one go.
     pub fn trim(&mut self, covered: u64) -> io::Result<()> {
-        let mut keep = Vec::new();
         let starts: Vec<u64> = self
             .older
             .iter()
             .map(|(s, _)| *s)
             .chain([self.start])
             .collect();
-        let mut spared = false;
-        for (i, (start, bytes)) in self.older.iter().enumerate().rev() {
-            let end = starts[i + 1];
-            if end <= covered + 1 {
-                let path = segment_path(&self.root, *start);
-                if spared {
-                    super::data::remove_file(&path)?;
-                } else {
-                    // The newest trimmed one (a full segment, when the
-                    // journal's size brought the checkpoint) replaces the
-                    // spare. Not synced: a crash that undoes the rename
-                    // leaves a segment of covered records, which replay
-                    // skips as before.
-                    std::fs::rename(&path, self.root.join(SPARE))?;
-                    spared = true;
-                    self.spare = true;
-                }
-            } else {
-                keep.push((*start, *bytes));
-            }
+        let n = (0..self.older.len())
+            .take_while(|i| starts[i + 1] <= covered + 1)
+            .count();
+        let gone: Vec<u64> = self.older.drain(..n).map(|(s, _)| s).collect();
+        let Some((newest, rest)) = gone.split_last() else {
+            return Ok(());
+        };
+        for start in rest {
+            super::data::remove_file(&segment_path(&self.root, *start))?;
         }
-        keep.reverse();
-        self.older = keep;
-        Ok(())
+        // A full segment, when the journal's size brought the checkpoint;
+        // it replaces the spare.
+        std::fs::rename(segment_path(&self.root, *newest), self.root.join(SPARE))?;
+        self.spare = true;
+        fsync_dir(&self.root)
     }
 }
 

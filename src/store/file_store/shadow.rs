@@ -82,8 +82,8 @@ impl Shadows {
 
     /// The ranges of `key` that records after `seq` overwrote in place
     /// before a barrier, sorted and merged. A barrier anywhere in record
-    /// `seq` itself counts (the live path never puts one with an in-place
-    /// write of the same object in one checkpoint interval).
+    /// `seq` itself counts (the live path never lets an in-place write
+    /// follow one of the same object in one checkpoint interval).
     pub fn later(&self, key: &ObjectKey, seq: u64) -> Vec<(u64, u64)> {
         let Some(events) = self.by_key.get(key) else {
             return Vec::new();

@@ -1426,3 +1426,23 @@ fn test_overwrite_after_remove_and_recreate_in_one_transaction_survives_replay()
     want[8192..].fill(3);
     assert!(read_all(&s, "o") == want, "content after replay differs");
 }
+
+#[test]
+fn test_replay_ends_cleanly_where_records_end_near_a_page_end() {
+    // Arrange: 54-byte records, 303 of them: the last ends 22 bytes short
+    // of a page end, less than a record header.
+    let d = scratch_dir();
+    let mut j = JournalWriter::create(d.path(), 1).unwrap();
+    append_touches(&mut j, 1..=303);
+    assert_eq!(
+        j.bytes() % 4096,
+        4096 - 22,
+        "record size changed; pick another count"
+    );
+
+    // Act / Assert: replay reads all of them and finds the padding, not a
+    // torn record.
+    let (seqs, end) = replayed(d.path());
+    assert_eq!(seqs, (1..=303).collect::<Vec<u64>>());
+    assert_eq!(end, journal::ReplayEnd::Clean);
+}
