@@ -1181,11 +1181,24 @@ fn journaled(s: &FileStore, ops: Vec<TxOp>) -> u64 {
     journal_len(s) - start
 }
 
+/// [`store_with_64k_object`], checkpointed: no record replay could apply
+/// names the object's file.
+fn checkpointed_64k_object() -> (tempfile::TempDir, Arc<FileStore>, StoreConfig) {
+    let (d, s, cfg) = store_with_64k_object();
+    s.sync().unwrap();
+    (d, s, cfg)
+}
+
+/// The store as a kill -9 leaves it (page cache kept), opened again.
+fn killed_and_reopened(s: &FileStore, dir: &Path, cfg: StoreConfig) -> Arc<FileStore> {
+    s.crash();
+    FileStore::open(dir, cfg).unwrap()
+}
+
 #[test]
 fn test_large_overwrite_goes_in_place_over_journaled_overwrites_and_replay_keeps_it() {
     // Arrange: a 64 KiB object, checkpointed.
-    let (d, s, cfg) = store_with_64k_object();
-    s.sync().unwrap();
+    let (d, s, cfg) = checkpointed_64k_object();
 
     // Act: small (journaled) overwrites, each followed by a large overwrite
     // covering some of it; then a kill.
@@ -1203,8 +1216,7 @@ fn test_large_overwrite_goes_in_place_over_journaled_overwrites_and_replay_keeps
     )
     .unwrap();
     sizes.push(journaled(&s, vec![write("o", 16384, &[5u8; 8192])]));
-    s.crash();
-    let s = FileStore::open(d.path(), cfg).unwrap();
+    let s = killed_and_reopened(&s, d.path(), cfg);
 
     // Assert: both large ones went in place (a record of a few dozen
     // bytes), and replay did not put the small ones' older bytes over
@@ -1227,14 +1239,12 @@ fn test_large_overwrite_goes_in_place_over_journaled_overwrites_and_replay_keeps
 #[test]
 fn test_large_overwrite_after_a_growing_journaled_write_is_journaled_until_a_checkpoint() {
     // Arrange: a 64 KiB object, checkpointed, then grown by a small write.
-    let (d, s, cfg) = store_with_64k_object();
-    s.sync().unwrap();
+    let (d, s, cfg) = checkpointed_64k_object();
     run(&s, vec![write("o", 65536, &[2u8; 100])]).unwrap();
 
     // Act: a large overwrite inside the new size, then a kill.
     let n = journaled(&s, vec![write("o", 60000, &[3u8; 5636])]);
-    s.crash();
-    let s = FileStore::open(d.path(), cfg).unwrap();
+    let s = killed_and_reopened(&s, d.path(), cfg);
 
     // Assert: it was journaled (replay cuts the file at the size it finds
     // first, 64 KiB, and would have taken in-place bytes past it), and
@@ -1403,8 +1413,7 @@ fn test_version_1_store_is_upgraded_on_open_and_a_newer_one_refused() {
 fn test_overwrite_after_remove_and_recreate_in_one_transaction_survives_replay() {
     // Arrange: a checkpointed 64 KiB object, removed and written again in
     // one transaction: its new file is 16 KiB, smaller than the old object.
-    let (d, s, cfg) = store_with_64k_object();
-    s.sync().unwrap();
+    let (d, s, cfg) = checkpointed_64k_object();
     run(
         &s,
         vec![
@@ -1417,8 +1426,7 @@ fn test_overwrite_after_remove_and_recreate_in_one_transaction_survives_replay()
 
     // Act: a large overwrite of the new bytes, then a kill.
     run(&s, vec![write("o", 8192, &[3u8; 8192])]).unwrap();
-    s.crash();
-    let s = FileStore::open(d.path(), cfg).unwrap();
+    let s = killed_and_reopened(&s, d.path(), cfg);
 
     // Assert: the overwrite's bytes, not the first write's (replay starts
     // the recreated object at size 0, and would cut in-place bytes there).
