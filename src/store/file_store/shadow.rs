@@ -151,15 +151,8 @@ pub(super) fn uncovered(off: u64, len: u64, covered: &[(u64, u64)]) -> Vec<(u64,
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::key;
     use super::*;
-
-    fn key(name: &str) -> ObjectKey {
-        ObjectKey {
-            coll: CollId { pool: 1, pg: 0 },
-            name: name.to_string(),
-            snap: crate::rados::SNAP_HEAD,
-        }
-    }
 
     fn in_place(name: &str, off: u64, len: u64) -> Step {
         Step::InPlace {

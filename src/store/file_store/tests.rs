@@ -9,7 +9,7 @@ const COLL: CollId = CollId { pool: 1, pg: 0 };
 /// Long enough for any step on a loaded machine; a hang fails instead of blocking CI.
 const WAIT: Duration = Duration::from_secs(60);
 
-fn key(name: &str) -> ObjectKey {
+pub(super) fn key(name: &str) -> ObjectKey {
     ObjectKey {
         coll: COLL,
         name: name.to_string(),
