@@ -101,8 +101,22 @@ impl PgLogEntry {
     }
 }
 
+/// `log.<epoch>.<version>`, each as 16 hex digits, so keys sort by version.
+/// Built by hand: every write makes one or two, and padded `format!` hex
+/// was 3% of a small-write load.
 fn log_key(v: Eversion) -> String {
-    format!("{LOG_PREFIX}{:016x}.{:016x}", v.epoch, v.version)
+    fn push_hex16(s: &mut String, n: u64) {
+        for shift in (0..16).rev() {
+            let digit = ((n >> (shift * 4)) & 0xf) as u32;
+            s.push(char::from_digit(digit, 16).unwrap_or('0'));
+        }
+    }
+    let mut s = String::with_capacity(LOG_PREFIX.len() + 33);
+    s.push_str(LOG_PREFIX);
+    push_hex16(&mut s, v.epoch);
+    s.push('.');
+    push_hex16(&mut s, v.version);
+    s
 }
 
 /// What a PG has: the newest update applied and the oldest the log still covers.
@@ -235,6 +249,19 @@ impl PgLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_log_key_is_prefix_and_two_padded_hex_numbers() {
+        for (epoch, version) in [
+            (0, 0),
+            (2, 0xab),
+            (u64::MAX, 1 << 63),
+            (0x1234, 0xfedc_ba98_7654_3210),
+        ] {
+            let want = format!("{LOG_PREFIX}{epoch:016x}.{version:016x}");
+            assert_eq!(log_key(Eversion { epoch, version }), want);
+        }
+    }
 
     fn entry(v: u64) -> PgLogEntry {
         PgLogEntry {
