@@ -116,7 +116,26 @@ async fn blocking<T: Send + 'static>(
         })?
 }
 
+/// Lift the soft limit on open files to the hard one: each OSD store keeps
+/// a share of the limit as cached object-file handles.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                log::debug!("raising RLIMIT_NOFILE: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+}
+
 async fn open_cluster(dir: &Path) -> Result<Store, StoreError> {
+    raise_open_file_limit();
     let d = dir.to_path_buf();
     let cluster = blocking(move || Cluster::open(&d, cluster_config()).map_err(osd_err)).await?;
     let backend: Arc<dyn RadosBackend> = cluster.clone();

@@ -86,7 +86,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -155,15 +155,27 @@ struct Superblock {
 /// shard's write lock) before it is doomed, so no entry is added for a file
 /// that a checkpoint deletes; the checkpoint forgets an id as it deletes it.
 struct FdCache {
-    map: Mutex<std::collections::HashMap<u64, Arc<File>>>,
+    map: Mutex<HashMap<u64, Arc<File>>>,
+    max: usize,
 }
 
-/// Cached data file handles per store; beyond this the cache starts over.
-/// Small: one process runs several stores under the default limit of 1024
-/// open files.
-const FD_CACHE_MAX: usize = 128;
-
 impl FdCache {
+    /// Room for a share of the process's open-file limit: one process runs
+    /// several stores, each with a journal and its own files too. 128 under
+    /// the usual default soft limit of 1024; `rbdfs` raises its limit first.
+    fn new() -> FdCache {
+        let mut lim = libc::rlimit {
+            rlim_cur: 1024,
+            rlim_max: 1024,
+        };
+        // SAFETY: getrlimit writes into the struct it is given.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+        FdCache {
+            map: Mutex::new(HashMap::new()),
+            max: (lim.rlim_cur / 8).clamp(128, 8192) as usize,
+        }
+    }
+
     /// The file of `id`, created if `create`; `None` if absent and not created.
     fn get(&self, root: &Path, id: u64, create: bool) -> io::Result<Option<Arc<File>>> {
         if let Some(f) = self.map.lock().get(&id) {
@@ -177,14 +189,52 @@ impl FdCache {
         };
         let Some(f) = f else { return Ok(None) };
         let mut m = self.map.lock();
-        if m.len() >= FD_CACHE_MAX {
-            m.clear();
-        }
-        Ok(Some(m.entry(id).or_insert_with(|| Arc::new(f)).clone()))
+        // Full: one entry makes room (closed once the lock is released).
+        let evicted = if m.len() >= self.max {
+            m.keys().next().copied().and_then(|k| m.remove(&k))
+        } else {
+            None
+        };
+        let f = m.entry(id).or_insert_with(|| Arc::new(f)).clone();
+        drop(m);
+        drop(evicted);
+        Ok(Some(f))
     }
 
     fn forget(&self, id: u64) {
         self.map.lock().remove(&id);
+    }
+}
+
+/// How long a measured free-space figure stands in for `statvfs`: one
+/// syscall per write cost 5% of a small-write load. Other writers to the
+/// file system in that window are not seen; `min_free_bytes` covers them.
+const FREE_SPACE_TTL: Duration = Duration::from_millis(50);
+
+/// The last `statvfs` of the store's file system, less what was let
+/// through since.
+#[derive(Default)]
+struct FreeSpace {
+    measured: Option<Instant>,
+    avail: u64,
+}
+
+impl FreeSpace {
+    /// Free bytes at `now`: the standing figure, or a new `measure`.
+    fn get(&mut self, now: Instant, measure: impl FnOnce() -> io::Result<u64>) -> io::Result<u64> {
+        match self.measured {
+            Some(at) if now.saturating_duration_since(at) < FREE_SPACE_TTL => Ok(self.avail),
+            _ => {
+                self.avail = measure()?;
+                self.measured = Some(now);
+                Ok(self.avail)
+            }
+        }
+    }
+
+    /// `n` bytes were let through: count them until the next measurement.
+    fn take(&mut self, n: u64) {
+        self.avail = self.avail.saturating_sub(n);
     }
 }
 
@@ -296,6 +346,7 @@ struct Inner {
     /// [`IN_PLACE_PER_CHECKPOINT`]).
     in_place_since_checkpoint: AtomicU64,
     fds: FdCache,
+    free: Mutex<FreeSpace>,
     failed: AtomicBool,
     closed: AtomicBool,
     /// Simulated power loss: threads stop where they are, nothing is synced.
@@ -430,9 +481,8 @@ impl FileStore {
             doomed: Mutex::new(Vec::new()),
             replayed_files: Mutex::new(HashMap::new()),
             in_place_since_checkpoint: AtomicU64::new(0),
-            fds: FdCache {
-                map: Mutex::new(std::collections::HashMap::new()),
-            },
+            fds: FdCache::new(),
+            free: Mutex::new(FreeSpace::default()),
             failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             crashed: AtomicBool::new(false),
@@ -1006,13 +1056,17 @@ impl Inner {
         }
     }
 
+    /// Free bytes of the store's file system: measured at most every
+    /// [`FREE_SPACE_TTL`], and counted down by what [`Inner::check_space`]
+    /// lets through in between.
     fn available(&self) -> StoreResult<u64> {
-        match self.cfg.fake_available_bytes {
-            Some(a) => Ok(a),
-            None => data::statvfs(&self.root)
-                .map(|(_, a)| a)
-                .map_err(io_err(format!("statfs {}", self.root.display()))),
+        if let Some(a) = self.cfg.fake_available_bytes {
+            return Ok(a);
         }
+        self.free
+            .lock()
+            .get(Instant::now(), || data::statvfs(&self.root).map(|(_, a)| a))
+            .map_err(|e| StoreError::io(format!("statfs {}", self.root.display()), e))
     }
 
     /// Bytes a transaction may add to the file system (journal record, data,
@@ -1055,6 +1109,7 @@ impl Inner {
                 avail,
             });
         }
+        self.free.lock().take(need);
         Ok(())
     }
 

@@ -368,6 +368,60 @@ fn test_no_space_refuses_and_changes_nothing() {
 }
 
 #[test]
+fn test_free_space_is_remeasured_after_its_ttl_and_counted_down_before() {
+    let mut free = FreeSpace::default();
+    let t0 = Instant::now();
+    let runs = &std::cell::Cell::new(0);
+    let measure = |avail: u64| {
+        move || {
+            runs.set(runs.get() + 1);
+            Ok(avail)
+        }
+    };
+
+    assert_eq!(free.get(t0, measure(1000)).unwrap(), 1000);
+    free.take(300);
+    let within = free.get(t0 + FREE_SPACE_TTL / 2, measure(5000)).unwrap();
+    let after = free.get(t0 + FREE_SPACE_TTL, measure(5000)).unwrap();
+
+    assert_eq!(
+        within, 700,
+        "bytes let through count until the next measurement"
+    );
+    assert_eq!(after, 5000);
+    assert_eq!(runs.get(), 2);
+    let err = FreeSpace::default().get(t0, || Err(io::Error::other("statfs failed")));
+    assert!(
+        err.is_err(),
+        "a failed measurement is an error, not zero bytes free"
+    );
+}
+
+#[test]
+fn test_full_fd_cache_makes_room_for_one_and_hands_out_the_right_files() {
+    let dir = scratch_dir();
+    for id in 0..3u64 {
+        std::fs::create_dir_all(obj_dir(dir.path(), id)).unwrap();
+        std::fs::write(obj_path(dir.path(), id), [id as u8]).unwrap();
+    }
+    let cache = FdCache {
+        map: Mutex::new(HashMap::new()),
+        max: 2,
+    };
+
+    for round in 0..2 {
+        for id in 0..3u64 {
+            let f = cache.get(dir.path(), id, false).unwrap().unwrap();
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, 0).unwrap();
+            assert_eq!(b[0], id as u8, "round {round}, id {id}");
+            assert!(cache.map.lock().len() <= 2);
+        }
+    }
+    assert!(cache.get(dir.path(), 7, false).unwrap().is_none());
+}
+
+#[test]
 fn test_no_space_still_allows_removal() {
     let (_d, s) = new_store_with(StoreConfig {
         fake_available_bytes: Some(1 << 20),
