@@ -160,6 +160,11 @@ struct ClientOp {
     pool: PoolId,
     target: Target,
     kind: ClientKind,
+    /// May run on the submitting thread (see [`Osd::enqueue_client`]): set
+    /// for the one-attempt ops of a caller that answers from the completing
+    /// thread, and cleared when an op is parked, so that resubmission under
+    /// the map-change lock only queues.
+    inline: bool,
 }
 
 enum ClientKind {
@@ -609,7 +614,8 @@ impl Inner {
             o.wait_idle();
         }
         let r = f();
-        for op in self.gate.end_peering() {
+        for mut op in self.gate.end_peering() {
+            op.inline = false;
             self.submit(op);
         }
         r
@@ -638,7 +644,8 @@ impl Inner {
         }
         let r = self.apply_map_change(peer, f);
         if peer {
-            for op in self.gate.end_peering() {
+            for mut op in self.gate.end_peering() {
+                op.inline = false;
                 self.submit(op);
             }
         }
@@ -711,10 +718,15 @@ impl Inner {
             Target::Object(n) => n,
             Target::Pg(_) => String::new(),
         };
+        let inline = op.inline;
         let send = |pgid: PgId, primary: OsdId, ev: PgEvent| {
             // An OSD that is gone drops the event; its reply answers ShuttingDown.
             if let Some(o) = self.osd(primary) {
-                o.enqueue(pgid, ev);
+                if inline {
+                    o.enqueue_client(pgid, ev);
+                } else {
+                    o.enqueue(pgid, ev);
+                }
             }
         };
         match op.kind {
@@ -869,6 +881,7 @@ impl Inner {
                 self.submit(ClientOp {
                     pool: t.pool,
                     target: Target::Pg(t.pg),
+                    inline: false,
                     kind: ClientKind::Trim {
                         snap: t.snap,
                         done: sender(tx),
@@ -1100,6 +1113,7 @@ impl RadosBackend for Cluster {
         submit_retrying(self.inner.clone(), move |done| ClientOp {
             pool,
             target: Target::Object(oid.clone()),
+            inline: false,
             kind: ClientKind::Read {
                 snap,
                 ops: ops.clone(),
@@ -1122,6 +1136,7 @@ impl RadosBackend for Cluster {
         submit_retrying(self.inner.clone(), move |done| ClientOp {
             pool,
             target: Target::Object(oid.clone()),
+            inline: false,
             kind: ClientKind::Write {
                 snapc: snapc.clone(),
                 ops: ops.clone(),
@@ -1145,6 +1160,7 @@ impl RadosBackend for Cluster {
         self.inner.submit(ClientOp {
             pool,
             target: Target::Object(oid.to_string()),
+            inline: true,
             kind: ClientKind::Read { snap, ops, done },
         });
     }
@@ -1164,6 +1180,7 @@ impl RadosBackend for Cluster {
         self.inner.submit(ClientOp {
             pool,
             target: Target::Object(oid.to_string()),
+            inline: true,
             kind: ClientKind::Write { snapc, ops, done },
         });
     }

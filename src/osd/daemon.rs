@@ -199,6 +199,17 @@ impl Osd {
         }
     }
 
+    /// Queue a client op for a PG of this OSD, or run it on the calling
+    /// thread when the PG has nothing queued or running (see
+    /// [`ShardedOpQueue::enqueue_or_run`]). A stopped OSD drops it.
+    pub fn enqueue_client(&self, pg: PgId, ev: PgEvent) {
+        if let Some(q) = self.queue.get() {
+            if q.enqueue_or_run(pg, ev).is_err() {
+                log::debug!("osd.{}: dropped an op for {pg:?}: stopping", self.id);
+            }
+        }
+    }
+
     /// Hand a read that would wait for the disk to the cold-read threads.
     /// A stopped OSD hands it back.
     pub fn defer_read(&self, read: ColdRead) -> Result<(), ColdRead> {

@@ -44,6 +44,49 @@ struct Shard<K, T> {
     state: Mutex<ShardState<K, T>>,
     work: Condvar,
     idle: Condvar,
+    handler: Handler<K, T>,
+}
+
+thread_local! {
+    /// Set while this thread runs a handler, so that what the handler
+    /// queues is not run inline, nested in it.
+    static IN_HANDLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run a batch; a bug in one op must not wedge its key (the slot would stay
+/// busy forever): the replies the batch held are dropped, answering their
+/// callers.
+fn run_guarded<K, T>(handler: &Handler<K, T>, key: &K, batch: Vec<T>) {
+    let was = IN_HANDLER.replace(true);
+    let run = std::panic::AssertUnwindSafe(|| handler(key, batch));
+    if std::panic::catch_unwind(run).is_err() {
+        log::error!("an op handler panicked; its ops were dropped");
+    }
+    IN_HANDLER.set(was);
+}
+
+/// After a run of `key`: unmark it busy, and hand it to the workers if
+/// items arrived meanwhile, or drop its slot.
+fn finish<K: Hash + Eq + Clone, T>(shard: &Shard<K, T>, key: K, st: &mut ShardState<K, T>) {
+    let more = match st.slots.get_mut(&key) {
+        Some(slot) => {
+            slot.busy = false;
+            !slot.items.is_empty()
+        }
+        None => false,
+    };
+    if more {
+        st.ready.push_back(key);
+        shard.work.notify_one();
+    } else {
+        st.slots.remove(&key);
+        if st.slots.is_empty() {
+            shard.idle.notify_all();
+            if st.stopping {
+                shard.work.notify_all();
+            }
+        }
+    }
 }
 
 /// The queue with its worker threads.
@@ -75,6 +118,7 @@ where
                     }),
                     work: Condvar::new(),
                     idle: Condvar::new(),
+                    handler: handler.clone(),
                 })
             })
             .collect();
@@ -85,10 +129,9 @@ where
         for (si, shard) in q.shards.iter().enumerate() {
             for ti in 0..threads_per_shard.max(1) {
                 let shard = shard.clone();
-                let handler = handler.clone();
                 let t = std::thread::Builder::new()
                     .name(format!("{name}-{si}-{ti}"))
-                    .spawn(move || worker(&shard, &handler));
+                    .spawn(move || worker(&shard));
                 match t {
                     Ok(t) => q.threads.lock().push(t),
                     Err(e) => {
@@ -127,6 +170,44 @@ where
         Ok(())
     }
 
+    /// Like [`ShardedOpQueue::enqueue`], but when the key has nothing queued
+    /// or running, run the item here and now, on the calling thread, as a
+    /// worker would (Ceph's fast dispatch). That spares the hand-off to a
+    /// worker: a wakeup of a sleeping thread per op, which on a small VM
+    /// costs as much as the op. Items queued for the key meanwhile wait and
+    /// go to the workers afterwards. A thread already inside a handler (a
+    /// worker, or an item run this way whose handler queues more) queues.
+    pub fn enqueue_or_run(&self, key: K, item: T) -> Result<(), T> {
+        if IN_HANDLER.get() {
+            return self.enqueue(key, item);
+        }
+        let shard = self.shard(&key);
+        {
+            let mut st = shard.state.lock();
+            if st.stopping {
+                return Err(item);
+            }
+            if let Some(slot) = st.slots.get_mut(&key) {
+                slot.items.push_back(item);
+                if !slot.busy && slot.items.len() == 1 {
+                    st.ready.push_back(key);
+                    shard.work.notify_one();
+                }
+                return Ok(());
+            }
+            st.slots.insert(
+                key.clone(),
+                Slot {
+                    items: VecDeque::new(),
+                    busy: true,
+                },
+            );
+        }
+        run_guarded(&shard.handler, &key, vec![item]);
+        finish(shard, key, &mut shard.state.lock());
+        Ok(())
+    }
+
     /// Block until no shard holds or runs any item.
     pub fn wait_idle(&self) {
         for shard in &self.shards {
@@ -162,7 +243,7 @@ impl<K, T> Drop for ShardedOpQueue<K, T> {
     }
 }
 
-fn worker<K: Hash + Eq + Clone, T>(shard: &Shard<K, T>, handler: &Handler<K, T>) {
+fn worker<K: Hash + Eq + Clone, T>(shard: &Shard<K, T>) {
     let mut st = shard.state.lock();
     loop {
         let Some(key) = st.ready.pop_front() else {
@@ -181,38 +262,16 @@ fn worker<K: Hash + Eq + Clone, T>(shard: &Shard<K, T>, handler: &Handler<K, T>)
             None => continue,
         };
         drop(st);
-        // A bug in one op must not wedge the PG (its slot would stay busy
-        // forever): the replies it held are dropped, answering their callers.
-        let run = std::panic::AssertUnwindSafe(|| handler(&key, batch));
-        if std::panic::catch_unwind(run).is_err() {
-            log::error!("an op handler panicked; its ops were dropped");
-        }
+        run_guarded(&shard.handler, &key, batch);
         st = shard.state.lock();
-        let more = match st.slots.get_mut(&key) {
-            Some(slot) => {
-                slot.busy = false;
-                !slot.items.is_empty()
-            }
-            None => false,
-        };
-        if more {
-            st.ready.push_back(key);
-            shard.work.notify_one();
-        } else {
-            st.slots.remove(&key);
-            if st.slots.is_empty() {
-                shard.idle.notify_all();
-                if st.stopping {
-                    shard.work.notify_all();
-                }
-            }
-        }
+        finish(shard, key, &mut st);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::OnceLock;
     use std::time::Duration;
 
     #[test]
@@ -249,6 +308,113 @@ mod tests {
         for k in 0..8 {
             assert_eq!(seen[&k], (0..2000).collect::<Vec<_>>(), "key {k}");
         }
+    }
+
+    #[test]
+    fn test_enqueue_or_run_runs_idle_keys_here_and_keeps_order_with_queued_items() {
+        // Each key's items arrive from 4 threads, half inline-capable, with
+        // 2 workers per shard: runs of one key never overlap, and the items
+        // of each submitting thread come out in its order.
+        let seen: Arc<Mutex<HashMap<u32, Vec<u32>>>> = Arc::default();
+        let running: Arc<Mutex<HashMap<u32, bool>>> = Arc::default();
+        let here = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s2, r2, h2) = (seen.clone(), running.clone(), here.clone());
+        let q = Arc::new(
+            ShardedOpQueue::<u32, u32>::new(
+                "t",
+                2,
+                2,
+                Arc::new(move |k, items| {
+                    assert!(
+                        !r2.lock().insert(*k, true).unwrap_or(false),
+                        "key {k} run twice at once"
+                    );
+                    let name = std::thread::current().name().unwrap_or("").to_string();
+                    if name.starts_with("submit") {
+                        h2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    s2.lock().entry(*k).or_default().extend(items);
+                    r2.lock().insert(*k, false);
+                }),
+            )
+            .unwrap(),
+        );
+
+        let threads: Vec<_> = (0..4u32)
+            .map(|t| {
+                let q = q.clone();
+                std::thread::Builder::new()
+                    .name(format!("submit-{t}"))
+                    .spawn(move || {
+                        for i in 0..500 {
+                            for k in 0..4 {
+                                let item = t * 1000 + i;
+                                if t % 2 == 0 {
+                                    q.enqueue_or_run(k, item).unwrap();
+                                } else {
+                                    q.enqueue(k, item).unwrap();
+                                }
+                            }
+                        }
+                    })
+                    .unwrap()
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        q.wait_idle();
+
+        let seen = seen.lock();
+        for k in 0..4 {
+            let items = &seen[&k];
+            assert_eq!(items.len(), 2000, "key {k}");
+            for t in 0..4u32 {
+                let mine: Vec<u32> = items.iter().copied().filter(|i| i / 1000 == t).collect();
+                assert_eq!(
+                    mine,
+                    (0..500).map(|i| t * 1000 + i).collect::<Vec<_>>(),
+                    "key {k}"
+                );
+            }
+        }
+        assert!(
+            here.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            "nothing ran inline"
+        );
+    }
+
+    #[test]
+    fn test_enqueue_or_run_from_a_handler_queues_instead_of_nesting() {
+        let depth = Arc::new(Mutex::new((0, 0)));
+        let q: Arc<OnceLock<ShardedOpQueue<u32, u32>>> = Arc::default();
+        let (d2, q2) = (depth.clone(), q.clone());
+        let queue = ShardedOpQueue::<u32, u32>::new(
+            "t",
+            1,
+            1,
+            Arc::new(move |_, items| {
+                let mut d = d2.lock();
+                d.0 += 1;
+                d.1 = d.1.max(d.0);
+                drop(d);
+                for i in items {
+                    if i > 0 {
+                        q2.get().unwrap().enqueue_or_run(i, i - 1).unwrap();
+                    }
+                }
+                d2.lock().0 -= 1;
+            }),
+        )
+        .unwrap();
+        let _ = q.set(queue);
+
+        q.get().unwrap().enqueue_or_run(100, 50).unwrap();
+        q.get().unwrap().wait_idle();
+
+        assert_eq!(depth.lock().1, 1, "a handler ran inside another");
+        q.get().unwrap().stop();
+        assert_eq!(q.get().unwrap().enqueue_or_run(0, 7), Err(7));
     }
 
     #[test]
