@@ -182,10 +182,21 @@ impl FdCache {
             return Ok(Some(f.clone()));
         }
         let path = obj_path(root, id);
-        let f = if create {
-            Some(data::open_rw(&path)?)
-        } else {
-            data::open_rw_existing(&path)?
+        let open = || {
+            if create {
+                data::open_rw(&path).map(Some)
+            } else {
+                data::open_rw_existing(&path)
+            }
+        };
+        let f = match open() {
+            // More stores in the process than the share assumed: give the
+            // cached handles back and try once more.
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
+                drop(std::mem::take(&mut *self.map.lock()));
+                open()?
+            }
+            r => r?,
         };
         let Some(f) = f else { return Ok(None) };
         let mut m = self.map.lock();
@@ -1056,19 +1067,6 @@ impl Inner {
         }
     }
 
-    /// Free bytes of the store's file system: measured at most every
-    /// [`FREE_SPACE_TTL`], and counted down by what [`Inner::check_space`]
-    /// lets through in between.
-    fn available(&self) -> StoreResult<u64> {
-        if let Some(a) = self.cfg.fake_available_bytes {
-            return Ok(a);
-        }
-        self.free
-            .lock()
-            .get(Instant::now(), || data::statvfs(&self.root).map(|(_, a)| a))
-            .map_err(|e| StoreError::io(format!("statfs {}", self.root.display()), e))
-    }
-
     /// Bytes a transaction may add to the file system (journal record, data,
     /// clone copies); `None` for transactions that only remove or shrink,
     /// which always pass so that a full store can still be cleaned up.
@@ -1096,20 +1094,36 @@ impl Inner {
         grows.then_some(need)
     }
 
-    /// Refuse `need` more bytes if less than `min_free_bytes` would stay
-    /// free. Called under the submit lock for journaled transactions, which
-    /// are applied before the lock is released, so concurrent queuers cannot
-    /// both take the last space.
-    fn check_space(&self, need: u64, avail: u64) -> StoreResult<()> {
+    /// Let `need` more bytes through, or refuse them when fewer than
+    /// `min_free_bytes` would stay free. The free figure is read, compared
+    /// and counted down under one lock, so concurrent writers cannot both
+    /// take the last space. A refusal against a standing figure is checked
+    /// again against a fresh one: the count-down also counts bytes that take
+    /// no new blocks (overwrites, a recycled journal segment).
+    fn claim_space(&self, need: u64) -> StoreResult<()> {
         let want = need.saturating_add(self.cfg.min_free_bytes);
-        if avail < want {
-            return Err(StoreError::NoSpace {
+        let refuse = |avail| {
+            Err(StoreError::NoSpace {
                 path: self.root.display().to_string(),
                 need: want,
                 avail,
-            });
+            })
+        };
+        if let Some(avail) = self.cfg.fake_available_bytes {
+            return if avail < want { refuse(avail) } else { Ok(()) };
         }
-        self.free.lock().take(need);
+        let measure = || data::statvfs(&self.root).map(|(_, a)| a);
+        let failed = |e| StoreError::io(format!("statfs {}", self.root.display()), e);
+        let mut free = self.free.lock();
+        let mut avail = free.get(Instant::now(), measure).map_err(failed)?;
+        if avail < want {
+            free.measured = None;
+            avail = free.get(Instant::now(), measure).map_err(failed)?;
+        }
+        if avail < want {
+            return refuse(avail);
+        }
+        free.take(need);
         Ok(())
     }
 
@@ -1916,7 +1930,7 @@ impl Inner {
             })
             .sum();
         if want > 0 {
-            self.check_space(want, self.available()?)?;
+            self.claim_space(want)?;
         }
         for op in &txn.ops {
             let TxOp::Write { key, off, data } = op else {
@@ -1943,10 +1957,7 @@ impl Inner {
                 Some(id)
                     if !self.closed.load(Ordering::Acquire)
                         && self
-                            .check_space(
-                                data.len() as u64 + IN_PLACE_RECORD_ROOM,
-                                self.available()?,
-                            )
+                            .claim_space(data.len() as u64 + IN_PLACE_RECORD_ROOM)
                             .is_ok() =>
                 {
                     self.overwrite_in_place(key, id, *off, data)?
@@ -2033,17 +2044,13 @@ impl Inner {
             .space_need(&txn, payload.len)
             .map(|n| n.saturating_sub(placed.bytes))
             .filter(|_| !placed.how.contains(&Direct::InPlace));
-        let avail = match need.map(|_| self.available()).transpose() {
-            Ok(a) => a,
-            Err(e) => return refuse(e),
-        };
         let shards = txn_shards(&txn);
         let commit_first = txn.commit_first || must_commit_first(&steps);
 
         let mut s = self.submit.lock();
         let checked = check_collections(&s.colls, &txn).and_then(|after| {
-            if let (Some(need), Some(avail)) = (need, avail) {
-                self.check_space(need, avail)?;
+            if let Some(need) = need {
+                self.claim_space(need)?;
             }
             Ok(after)
         });
@@ -2207,9 +2214,13 @@ impl ObjectStore for FileStore {
     }
 
     fn read(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<Bytes> {
-        if let Some(b) = self.inner.read(key, off, len, true)? {
-            return Ok(b);
+        match self.inner.read(key, off, len, true)? {
+            Some(b) => Ok(b),
+            None => self.read_missed(key, off, len),
         }
+    }
+
+    fn read_missed(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<Bytes> {
         // Wait for the disk without the object's shard, which a transaction
         // of any object of the shard would otherwise wait for (and the
         // submit lock with it); then read under it, from the page cache

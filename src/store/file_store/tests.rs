@@ -398,6 +398,22 @@ fn test_free_space_is_remeasured_after_its_ttl_and_counted_down_before() {
 }
 
 #[test]
+fn test_a_write_refused_by_a_standing_free_figure_is_checked_against_a_fresh_one() {
+    let (_d, s) = new_store();
+    // As if the count-down had eaten the free space a moment ago, when it
+    // only counted overwrites.
+    *s.inner.free.lock() = FreeSpace {
+        measured: Some(Instant::now()),
+        avail: 0,
+    };
+
+    let r = run(&s, vec![write("o", 0, b"data")]);
+
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(read_all(&s, "o"), b"data");
+}
+
+#[test]
 fn test_full_fd_cache_makes_room_for_one_and_hands_out_the_right_files() {
     let dir = scratch_dir();
     for id in 0..3u64 {
