@@ -2,8 +2,8 @@
 //! reply, nothing else. Requests run as tokio tasks, so a few FUSE threads keep
 //! many requests in flight (a direct-I/O loop device queues dozens). Reads and
 //! writes first try the path without a task (`ImageFs::read_now`), answered
-//! from the OSD worker that completes them, and run as tasks when that path
-//! hands them back.
+//! from the thread that completes them (often this FUSE thread itself), and
+//! run as tasks when that path hands them back.
 
 use std::ffi::OsStr;
 use std::path::Path;

@@ -11,7 +11,9 @@
 //!
 //! Client side: object name -> PG (stable hash) -> acting set (placement over
 //! the map) -> the primary's op queue, with a one-shot reply. The futures only
-//! wait on that reply; the work happens on the OSDs' own threads.
+//! wait on that reply; the work happens on the OSDs' own threads, except for
+//! the fast path's one-attempt ops, which run on the submitting thread when
+//! their PG is idle (`Osd::enqueue_client`).
 //!
 //! Failure handling: an OSD whose store fails (I/O errors, its directory
 //! vanished, a full journal) is reported by whoever sees it (the OSD itself,
@@ -1145,7 +1147,8 @@ impl RadosBackend for Cluster {
         })
     }
 
-    /// One attempt, answered from the OSD worker that completes it.
+    /// One attempt, answered from the thread that completes it: an OSD
+    /// worker, or the caller's own thread when the PG was idle.
     fn read_then(
         &self,
         pool: PoolId,
@@ -1165,7 +1168,8 @@ impl RadosBackend for Cluster {
         });
     }
 
-    /// One attempt, answered from the OSD worker that completes it.
+    /// One attempt, answered from the thread that completes it: an OSD
+    /// worker, or the caller's own thread when the PG was idle.
     fn write_then(
         &self,
         pool: PoolId,

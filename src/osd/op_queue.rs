@@ -12,6 +12,10 @@
 //!          pg -> ready again if more items arrived meanwhile.
 //! ```
 //!
+//! `enqueue_or_run` is the fast dispatch: a PG with no slot gets one, marked
+//! busy, and the item runs on the calling thread; what arrives meanwhile
+//! waits in the slot and goes to the workers afterwards.
+//!
 //! Invariant (under the shard lock): a PG is in `ready` exactly when its slot
 //! is not busy and has items, so at most one thread runs a PG at a time.
 
@@ -51,6 +55,17 @@ thread_local! {
     /// Set while this thread runs a handler, so that what the handler
     /// queues is not run inline, nested in it.
     static IN_HANDLER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` as if this thread ran no handler, so that
+/// [`ShardedOpQueue::enqueue_or_run`] may run items here. Only for the
+/// handler of one queue handing an item to another queue, when it holds
+/// nothing that queue's handler could need.
+pub fn outside_handler<R>(f: impl FnOnce() -> R) -> R {
+    let was = IN_HANDLER.replace(false);
+    let r = f();
+    IN_HANDLER.set(was);
+    r
 }
 
 /// Run a batch; a bug in one op must not wedge its key (the slot would stay
@@ -177,7 +192,11 @@ where
     /// costs as much as the op. Items queued for the key meanwhile wait and
     /// go to the workers afterwards. A thread already inside a handler (a
     /// worker, or an item run this way whose handler queues more) queues.
-    pub fn enqueue_or_run(&self, key: K, item: T) -> Result<(), T> {
+    ///
+    /// `may_run` is asked once the key is marked busy (so a caller that
+    /// waits for the queue to go idle after raising a flag `may_run` reads
+    /// sees this item): when it says no, the item goes to the workers.
+    pub fn enqueue_or_run(&self, key: K, item: T, may_run: impl FnOnce() -> bool) -> Result<(), T> {
         if IN_HANDLER.get() {
             return self.enqueue(key, item);
         }
@@ -203,7 +222,12 @@ where
                 },
             );
         }
-        run_guarded(&shard.handler, &key, vec![item]);
+        if may_run() {
+            run_guarded(&shard.handler, &key, vec![item]);
+        } else if let Some(slot) = shard.state.lock().slots.get_mut(&key) {
+            // Ahead of what arrived meanwhile; `finish` hands them over.
+            slot.items.push_front(item);
+        }
         finish(shard, key, &mut shard.state.lock());
         Ok(())
     }
@@ -350,7 +374,7 @@ mod tests {
                             for k in 0..4 {
                                 let item = t * 1000 + i;
                                 if t % 2 == 0 {
-                                    q.enqueue_or_run(k, item).unwrap();
+                                    q.enqueue_or_run(k, item, || true).unwrap();
                                 } else {
                                     q.enqueue(k, item).unwrap();
                                 }
@@ -385,8 +409,32 @@ mod tests {
     }
 
     #[test]
+    fn test_enqueue_or_run_hands_the_item_to_a_worker_when_it_may_not_run() {
+        let ran_on: Arc<Mutex<Vec<String>>> = Arc::default();
+        let r2 = ran_on.clone();
+        let q = ShardedOpQueue::<u32, u32>::new(
+            "worker",
+            1,
+            1,
+            Arc::new(move |_, _| {
+                let name = std::thread::current().name().unwrap_or("").to_string();
+                r2.lock().push(name);
+            }),
+        )
+        .unwrap();
+
+        q.enqueue_or_run(1, 1, || false).unwrap();
+        q.wait_idle();
+        q.enqueue_or_run(1, 2, || true).unwrap();
+
+        let ran_on = ran_on.lock();
+        assert!(ran_on[0].starts_with("worker"), "{ran_on:?}");
+        assert_eq!(ran_on[1], std::thread::current().name().unwrap_or(""));
+    }
+
+    #[test]
     fn test_enqueue_or_run_from_a_handler_queues_instead_of_nesting() {
-        let depth = Arc::new(Mutex::new((0, 0)));
+        let depth = Arc::new(Mutex::new(0u32));
         let q: Arc<OnceLock<ShardedOpQueue<u32, u32>>> = Arc::default();
         let (d2, q2) = (depth.clone(), q.clone());
         let queue = ShardedOpQueue::<u32, u32>::new(
@@ -394,27 +442,33 @@ mod tests {
             1,
             1,
             Arc::new(move |_, items| {
-                let mut d = d2.lock();
-                d.0 += 1;
-                d.1 = d.1.max(d.0);
-                drop(d);
+                // Nesting is per thread: a worker may run while the
+                // submitter's own inline run is still going.
+                thread_local! {
+                    static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+                }
+                let depth = DEPTH.get() + 1;
+                DEPTH.set(depth);
+                let mut max = d2.lock();
+                *max = (*max).max(depth);
+                drop(max);
                 for i in items {
                     if i > 0 {
-                        q2.get().unwrap().enqueue_or_run(i, i - 1).unwrap();
+                        q2.get().unwrap().enqueue_or_run(i, i - 1, || true).unwrap();
                     }
                 }
-                d2.lock().0 -= 1;
+                DEPTH.set(depth - 1);
             }),
         )
         .unwrap();
         let _ = q.set(queue);
 
-        q.get().unwrap().enqueue_or_run(100, 50).unwrap();
+        q.get().unwrap().enqueue_or_run(100, 50, || true).unwrap();
         q.get().unwrap().wait_idle();
 
-        assert_eq!(depth.lock().1, 1, "a handler ran inside another");
+        assert_eq!(*depth.lock(), 1, "a handler ran inside another");
         q.get().unwrap().stop();
-        assert_eq!(q.get().unwrap().enqueue_or_run(0, 7), Err(7));
+        assert_eq!(q.get().unwrap().enqueue_or_run(0, 7, || true), Err(7));
     }
 
     #[test]

@@ -53,11 +53,13 @@ pub(crate) fn peer_all(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -
             log::debug!("osd.{}: commit before peering: {e}", o.id);
         }
     }
+    // Raised before the queues drain: an op run on its submitter's thread
+    // checks it after taking its PG's slot (`Osd::enqueue_client`).
+    let flag = &first.shared.peering;
+    flag.store(true, crate::sync::Ordering::SeqCst);
     for o in osds {
         o.wait_idle();
     }
-    let flag = &first.shared.peering;
-    flag.store(true, crate::sync::Ordering::SeqCst);
     let r = peer_all_pgs(osds, map, after_each);
     flag.store(false, crate::sync::Ordering::SeqCst);
     r

@@ -211,6 +211,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn read_cached(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<Option<Bytes>> {
         self.read(key, off, len).map(Some)
     }
+    /// [`ObjectStore::read`] for the thread a missed
+    /// [`ObjectStore::read_cached`] was handed to: it skips trying the
+    /// cache first. The default reads.
+    fn read_missed(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<Bytes> {
+        self.read(key, off, len)
+    }
     /// Size of an object.
     fn stat(&self, key: &ObjectKey) -> StoreResult<u64>;
     fn exists(&self, key: &ObjectKey) -> bool;

@@ -6,7 +6,9 @@
 //! start it and again to answer it; on a loop device that is most of the
 //! CPU a small request costs. Here the caller's thread takes the same locks
 //! as the async path (shared, and only if free right now), sends the object
-//! op, and the completion, run on the OSD worker that finishes it, releases
+//! op, and the completion, run on the thread that finishes it (an OSD worker,
+//! or this thread when the PG was idle: a callback may run before the call
+//! returns), releases
 //! them and answers. Whatever needs more (several objects, an object map
 //! change, a copyup, a parent chain not loaded yet, a lock someone holds, a
 //! cluster that is peering) is handed back as `None`: the caller then runs the async path,
