@@ -50,6 +50,11 @@ pub(crate) struct Shared {
     pub recovery_max_bytes_per_sec: Option<u64>,
     /// A map change is peering PGs (their locks may be held for long).
     pub peering: crate::sync::AtomicBool,
+    /// Client ops only queue (none runs on its submitter's thread): up
+    /// while peering may hold a PG's lock for long, which a FUSE thread
+    /// would otherwise wait for; down again for the live backfill, which
+    /// locks only PGs that take no client ops.
+    pub queue_only: crate::sync::AtomicBool,
     /// The last recovery-rate sample: (when, objects recovered by then).
     pub rate_sample: Mutex<Option<(std::time::Instant, u64)>>,
 }
@@ -66,6 +71,7 @@ impl Shared {
             pg_temp: Mutex::new(HashMap::new()),
             recovery_max_bytes_per_sec: None,
             peering: crate::sync::AtomicBool::new(false),
+            queue_only: crate::sync::AtomicBool::new(false),
             rate_sample: Mutex::new(None),
         }
     }
@@ -209,7 +215,7 @@ impl Osd {
             // wait for it. Peering raises the flag before it waits for the
             // queues to go idle (`peer_all`), so an op that saw it down is
             // waited for.
-            let may_run = || !self.shared.peering.load(Ordering::SeqCst);
+            let may_run = || !self.shared.queue_only.load(Ordering::SeqCst);
             if q.enqueue_or_run(pg, ev, may_run).is_err() {
                 log::debug!("osd.{}: dropped an op for {pg:?}: stopping", self.id);
             }
@@ -253,7 +259,7 @@ impl Osd {
         q.wait_idle();
     }
 
-    /// Stop the cold-read threads (their reads answered, their `ReadDone`
+    /// Stop the cold-read threads (their reads answered, their `ReadDone` run or
     /// queued), then the op queue (which runs what is queued, those
     /// included, so no op stays parked behind a cold read).
     pub fn stop(&self) {

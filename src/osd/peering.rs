@@ -54,15 +54,34 @@ pub(crate) fn peer_all(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -
         }
     }
     // Raised before the queues drain: an op run on its submitter's thread
-    // checks it after taking its PG's slot (`Osd::enqueue_client`).
-    let flag = &first.shared.peering;
-    flag.store(true, crate::sync::Ordering::SeqCst);
+    // checks `queue_only` after taking its PG's slot (`Osd::enqueue_client`).
+    // Lowered when this returns, also by a panic.
+    let shared = &first.shared;
+    let _flags = Raised::new(&[&shared.peering, &shared.queue_only]);
     for o in osds {
         o.wait_idle();
     }
-    let r = peer_all_pgs(osds, map, after_each);
-    flag.store(false, crate::sync::Ordering::SeqCst);
-    r
+    peer_all_pgs(osds, map, after_each)
+}
+
+/// Flags up for as long as this lives.
+struct Raised<'a>(Vec<&'a crate::sync::AtomicBool>);
+
+impl<'a> Raised<'a> {
+    fn new(flags: &[&'a crate::sync::AtomicBool]) -> Self {
+        for f in flags {
+            f.store(true, crate::sync::Ordering::SeqCst);
+        }
+        Raised(flags.to_vec())
+    }
+}
+
+impl Drop for Raised<'_> {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            f.store(false, crate::sync::Ordering::SeqCst);
+        }
+    }
 }
 
 fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -> OsdResult<()> {
@@ -121,7 +140,14 @@ fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -> OsdRe
             }
         }
     }
-    // Every PG serves now; backfill the copies deferred above.
+    // Every PG serves now; backfill the copies deferred above. Client ops
+    // may run inline again: the backfill's catch-up locks only a target,
+    // which takes no client ops until its pg_temp is gone.
+    if let Some(o) = osds.first() {
+        o.shared
+            .queue_only
+            .store(false, crate::sync::Ordering::SeqCst);
+    }
     for (id, acting, targets) in backfills {
         if let Err(e) = backfill_live(osds, id, &acting, &targets) {
             log::error!("backfilling pg {}.{:x}: {e}", id.pool, id.pg);

@@ -193,7 +193,8 @@ impl FdCache {
             // More stores in the process than the share assumed: give the
             // cached handles back and try once more.
             Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
-                drop(std::mem::take(&mut *self.map.lock()));
+                let cached = std::mem::take(&mut *self.map.lock());
+                drop(cached);
                 open()?
             }
             r => r?,
@@ -946,12 +947,17 @@ impl Inner {
             return Ok(Some(Bytes::new()));
         }
         let mut buf = vec![0u8; (end - off) as usize];
-        let path = obj_path(&self.root, id);
-        let reading = io_err(format!("reading {}", path.display()));
+        // The path only for an error: formatting it per read showed up in
+        // profiles of small reads.
+        let failed = |what: &str, e| {
+            let path = obj_path(&self.root, id);
+            StoreError::io(format!("{what} {}", path.display()), e)
+        };
+        let reading = |e| failed("reading", e);
         match self
             .fds
             .get(&self.root, id, false)
-            .map_err(io_err(format!("opening {}", path.display())))?
+            .map_err(|e| failed("opening", e))?
         {
             Some(f) if cached_only => {
                 if !data::read_at_zero_fill_cached(&f, &mut buf, off).map_err(reading)? {
@@ -1115,8 +1121,12 @@ impl Inner {
         let measure = || data::statvfs(&self.root).map(|(_, a)| a);
         let failed = |e| StoreError::io(format!("statfs {}", self.root.display()), e);
         let mut free = self.free.lock();
-        let mut avail = free.get(Instant::now(), measure).map_err(failed)?;
-        if avail < want {
+        let now = Instant::now();
+        let standing = free
+            .measured
+            .is_some_and(|at| now.saturating_duration_since(at) < FREE_SPACE_TTL);
+        let mut avail = free.get(now, measure).map_err(failed)?;
+        if avail < want && standing {
             free.measured = None;
             avail = free.get(Instant::now(), measure).map_err(failed)?;
         }
@@ -2221,6 +2231,7 @@ impl ObjectStore for FileStore {
     }
 
     fn read_missed(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<Bytes> {
+        self.inner.usable()?;
         // Wait for the disk without the object's shard, which a transaction
         // of any object of the shard would otherwise wait for (and the
         // submit lock with it); then read under it, from the page cache
