@@ -80,6 +80,20 @@ fn run_guarded<K, T>(handler: &Handler<K, T>, key: &K, batch: Vec<T>) {
     IN_HANDLER.set(was);
 }
 
+/// Queue `item` behind the key's items, and the key for the workers if
+/// it is neither queued nor running.
+fn push<K: Hash + Eq + Clone, T>(shard: &Shard<K, T>, st: &mut ShardState<K, T>, key: K, item: T) {
+    let slot = st.slots.entry(key.clone()).or_insert_with(|| Slot {
+        items: VecDeque::new(),
+        busy: false,
+    });
+    slot.items.push_back(item);
+    if !slot.busy && slot.items.len() == 1 {
+        st.ready.push_back(key);
+        shard.work.notify_one();
+    }
+}
+
 /// After a run of `key`: unmark it busy, and hand it to the workers if
 /// items arrived meanwhile, or drop its slot.
 fn finish<K: Hash + Eq + Clone, T>(shard: &Shard<K, T>, key: K, st: &mut ShardState<K, T>) {
@@ -173,15 +187,7 @@ where
         if st.stopping {
             return Err(item);
         }
-        let slot = st.slots.entry(key.clone()).or_insert_with(|| Slot {
-            items: VecDeque::new(),
-            busy: false,
-        });
-        slot.items.push_back(item);
-        if !slot.busy && slot.items.len() == 1 {
-            st.ready.push_back(key);
-            shard.work.notify_one();
-        }
+        push(shard, &mut st, key, item);
         Ok(())
     }
 
@@ -206,12 +212,8 @@ where
             if st.stopping {
                 return Err(item);
             }
-            if let Some(slot) = st.slots.get_mut(&key) {
-                slot.items.push_back(item);
-                if !slot.busy && slot.items.len() == 1 {
-                    st.ready.push_back(key);
-                    shard.work.notify_one();
-                }
+            if st.slots.contains_key(&key) {
+                push(shard, &mut st, key, item);
                 return Ok(());
             }
             st.slots.insert(

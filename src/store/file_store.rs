@@ -1122,13 +1122,11 @@ impl Inner {
         let failed = |e| StoreError::io(format!("statfs {}", self.root.display()), e);
         let mut free = self.free.lock();
         let now = Instant::now();
-        let standing = free
-            .measured
-            .is_some_and(|at| now.saturating_duration_since(at) < FREE_SPACE_TTL);
         let mut avail = free.get(now, measure).map_err(failed)?;
-        if avail < want && standing {
+        // Not measured just now: measure.
+        if avail < want && free.measured != Some(now) {
             free.measured = None;
-            avail = free.get(Instant::now(), measure).map_err(failed)?;
+            avail = free.get(now, measure).map_err(failed)?;
         }
         if avail < want {
             return refuse(avail);
