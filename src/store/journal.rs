@@ -23,7 +23,8 @@
 //! and replay finds a zero header where the records end.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
@@ -167,14 +168,13 @@ impl JournalWriter {
         if pad < RECORD_HEADER_LEN as u64 {
             pad += PAGE;
         }
-        let padded: Vec<Bytes> = bufs
+        let padded: Vec<&[u8]> = bufs
             .iter()
-            .cloned()
-            .chain([Bytes::from_static(&ZEROS[..pad as usize])])
+            .map(|b| &b[..])
+            .chain([&ZEROS[..pad as usize]])
             .collect();
-        write_all_bufs(&self.file, &padded)?;
+        write_all_at(&self.file, &padded, self.bytes)?;
         // The next record goes where this one ends, over the padding.
-        (&*self.file).seek(SeekFrom::Start(end))?;
         self.bytes += len;
         #[cfg(test)]
         {
@@ -254,7 +254,9 @@ impl JournalWriter {
     }
 }
 
-fn write_all_bufs(mut f: &File, bufs: &[Bytes]) -> io::Result<()> {
+/// Write all of `bufs`, in order, at `pos` (`pwritev`: the file offset is
+/// neither used nor moved, so no seek per append).
+fn write_all_at(f: &File, bufs: &[&[u8]], mut pos: u64) -> io::Result<()> {
     const MAX_IOV: usize = 512;
     let mut idx = 0;
     let mut off = 0;
@@ -265,15 +267,35 @@ fn write_all_bufs(mut f: &File, bufs: &[Bytes]) -> io::Result<()> {
             continue;
         }
         let end = (idx + MAX_IOV).min(bufs.len());
-        let mut slices = Vec::with_capacity(end - idx);
-        slices.push(IoSlice::new(&bufs[idx][off..]));
-        slices.extend(bufs[idx + 1..end].iter().map(|b| IoSlice::new(b)));
-        let mut n = match f.write_vectored(&slices) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+        let iov = |b: &[u8]| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
         };
+        let mut iovs = Vec::with_capacity(end - idx);
+        iovs.push(iov(&bufs[idx][off..]));
+        iovs.extend(bufs[idx + 1..end].iter().map(|b| iov(b)));
+        // SAFETY: the iovecs point into `bufs`, which outlive the call, and
+        // pwritev only reads through them.
+        let r = unsafe {
+            libc::pwritev(
+                f.as_raw_fd(),
+                iovs.as_ptr(),
+                iovs.len() as libc::c_int,
+                pos as libc::off_t,
+            )
+        };
+        let mut n = match r {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n if n > 0 => n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+        };
+        pos += n as u64;
         while n > 0 {
             let rem = bufs[idx].len() - off;
             if n >= rem {
