@@ -67,6 +67,14 @@ fn write(name: &str, off: u64, data: &[u8]) -> TxOp {
     }
 }
 
+fn zero(name: &str, off: u64, len: u64) -> TxOp {
+    TxOp::Zero {
+        key: key(name),
+        off,
+        len,
+    }
+}
+
 fn read_all(s: &FileStore, name: &str) -> Vec<u8> {
     s.read(&key(name), 0, u64::MAX).unwrap().to_vec()
 }
@@ -102,15 +110,7 @@ fn test_zero_inside_object_zeroes_and_keeps_size() {
     let (_d, s) = new_store();
     run(&s, vec![write("o", 0, &[7u8; 10])]).unwrap();
 
-    run(
-        &s,
-        vec![TxOp::Zero {
-            key: key("o"),
-            off: 8,
-            len: 100,
-        }],
-    )
-    .unwrap();
+    run(&s, vec![zero("o", 8, 100)]).unwrap();
 
     assert_eq!(read_all(&s, "o"), [7, 7, 7, 7, 7, 7, 7, 7, 0, 0]);
 }
@@ -848,11 +848,7 @@ fn replay_sensitive_txns() -> Vec<Vec<TxOp>> {
                 key: key("src"),
                 size: 6,
             },
-            TxOp::Zero {
-                key: key("src"),
-                off: 0,
-                len: 1,
-            },
+            zero("src", 0, 1),
         ],
         vec![TxOp::Remove(key("gone")), write("gone", 4, b"new")],
     ]
@@ -1276,15 +1272,7 @@ fn test_large_overwrite_goes_in_place_over_journaled_overwrites_and_replay_keeps
     run(&s, vec![write("o", 100, &[2u8; 200])]).unwrap();
     sizes.push(journaled(&s, vec![write("o", 0, &[3u8; 16384])]));
     run(&s, vec![write("o", 16000, &[4u8; 1000])]).unwrap();
-    run(
-        &s,
-        vec![TxOp::Zero {
-            key: key("o"),
-            off: 20000,
-            len: 100,
-        }],
-    )
-    .unwrap();
+    run(&s, vec![zero("o", 20000, 100)]).unwrap();
     sizes.push(journaled(&s, vec![write("o", 16384, &[5u8; 8192])]));
     let s = killed_and_reopened(&s, d.path(), cfg);
 
