@@ -3,8 +3,8 @@
 //! Segment `journal.<start seq as 16 hex>` holds records `start..next start`.
 //! Only the newest segment is appended to; a checkpoint rotates to a new
 //! segment and deletes the older ones once the metadata snapshot covers their
-//! last record (keeping the newest of them as the spare, below). A closed segment was fully synced, and cut to its last
-//! record, before the rotation.
+//! last record (keeping the newest of them as the spare, below). A closed
+//! segment was fully synced before the rotation.
 //!
 //! Appends go to the page cache (one `writev` loop per append); the caller
 //! makes every append so far durable with one `fdatasync` of the current
@@ -195,10 +195,11 @@ impl JournalWriter {
     /// No-op if the current one is empty.
     pub fn rotate(&mut self) -> io::Result<u64> {
         if self.bytes > 0 {
-            // Cut the padding (and a recycled segment's old records): replay
-            // reads a closed segment to its end and goes on to the next.
-            self.file.set_len(self.bytes)?;
-            self.file.sync_all()?;
+            // Not cut to its records: the padding after the last one ends
+            // its replay as it ends the newest segment's, and a recycled
+            // segment that keeps its length keeps the room to be written
+            // over next time (cut, it would offer only what this use took).
+            self.file.sync_data()?;
             let reused = match std::mem::take(&mut self.spare) {
                 true => reuse_segment(&self.root, self.next_seq).map(Some),
                 false => Ok(None),

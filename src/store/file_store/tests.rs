@@ -1429,12 +1429,19 @@ fn test_recycled_segment_replays_its_own_records_and_not_its_old_ones() {
         (vec![211, 212], journal::ReplayEnd::Clean)
     );
 
-    // Act / Assert: rotating away cuts the old records, so replay reads on
-    // into the next segment.
+    // Act / Assert: after a rotation, replay ends the closed segment at the
+    // padding after its records, not at its old ones, and reads on into the
+    // next segment.
     assert_eq!(j.rotate().unwrap(), 213);
     append_touches(&mut j, 213..=213);
     let want = vec![211, 212, 213];
     assert_eq!(replayed(d.path()), (want, journal::ReplayEnd::Clean));
+
+    // Act / Assert: trimmed, it is the spare again with all its room: a
+    // short use does not shrink what the next one can write over.
+    j.trim(212).unwrap();
+    let spare = std::fs::metadata(d.path().join("journal-spare")).unwrap();
+    assert_eq!(spare.len(), old_len);
 }
 
 fn superblock_version(dir: &Path) -> u64 {
