@@ -92,10 +92,11 @@ fn read(io: &IoCtx, name: &str) -> Result<Bytes, RadosError> {
     block_on(io.read(name, SNAP_HEAD, 0, 1 << 20))
 }
 
-/// A cluster over `dir` whose stores lose power when it crashes.
-fn create(dir: &Path, opener: &Arc<PowerLossOpener>) -> (Arc<Cluster>, IoCtx) {
+/// A cluster over `dir` whose stores lose power when it crashes, and a pool
+/// of `size` replicas on it.
+fn create(dir: &Path, opener: &Arc<PowerLossOpener>, size: u32) -> (Arc<Cluster>, IoCtx) {
     let c = common::create_cluster(dir, 3, config(opener));
-    let io = common::rbd_pool(&c, 3, 2, 8);
+    let io = common::rbd_pool(&c, size, size.min(2), 8);
     (c, io)
 }
 
@@ -108,18 +109,43 @@ fn power_loss_and_reopen(c: Arc<Cluster>, dir: &Path) -> (Arc<Cluster>, IoCtx) {
     (c, io)
 }
 
+/// A flush as the FUSE fsync runs it: `flush_then`, which may sync on this
+/// thread, waited for here.
+fn flush_here(io: &IoCtx) -> Result<(), RadosError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    io.flush_then(Box::new(move |r| tx.send(r).unwrap()));
+    rx.recv().unwrap()
+}
+
+fn flush_async(io: &IoCtx) -> Result<(), RadosError> {
+    block_on(io.flush())
+}
+
 #[test]
 fn test_power_loss_keeps_every_flushed_write_on_every_replica() {
+    // With one replica, each object's only copy is on the store that must
+    // have synced it; with three, recovery must not be needed to find it.
+    flushed_writes_survive_power_loss(flush_async, 1);
+    flushed_writes_survive_power_loss(flush_async, 3);
+}
+
+#[test]
+fn test_power_loss_keeps_every_write_a_flush_on_the_callers_thread_covered() {
+    flushed_writes_survive_power_loss(flush_here, 1);
+    flushed_writes_survive_power_loss(flush_here, 3);
+}
+
+fn flushed_writes_survive_power_loss(flush: fn(&IoCtx) -> Result<(), RadosError>, size: u32) {
     let dir = tempfile::tempdir().unwrap();
     let opener = Arc::new(PowerLossOpener::default());
-    let (c, io) = create(dir.path(), &opener);
+    let (c, io) = create(dir.path(), &opener, size);
     const FLUSHED: u64 = 40;
     const LATER: u64 = 20;
     // New objects: nothing but the flush makes them durable.
     for i in 0..FLUSHED {
         write_full(&io, &format!("o{i}"), content(i, 0));
     }
-    block_on(io.flush()).unwrap();
+    flush(&io).unwrap();
     for i in FLUSHED..FLUSHED + LATER {
         write_full(&io, &format!("o{i}"), content(i, 0));
     }
@@ -152,7 +178,7 @@ fn test_power_loss_keeps_every_flushed_write_on_every_replica() {
 fn test_power_loss_after_in_place_overwrites_leaves_objects_readable() {
     let dir = tempfile::tempdir().unwrap();
     let opener = Arc::new(PowerLossOpener::default());
-    let (c, io) = create(dir.path(), &opener);
+    let (c, io) = create(dir.path(), &opener, 3);
     const N: u64 = 24;
     for i in 0..N {
         write_full(&io, &format!("o{i}"), content(i, 1));
@@ -260,6 +286,15 @@ impl StoreOpener for CommitFailsOnOsd2 {
 
 #[test]
 fn test_flush_fails_when_a_replica_cannot_commit() {
+    flush_fails_when_a_replica_cannot_commit(flush_async);
+}
+
+#[test]
+fn test_flush_on_the_callers_thread_fails_when_a_replica_cannot_commit() {
+    flush_fails_when_a_replica_cannot_commit(flush_here);
+}
+
+fn flush_fails_when_a_replica_cannot_commit(flush: fn(&IoCtx) -> Result<(), RadosError>) {
     let dir = tempfile::tempdir().unwrap();
     let config = ClusterConfig {
         store: Arc::new(CommitFailsOnOsd2),
@@ -269,7 +304,7 @@ fn test_flush_fails_when_a_replica_cannot_commit() {
     let io = common::rbd_pool(&c, 3, 2, 8);
     write_full(&io, "o", content(0, 0));
 
-    let r = block_on(io.flush());
+    let r = flush(&io);
 
     match r {
         Err(RadosError::Io(why)) => assert!(why.contains("osd.2"), "{why}"),

@@ -114,6 +114,17 @@ fn answer_read(reply: ReplyData, r: FsResult<Bytes>) {
 }
 
 /// Answer a write, from whichever path served it.
+/// Answer an op that returns nothing.
+fn answer_empty(op: &str, reply: ReplyEmpty, r: FsResult<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => {
+            log_err(op, &e);
+            reply.error(errno(&e))
+        }
+    }
+}
+
 fn answer_write(reply: ReplyWrite, r: FsResult<u32>) {
     match r {
         Ok(n) => reply.written(n),
@@ -388,16 +399,9 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            match fs.fsync(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    log_err("flush", &e);
-                    reply.error(errno(&e))
-                }
-            }
-        });
+        let _rt = self.rt.enter();
+        self.fs
+            .fsync_then(fh.0, Box::new(move |r| answer_empty("flush", reply, r)));
     }
 
     fn release(
@@ -422,16 +426,9 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            match fs.fsync(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    log_err("fsync", &e);
-                    reply.error(errno(&e))
-                }
-            }
-        });
+        let _rt = self.rt.enter();
+        self.fs
+            .fsync_then(fh.0, Box::new(move |r| answer_empty("fsync", reply, r)));
     }
 
     fn readdir(

@@ -567,6 +567,16 @@ impl ImageFs {
         Ok(image.flush().await?)
     }
 
+    /// [`ImageFs::fsync`] without a task, for a thread that may block (a
+    /// FUSE thread): `done` gets the result on the thread that completes it,
+    /// and a sync may run on the caller's.
+    pub fn fsync_then(&self, fh: u64, done: Box<dyn FnOnce(FsResult<()>) + Send>) {
+        match self.handle(fh) {
+            Ok((image, _)) => image.flush_then(Box::new(move |r| done(r.map_err(Into::into)))),
+            Err(e) => done(Err(e)),
+        }
+    }
+
     /// fallocate(2): PUNCH_HOLE -> discard, ZERO_RANGE -> write-zeroes, plain
     /// allocation -> grow only (a thin image reserves nothing).
     pub async fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> FsResult<()> {

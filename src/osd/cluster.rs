@@ -57,7 +57,7 @@ use crate::rados::{
     BoxFuture, Done, PoolId, PoolInfo, RadosBackend, RadosError, ReadOp, ReadResult, Result,
     SNAP_HEAD, SnapContext, SnapId, WriteOp,
 };
-use crate::store::ObjectStore;
+use crate::store::{ObjectStore, StoreResult};
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Mutex, Ordering, RwLock};
 
 /// Tunables of a running cluster.
@@ -595,6 +595,40 @@ impl Inner {
         self.osds.read().get(id as usize).cloned()
     }
 
+    /// Commit every up OSD's store and hand `done` the first failure, or
+    /// `Ok` once all are durable. With `here`, the last store that has
+    /// records to sync syncs on this thread while the others' store threads
+    /// sync theirs.
+    fn commit_all(&self, here: bool, done: Done<()>) {
+        let map = self.shared.map();
+        let mut stores: Vec<(OsdId, Arc<dyn ObjectStore>)> = self
+            .osds()
+            .iter()
+            .filter(|o| map.osd(o.id).is_some_and(|i| i.up))
+            .map(|o| (o.id, o.store.clone()))
+            .collect();
+        if here {
+            stores.retain(|(_, s)| s.commit_pending());
+        }
+        let Some((last_id, last)) = stores.pop() else {
+            return done(Ok(()));
+        };
+        let gather = Arc::new(Gather {
+            left: AtomicUsize::new(stores.len() + 1),
+            failed: Mutex::new(None),
+            done: Mutex::new(Some(done)),
+        });
+        for (id, s) in stores {
+            let g = gather.clone();
+            s.commit_then(Box::new(move |r| g.one(id, r)));
+        }
+        if here {
+            gather.one(last_id, last.commit_here());
+        } else {
+            last.commit_then(Box::new(move |r| gather.one(last_id, r)));
+        }
+    }
+
     /// Mark failed OSDs down (one new epoch for all of them).
     fn mark_down(&self, failed: &BTreeSet<OsdId>) -> OsdResult<()> {
         log::warn!("marking failed OSDs down: {failed:?}");
@@ -962,6 +996,30 @@ fn fail(op: ClientOp, e: RadosError) {
     }
 }
 
+/// The stores' answers to one flush, gathered into one result.
+struct Gather {
+    left: AtomicUsize,
+    failed: Mutex<Option<RadosError>>,
+    done: Mutex<Option<Done<()>>>,
+}
+
+impl Gather {
+    /// One store's answer; the last one calls `done`.
+    fn one(&self, id: OsdId, r: StoreResult<()>) {
+        if let Err(e) = r {
+            log::error!("flush: osd.{id} could not commit: {e}");
+            self.failed
+                .lock()
+                .get_or_insert(RadosError::Io(format!("osd.{id} could not commit: {e}")));
+        }
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(done) = self.done.lock().take()
+        {
+            done(self.failed.lock().take().map_or(Ok(()), Err));
+        }
+    }
+}
+
 /// A completion that hands the result to a waiting task.
 fn sender<T: Send + 'static>(tx: oneshot::Sender<Result<T>>) -> Done<T> {
     Box::new(move |r| drop(tx.send(r)))
@@ -1194,38 +1252,16 @@ impl RadosBackend for Cluster {
     /// of every up OSD's store, and fails if one of them fails it (a flush
     /// never claims what a replica could not make durable).
     fn flush(&self) -> BoxFuture<'static, Result<()>> {
-        let map = self.inner.shared.map();
-        let stores: Vec<(OsdId, Arc<dyn ObjectStore>)> = self
-            .inner
-            .osds()
-            .iter()
-            .filter(|o| map.osd(o.id).is_some_and(|i| i.up))
-            .map(|o| (o.id, o.store.clone()))
-            .collect();
-        if stores.is_empty() {
-            return Box::pin(std::future::ready(Ok(())));
-        }
-        let (tx, rx) = oneshot::channel::<Result<()>>();
-        let tx = Arc::new(Mutex::new(Some(tx)));
-        let left = Arc::new(AtomicUsize::new(stores.len()));
-        let failed: Arc<Mutex<Option<RadosError>>> = Arc::default();
-        for (id, s) in stores {
-            let (tx, left, failed) = (tx.clone(), left.clone(), failed.clone());
-            s.commit_then(Box::new(move |r| {
-                if let Err(e) = r {
-                    log::error!("flush: osd.{id} could not commit: {e}");
-                    failed
-                        .lock()
-                        .get_or_insert(RadosError::Io(format!("osd.{id} could not commit: {e}")));
-                }
-                if left.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    if let Some(t) = tx.lock().take() {
-                        let _ = t.send(failed.lock().take().map_or(Ok(()), Err));
-                    }
-                }
-            }));
-        }
+        let (tx, rx) = oneshot::channel();
+        self.inner.commit_all(false, sender(tx));
         Box::pin(async move { rx.await.unwrap_or(Err(RadosError::ShuttingDown)) })
+    }
+
+    /// [`Cluster::flush`], with one store's sync (the last with
+    /// records to sync) run on the caller's thread: at qd1 an fsync then
+    /// wakes neither a task nor a store thread.
+    fn flush_then(&self, done: Done<()>) {
+        self.inner.commit_all(true, done)
     }
 
     fn list_objects(&self, pool: PoolId) -> BoxFuture<'static, Result<Vec<String>>> {

@@ -109,6 +109,14 @@ pub trait RadosBackend: Send + Sync + 'static {
     /// (durable) on every replica.
     fn flush(&self) -> BoxFuture<'static, Result<()>>;
 
+    /// [`RadosBackend::flush`] as [`RadosBackend::read_then`] is to `read`,
+    /// for a caller whose thread may block: the backend may sync on it (a
+    /// FUSE thread answering fsync) rather than hand the sync to another
+    /// thread and wait. By default, `flush` run on the current tokio runtime.
+    fn flush_then(&self, done: Done<()>) {
+        spawn_then(self.flush(), done)
+    }
+
     /// Names of the objects in a pool that have a head or a clone, sorted.
     fn list_objects(&self, pool: PoolId) -> BoxFuture<'static, Result<Vec<String>>>;
 
@@ -335,5 +343,10 @@ impl IoCtx {
     /// See [`RadosBackend::flush`].
     pub async fn flush(&self) -> Result<()> {
         self.backend.flush().await
+    }
+
+    /// See [`RadosBackend::flush_then`].
+    pub fn flush_then(&self, done: Done<()>) {
+        self.backend.flush_then(done)
     }
 }

@@ -369,6 +369,13 @@ impl Image {
         self.ctx.flush().await
     }
 
+    /// [`Image::flush`] without a task: `done` gets the result on the
+    /// thread that completes it, and the caller's thread may do the sync
+    /// itself, so call it only from a thread that may block.
+    pub fn flush_then(&self, done: Box<dyn FnOnce(Result<()>) + Send>) {
+        self.ctx.flush_then(done)
+    }
+
     /// Grow or (with `allow_shrink`) shrink the image.
     pub async fn resize(
         &self,

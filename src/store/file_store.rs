@@ -2336,6 +2336,15 @@ impl ObjectStore for FileStore {
         done(Ok(()))
     }
 
+    fn commit_pending(&self) -> bool {
+        self.inner.journal.lock().last_seq() > self.inner.progress.lock().committed
+    }
+
+    fn commit_here(&self) -> StoreResult<()> {
+        self.inner.usable()?;
+        self.inner.commit_written()
+    }
+
     fn data_digest(&self, key: &ObjectKey) -> StoreResult<u32> {
         FileStore::data_digest(self, key)
     }

@@ -239,6 +239,17 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn commit_then(&self, done: Callback) {
         done(self.wait_committed());
     }
+    /// Whether a [`ObjectStore::commit_then`] now would have records to
+    /// make durable. The default cannot tell and says yes.
+    fn commit_pending(&self) -> bool {
+        true
+    }
+    /// [`ObjectStore::wait_committed`] for a caller that may block on the
+    /// sync itself: it syncs on the caller's thread rather than waking a
+    /// store thread to do it. The default waits.
+    fn commit_here(&self) -> StoreResult<()> {
+        self.wait_committed()
+    }
     fn space(&self) -> StoreResult<StoreSpace>;
 
     /// crc32c of the object's whole data (deep scrub).

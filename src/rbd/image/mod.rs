@@ -368,6 +368,15 @@ impl ImageCtx {
             .map_err(|e| RbdError::rados(names::header_oid(&self.id), e))
     }
 
+    /// [`ImageCtx::flush`] answered on the thread that completes it, which
+    /// may be the caller's (see `RadosBackend::flush_then`).
+    pub fn flush_then(&self, done: Box<dyn FnOnce(Result<()>) + Send>) {
+        let id = self.id.clone();
+        self.ioctx.flush_then(Box::new(move |r| {
+            done(r.map_err(|e| RbdError::rados(names::header_oid(&id), e)))
+        }))
+    }
+
     pub fn snap_list(&self) -> Vec<SnapInfo> {
         self.header()
             .snaps
