@@ -1343,7 +1343,7 @@ impl Inner {
         // Callbacks first: whoever waits for the seq (wait_committed) may
         // count on them having run.
         for cb in ready {
-            cb(Ok(()));
+            super::run_callback(cb, Ok(()));
         }
         let mut p = self.progress.lock();
         if upto > p.committed {
@@ -1358,7 +1358,7 @@ impl Inner {
         let _run = self.commit_run.lock();
         let all = std::mem::take(&mut self.commits.lock().waiting);
         for (_, cb) in all {
-            cb(Err(err.clone()));
+            super::run_callback(cb, Err(err.clone()));
         }
     }
 }

@@ -176,6 +176,15 @@ pub type StoreResult<T> = std::result::Result<T, StoreError>;
 /// the outcome.
 pub type Callback = Box<dyn FnOnce(StoreResult<()>) + Send + 'static>;
 
+/// Run a completion on a store thread: a panic in it (a bug in the code
+/// that queued it) is logged, not let loose on the thread, which every
+/// later commit needs.
+pub(crate) fn run_callback(cb: Callback, r: StoreResult<()>) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb(r))).is_err() {
+        log::error!("a store completion callback panicked");
+    }
+}
+
 /// Space as `statfs` reports it for the store's file system.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoreSpace {

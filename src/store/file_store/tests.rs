@@ -59,6 +59,27 @@ fn run(s: &FileStore, ops: Vec<TxOp>) -> StoreResult<()> {
     rx.recv_timeout(WAIT).unwrap()
 }
 
+#[test]
+fn test_a_panicking_commit_callback_does_not_stop_the_commits_after_it() {
+    // Arrange: a commit callback that panics, then one that reports.
+    let (_d, s) = new_store();
+    let boom: Callback = Box::new(|_| panic!("a bug in a commit callback"));
+    s.queue_transaction(Transaction::from(vec![write("a", 0, b"1")]), boom, nop())
+        .unwrap();
+    let (tx, rx) = channel();
+    let report: Callback = Box::new(move |r| tx.send(r).unwrap());
+    s.queue_transaction(Transaction::from(vec![write("b", 0, b"2")]), report, nop())
+        .unwrap();
+
+    // Act: the commit runs both, here.
+    let r = s.commit_here();
+
+    // Assert: the commit went through and the second callback ran.
+    r.unwrap();
+    rx.recv_timeout(WAIT).unwrap().unwrap();
+    assert!(!s.commit_pending());
+}
+
 fn write(name: &str, off: u64, data: &[u8]) -> TxOp {
     TxOp::Write {
         key: key(name),
