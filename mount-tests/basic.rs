@@ -1,6 +1,8 @@
 //! Scenario 1: ext4 on an image file through a loop device survives unmount,
 //! fsck and a daemon restart byte for byte.
 
+use std::os::unix::fs::PermissionsExt;
+
 use crate::harness::{World, pattern, run};
 
 const FILES: u64 = 6;
@@ -169,6 +171,92 @@ fn test_daemon_mode_returns_when_ready_and_sigterm_unmounts_cleanly() {
     assert_eq!(String::from_utf8_lossy(&ls.stdout), "img\n");
     let log = std::fs::read_to_string(store.join("rbdfs.log")).unwrap();
     assert!(log.contains("closed cleanly"), "log: {log}");
+}
+
+#[test]
+fn test_sigterm_after_a_lazy_unmount_leaves_what_is_mounted_there_now_alone() {
+    use std::os::unix::fs::FileExt;
+    // Arrange: an image held open through the mount, the mount lazily
+    // unmounted (the daemon still serves the open file), and a tmpfs
+    // mounted at the same path.
+    let mut w = World::new();
+    let img = w.path("rbd/img");
+    std::fs::write(&img, pattern(3, 1 << 20)).unwrap();
+    let held = std::fs::File::open(&img).unwrap();
+    run("umount", &[std::ffi::OsStr::new("-l"), w.mnt.as_os_str()]);
+    let mnt = w.mnt.clone();
+    w.mount_tmpfs(&mnt);
+
+    // Act
+    // SAFETY: signalling the daemon we started.
+    assert_eq!(unsafe { libc::kill(w.daemon_pid(), libc::SIGTERM) }, 0);
+    crate::harness::wait_until("the daemon to handle the signal", || {
+        w.log().contains("is no longer this daemon's mount")
+    });
+
+    // Assert: the tmpfs is still there, and the detached mount still serves.
+    let top = rbdfs::fuse::mountinfo::top_mount_at(&mnt).expect("a mount at the path");
+    assert_eq!(top.fstype, "tmpfs");
+    let mut back = vec![0u8; 1 << 20];
+    held.read_exact_at(&mut back, 0).unwrap();
+    assert!(
+        back == pattern(3, 1 << 20),
+        "the open file reads back wrong"
+    );
+
+    // Act / Assert: once the last open file is closed, the daemon flushes,
+    // closes the store and exits 0.
+    drop(held);
+    w.wait_daemon_exit();
+    assert!(w.log().contains("closed cleanly"), "{}", w.log());
+    assert_eq!(
+        rbdfs::fuse::mountinfo::top_mount_at(&mnt).map(|t| t.fstype),
+        Some("tmpfs".to_string())
+    );
+}
+
+/// `ls` of `dir` as user nobody.
+fn ls_as_nobody(dir: &std::path::Path) -> std::process::Output {
+    crate::harness::output(
+        "setpriv",
+        &[
+            "--reuid=65534".as_ref(),
+            "--regid=65534".as_ref(),
+            "--clear-groups".as_ref(),
+            "ls".as_ref(),
+            dir.as_os_str(),
+        ],
+    )
+}
+
+#[test]
+fn test_other_users_are_kept_out_unless_allow_other() {
+    // Arrange: two mounts, one with --allow-other; their parents are
+    // searchable by everyone, so only the mount itself can say no.
+    let closed = World::new();
+    let open = World::with_mount_args(&["--allow-other"]);
+    for w in [&closed, &open] {
+        std::fs::set_permissions(w.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(w.path("rbd/img"), b"x").unwrap();
+    }
+
+    // Act
+    let denied = ls_as_nobody(&closed.mnt.join("rbd"));
+    let allowed = ls_as_nobody(&open.mnt.join("rbd"));
+
+    // Assert
+    assert!(
+        !denied.status.success(),
+        "another user listed a mount without --allow-other"
+    );
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(
+        allowed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&allowed.stdout), "img\n");
 }
 
 #[test]

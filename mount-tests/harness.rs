@@ -70,6 +70,7 @@ pub fn require_environment() {
         "fio",
         "fstrim",
         "fsfreeze",
+        "setpriv",
     ] {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
@@ -141,6 +142,8 @@ pub struct World {
     pub store: PathBuf,
     pub mnt: PathBuf,
     daemon: Option<Child>,
+    /// Extra arguments of `rbdfs mount`.
+    mount_args: Vec<String>,
     loops: Vec<String>,
     mounts: Vec<PathBuf>,
 }
@@ -148,6 +151,11 @@ pub struct World {
 impl World {
     /// A fresh store mounted at a fresh mount point.
     pub fn new() -> Self {
+        Self::with_mount_args(&[])
+    }
+
+    /// [`World::new`], with extra arguments to `rbdfs mount`.
+    pub fn with_mount_args(args: &[&str]) -> Self {
         require_environment();
         let dir = tempfile::Builder::new()
             .prefix("rbdfs-mt-")
@@ -161,6 +169,7 @@ impl World {
             store,
             mnt,
             daemon: None,
+            mount_args: args.iter().map(|a| a.to_string()).collect(),
             loops: Vec::new(),
             mounts: Vec::new(),
         };
@@ -177,6 +186,7 @@ impl World {
             .arg(&self.store)
             .arg("mount")
             .arg(&self.mnt)
+            .args(&self.mount_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
@@ -229,6 +239,12 @@ impl World {
     pub fn stop_daemon(&mut self) {
         self.teardown_stack();
         run("fusermount3", &[OsStr::new("-u"), self.mnt.as_os_str()]);
+        self.wait_daemon_exit();
+    }
+
+    /// Wait for the daemon to exit (something else ended its mount), which
+    /// must be with status 0.
+    pub fn wait_daemon_exit(&mut self) {
         let mut child = self.daemon.take().expect("daemon running");
         let start = Instant::now();
         let status = loop {
@@ -243,6 +259,25 @@ impl World {
             "daemon exited with {status}:\n{}",
             self.log()
         );
+    }
+
+    /// Process ID of the running daemon.
+    pub fn daemon_pid(&self) -> i32 {
+        self.daemon.as_ref().expect("daemon running").id() as i32
+    }
+
+    /// Mount a tmpfs at `at` (unmounted at teardown).
+    pub fn mount_tmpfs(&mut self, at: &Path) {
+        run(
+            "mount",
+            &[
+                OsStr::new("-t"),
+                "tmpfs".as_ref(),
+                "tmpfs".as_ref(),
+                at.as_os_str(),
+            ],
+        );
+        self.mounts.push(at.to_path_buf());
     }
 
     /// Path of a file in the mount: `rel` like "rbd/vm".

@@ -15,7 +15,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use fuser::{Config, MountOption, Session, SessionACL};
@@ -23,6 +23,7 @@ use fuser::{Config, MountOption, Session, SessionACL};
 use super::adapter::FuseAdapter;
 use super::fs::{FsOptions, ImageFs};
 use super::jobs::Jobs;
+use super::mountinfo;
 use crate::admin::{AdminServer, Handler, Outcome, ProgressTx, SOCKET_NAME};
 use crate::cli::args::MountArgs;
 use crate::cli::command::{self, Command, Ctx};
@@ -170,6 +171,54 @@ pub fn main(store_dir: &Path, args: &MountArgs) -> i32 {
     }
 }
 
+/// Mount the FUSE file system at `mnt` (root only): `/dev/fuse` opened,
+/// then mount(2) with the options fusermount3 would pass. Returns the
+/// descriptor the session serves.
+fn mount_fuse(mnt: &Path, allow_other: bool) -> std::io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dev: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/fuse")?
+        .into();
+    // SAFETY: getuid and getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let options = format!(
+        "fd={},rootmode=40000,user_id={uid},group_id={gid},default_permissions{}",
+        dev.as_raw_fd(),
+        if allow_other { ",allow_other" } else { "" }
+    );
+    let target = std::ffi::CString::new(mnt.as_os_str().as_bytes())?;
+    let options = std::ffi::CString::new(options)?;
+    // SAFETY: NUL-terminated strings that outlive the call.
+    let r = unsafe {
+        libc::mount(
+            c"rbdfs".as_ptr(),
+            target.as_ptr(),
+            c"fuse.rbdfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            options.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(dev)
+}
+
+/// Unmount what [`mount_fuse`] mounted at `mnt`.
+fn unmount(mnt: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let target = std::ffi::CString::new(mnt.as_os_str().as_bytes())?;
+    // SAFETY: a NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(target.as_ptr(), 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn store_log(store_dir: &Path) -> PathBuf {
     // The store may not exist yet; its parent does (or logging goes nowhere).
     let _ = std::fs::create_dir_all(store_dir);
@@ -190,7 +239,6 @@ fn init_logging(file: Option<File>) {
 
 fn redirect_stdio_to_null() {
     if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
-        use std::os::fd::AsRawFd;
         for fd in 0..3 {
             // SAFETY: dup2 onto the standard descriptors of our own process.
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
@@ -269,7 +317,7 @@ fn serve(
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone());
-    let mut session = Session::new(adapter, mnt, &config).map_err(|e| {
+    let mount_failed = |e: std::io::Error| {
         let errno = e.raw_os_error().unwrap_or(libc::EIO);
         // A daemon that died leaves its mount behind, answering ENOTCONN.
         let hint = if errno == libc::ENOTCONN {
@@ -284,11 +332,31 @@ fn serve(
             errno,
             format!("mounting {} failed: {e}{hint}", mnt.display()),
         )
-    })?;
+    };
+    // As root, the daemon mounts and unmounts itself: fuser's own mount
+    // unmounts its path again when the session ends, whatever is mounted
+    // there by then (after a lazy unmount of this one, another file system
+    // can be). Other users need fusermount3, which fuser drives.
+    // SAFETY: geteuid has no preconditions.
+    let (session, mut fuser_unmounter) = if unsafe { libc::geteuid() } == 0 {
+        let fd = mount_fuse(mnt, args.allow_other).map_err(mount_failed)?;
+        let acl = config.acl;
+        let session = Session::from_fd(adapter, fd, acl, config).map_err(mount_failed)?;
+        (session, None)
+    } else {
+        let mut session = Session::new(adapter, mnt, &config).map_err(mount_failed)?;
+        let unmounter = session.unmount_callable();
+        (session, Some(unmounter))
+    };
     log::info!("mounted {} at {}", store_dir.display(), mnt.display());
 
-    let mut unmounter = session.unmount_callable();
+    let mnt_path = mnt.to_path_buf();
     let mnt_text = mnt.display().to_string();
+    // The unmount on a signal goes by path: it must find this mount there.
+    let ours = mountinfo::top_mount_at(mnt).map(|t| t.id);
+    if ours.is_none() {
+        log::warn!("cannot find {mnt_text} in /proc/self/mountinfo");
+    }
     rt.spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut int), Ok(mut term)) = (
@@ -298,14 +366,32 @@ fn serve(
             log::error!("cannot install signal handlers; unmount with fusermount3 -u");
             return;
         };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        log::info!("signal received: unmounting {mnt_text}");
-        let r = tokio::task::spawn_blocking(move || unmounter.unmount()).await;
-        if !matches!(r, Ok(Ok(()))) {
-            log::error!("unmount of {mnt_text} failed ({r:?}); is it busy? (losetup -a, lsof)");
+        loop {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            let top = mountinfo::top_mount_at(&mnt_path).map(|t| t.id);
+            if ours.is_some() && top != ours {
+                log::warn!(
+                    "signal received, but {mnt_text} is no longer this daemon's mount \
+                     (it was unmounted lazily; what is there now is left alone): the \
+                     daemon exits once the last file open on its detached mount is closed"
+                );
+                continue;
+            }
+            log::info!("signal received: unmounting {mnt_text}");
+            let mut unmounter = fuser_unmounter.take();
+            let path = mnt_path.clone();
+            let r = tokio::task::spawn_blocking(move || match unmounter.as_mut() {
+                Some(u) => u.unmount(),
+                None => unmount(&path),
+            })
+            .await;
+            if !matches!(r, Ok(Ok(()))) {
+                log::error!("unmount of {mnt_text} failed ({r:?}); is it busy? (losetup -a, lsof)");
+            }
+            return;
         }
     });
 
