@@ -215,6 +215,50 @@ fn test_sigterm_after_a_lazy_unmount_leaves_what_is_mounted_there_now_alone() {
     );
 }
 
+#[test]
+fn test_second_sigterm_after_a_lazy_unmount_flushes_and_exits() {
+    use std::os::unix::fs::FileExt;
+    // Arrange: as above, and a write through the held file.
+    let mut w = World::new();
+    let img = w.path("rbd/img");
+    std::fs::write(&img, pattern(4, 1 << 20)).unwrap();
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    run("umount", &[std::ffi::OsStr::new("-l"), w.mnt.as_os_str()]);
+    let mnt = w.mnt.clone();
+    w.mount_tmpfs(&mnt);
+    held.write_all_at(&pattern(5, 4096), 8192).unwrap();
+
+    // Act: two signals.
+    // SAFETY: signalling the daemon we started.
+    assert_eq!(unsafe { libc::kill(w.daemon_pid(), libc::SIGTERM) }, 0);
+    crate::harness::wait_until("the daemon to handle the first signal", || {
+        w.log().contains("is no longer this daemon's mount")
+    });
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(w.daemon_pid(), libc::SIGTERM) }, 0);
+
+    // Assert: it flushes and exits 0 while the file is still open, whose
+    // I/O fails from then on; the tmpfs stays; the store opens and holds
+    // the write.
+    w.wait_daemon_exit();
+    let mut back = vec![0u8; 4096];
+    assert!(held.read_exact_at(&mut back, 0).is_err());
+    let top = rbdfs::fuse::mountinfo::top_mount_at(&mnt).expect("a mount at the path");
+    assert_eq!(top.fstype, "tmpfs");
+    let exported = w.dir.path().join("img.raw");
+    w.cli(&["export", "rbd/img", exported.to_str().unwrap()]);
+    let mut want = pattern(4, 1 << 20);
+    want[8192..8192 + 4096].copy_from_slice(&pattern(5, 4096));
+    assert!(
+        std::fs::read(&exported).unwrap() == want,
+        "the image lost the write"
+    );
+}
+
 /// `ls` of `dir` as user nobody.
 fn ls_as_nobody(dir: &std::path::Path) -> std::process::Output {
     crate::harness::output(

@@ -113,7 +113,6 @@ fn answer_read(reply: ReplyData, r: FsResult<Bytes>) {
     }
 }
 
-/// Answer a write, from whichever path served it.
 /// Answer an op that returns nothing.
 fn answer_empty(op: &str, reply: ReplyEmpty, r: FsResult<()>) {
     match r {
@@ -125,6 +124,7 @@ fn answer_empty(op: &str, reply: ReplyEmpty, r: FsResult<()>) {
     }
 }
 
+/// Answer a write, from whichever path served it.
 fn answer_write(reply: ReplyWrite, r: FsResult<u32>) {
     match r {
         Ok(n) => reply.written(n),

@@ -208,12 +208,71 @@ fn mount_fuse(mnt: &Path, allow_other: bool) -> std::io::Result<OwnedFd> {
     Ok(dev)
 }
 
-/// Unmount what [`mount_fuse`] mounted at `mnt`.
-fn unmount(mnt: &Path) -> std::io::Result<()> {
+/// The daemon's mount, told apart from whatever else may be mounted at its
+/// path later: by its mount ID and its file system's device, as
+/// `/proc/self/mountinfo` showed them right after the mount.
+struct OwnMount {
+    path: PathBuf,
+    /// Mounted by this process (root), so unmounted with umount2(2);
+    /// otherwise with fusermount3.
+    root: bool,
+    ours: Option<mountinfo::TopMount>,
+}
+
+impl OwnMount {
+    fn new(path: &Path, root: bool) -> OwnMount {
+        let ours = mountinfo::top_mount_at(path);
+        if ours.is_none() {
+            log::warn!("cannot find {} in /proc/self/mountinfo", path.display());
+        }
+        OwnMount {
+            path: path.to_path_buf(),
+            root,
+            ours,
+        }
+    }
+
+    /// Whether this mount is still the one on top of its path; `None` when
+    /// that cannot be told.
+    fn on_top(&self) -> Option<bool> {
+        let ours = self.ours.as_ref()?;
+        let top = mountinfo::top_mount_at(&self.path);
+        Some(top.is_some_and(|t| t.id == ours.id && t.dev == ours.dev))
+    }
+
+    /// Unmount it, by path (check `on_top` first).
+    fn unmount(&self) -> std::io::Result<()> {
+        if !self.root {
+            let out = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.path)
+                .output()?;
+            if !out.status.success() {
+                let why = String::from_utf8_lossy(&out.stderr);
+                return Err(std::io::Error::other(why.trim().to_string()));
+            }
+            return Ok(());
+        }
+        umount2(&self.path, libc::UMOUNT_NOFOLLOW)
+    }
+
+    /// Lazily unmount it if it is still on top of its path (root only: a
+    /// session that failed or ended before its mount did).
+    fn detach_if_left(&self) {
+        if self.root
+            && self.on_top() == Some(true)
+            && let Err(e) = umount2(&self.path, libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW)
+        {
+            log::error!("unmounting the dead mount at {}: {e}", self.path.display());
+        }
+    }
+}
+
+fn umount2(path: &Path, flags: i32) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
-    let target = std::ffi::CString::new(mnt.as_os_str().as_bytes())?;
+    let target = std::ffi::CString::new(path.as_os_str().as_bytes())?;
     // SAFETY: a NUL-terminated path that outlives the call.
-    if unsafe { libc::umount2(target.as_ptr(), 0) } != 0 {
+    if unsafe { libc::umount2(target.as_ptr(), flags) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
@@ -334,66 +393,97 @@ fn serve(
         )
     };
     // As root, the daemon mounts and unmounts itself: fuser's own mount
-    // unmounts its path again when the session ends, whatever is mounted
-    // there by then (after a lazy unmount of this one, another file system
-    // can be). Other users need fusermount3, which fuser drives.
+    // unmounts its path again when the session ends, which after a lazy
+    // unmount of this one can be another file system's by then. Other users
+    // need fusermount3, which fuser drives.
     // SAFETY: geteuid has no preconditions.
-    let (session, mut fuser_unmounter) = if unsafe { libc::geteuid() } == 0 {
+    let root = unsafe { libc::geteuid() } == 0;
+    let (session, own) = if root {
         let fd = mount_fuse(mnt, args.allow_other).map_err(mount_failed)?;
+        let own = OwnMount::new(mnt, true);
         let acl = config.acl;
-        let session = Session::from_fd(adapter, fd, acl, config).map_err(mount_failed)?;
-        (session, None)
+        match Session::from_fd(adapter, fd, acl, config) {
+            Ok(session) => (session, own),
+            Err(e) => {
+                own.detach_if_left();
+                return Err(mount_failed(e));
+            }
+        }
     } else {
-        let mut session = Session::new(adapter, mnt, &config).map_err(mount_failed)?;
-        let unmounter = session.unmount_callable();
-        (session, Some(unmounter))
+        let session = Session::new(adapter, mnt, &config).map_err(mount_failed)?;
+        (session, OwnMount::new(mnt, false))
     };
     log::info!("mounted {} at {}", store_dir.display(), mnt.display());
+    let own = Arc::new(own);
 
-    let mnt_path = mnt.to_path_buf();
-    let mnt_text = mnt.display().to_string();
-    // The unmount on a signal goes by path: it must find this mount there.
-    let ours = mountinfo::top_mount_at(mnt).map(|t| t.id);
-    if ours.is_none() {
-        log::warn!("cannot find {mnt_text} in /proc/self/mountinfo");
-    }
-    rt.spawn(async move {
+    // Installed before the mount is reported ready, so that a signal right
+    // after `--daemon` returns is handled.
+    let signals = {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
+        let _rt = rt.enter();
+        match (
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
-        ) else {
-            log::error!("cannot install signal handlers; unmount with fusermount3 -u");
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
+        ) {
+            (Ok(int), Ok(term)) => Some((int, term)),
+            _ => {
+                log::error!("cannot install signal handlers; unmount with fusermount3 -u");
+                None
             }
-            let top = mountinfo::top_mount_at(&mnt_path).map(|t| t.id);
-            if ours.is_some() && top != ours {
-                log::warn!(
-                    "signal received, but {mnt_text} is no longer this daemon's mount \
-                     (it was unmounted lazily; what is there now is left alone): the \
-                     daemon exits once the last file open on its detached mount is closed"
-                );
-                continue;
-            }
-            log::info!("signal received: unmounting {mnt_text}");
-            let mut unmounter = fuser_unmounter.take();
-            let path = mnt_path.clone();
-            let r = tokio::task::spawn_blocking(move || match unmounter.as_mut() {
-                Some(u) => u.unmount(),
-                None => unmount(&path),
-            })
-            .await;
-            if !matches!(r, Ok(Ok(()))) {
-                log::error!("unmount of {mnt_text} failed ({r:?}); is it busy? (losetup -a, lsof)");
-            }
-            return;
         }
-    });
+    };
+    if let Some((mut int, mut term)) = signals {
+        let (own, fs) = (own.clone(), fs.clone());
+        rt.spawn(async move {
+            let mnt_text = own.path.display().to_string();
+            let mut refused = false;
+            loop {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                match own.on_top() {
+                    Some(false) if !refused => {
+                        refused = true;
+                        log::warn!(
+                            "signal received, but {mnt_text} is no longer this daemon's \
+                             mount (it was unmounted lazily; what is there now is left \
+                             alone): the daemon exits once the last file open on its \
+                             detached mount is closed; a second signal flushes every \
+                             image and exits now, failing those files' I/O"
+                        );
+                        continue;
+                    }
+                    Some(false) => {
+                        log::warn!("second signal: flushing every image and exiting");
+                        let code = match fs.flush_all().await {
+                            Ok(()) => 0,
+                            Err(e) => {
+                                log::error!("flush before exit failed: {e}");
+                                1
+                            }
+                        };
+                        std::process::exit(code);
+                    }
+                    Some(true) => {}
+                    None => log::warn!(
+                        "cannot tell from /proc/self/mountinfo whether {mnt_text} is still \
+                         this daemon's mount; unmounting it by path"
+                    ),
+                }
+                log::info!("signal received: unmounting {mnt_text}");
+                let o = own.clone();
+                let r = tokio::task::spawn_blocking(move || o.unmount()).await;
+                if matches!(r, Ok(Ok(()))) {
+                    return;
+                }
+                log::error!(
+                    "unmount of {mnt_text} failed ({r:?}); is it busy? (losetup -a, lsof); \
+                     signal again once it is not"
+                );
+            }
+        });
+    }
 
     if let Some(w) = ready {
         let _ = writeln!(w, "ready");
@@ -404,6 +494,9 @@ fn serve(
     if let Err(e) = &served {
         log::error!("FUSE session ended with an error: {e}");
     }
+    // A session that ended on its own (an error, an aborted connection)
+    // leaves its mount behind, dead: take it away.
+    own.detach_if_left();
     drop(admin);
     rt.block_on(fs.jobs().cancel_all(std::time::Duration::from_secs(30)));
     let flushed = rt.block_on(fs.flush_all());

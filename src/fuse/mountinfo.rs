@@ -2,48 +2,73 @@
 //! daemon unmounts its own mount and never one that replaced it at the same
 //! path (after a lazy `umount -l` of ours, another can be mounted there).
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-/// The mount seen at `path` now (the last of those mounted there): its
-/// mount ID, unique while it is mounted, and its file system type.
+/// The mount seen at a path now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopMount {
+    /// Mount ID: unique among the mounts that exist, but reused once one
+    /// is gone.
     pub id: u64,
+    /// `major:minor` of its file system: a FUSE mount's stays its own while
+    /// its connection lives, so that with `id` it names this mount.
+    pub dev: String,
     pub fstype: String,
 }
 
 /// The mount on top of `path` (canonical), or `None` when nothing is
 /// mounted there or mountinfo cannot be read.
 pub fn top_mount_at(path: &Path) -> Option<TopMount> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    top_mount_in(&text, path.to_str()?)
+    let text = std::fs::read("/proc/self/mountinfo").ok()?;
+    top_mount_in(&text, path.as_os_str().as_bytes())
 }
 
-/// [`top_mount_at`] over mountinfo's text.
-fn top_mount_in(mountinfo: &str, path: &str) -> Option<TopMount> {
-    mountinfo
-        .lines()
-        .rev()
+/// [`top_mount_at`] over mountinfo's text. Of the mounts at `path`, the one
+/// no other mount there sits on (lines are in creation order, and a mount
+/// moved onto the path, or under one, keeps its place in that order).
+fn top_mount_in(mountinfo: &[u8], path: &[u8]) -> Option<TopMount> {
+    let at: Vec<Line> = mountinfo
+        .split(|b| *b == b'\n')
         .filter_map(parse_line)
-        .find(|(_, point, _)| point == path)
-        .map(|(id, _, fstype)| TopMount { id, fstype })
+        .filter(|l| l.point == path)
+        .collect();
+    at.iter()
+        .rev()
+        .find(|l| !at.iter().any(|o| o.parent == l.id && o.id != l.id))
+        .map(|l| TopMount {
+            id: l.id,
+            dev: l.dev.clone(),
+            fstype: l.fstype.clone(),
+        })
 }
 
-/// (mount ID, mount point, file system type) of one line: fields 1 and 5,
-/// and the first after the ` - ` separator (proc_pid_mountinfo(5)).
-fn parse_line(line: &str) -> Option<(u64, String, String)> {
-    let (left, right) = line.split_once(" - ")?;
-    let fields: Vec<&str> = left.split(' ').collect();
-    let id = fields.first()?.parse().ok()?;
-    let point = unescape(fields.get(4)?);
-    let fstype = right.split(' ').next()?.to_string();
-    Some((id, point, fstype))
+struct Line {
+    id: u64,
+    parent: u64,
+    dev: String,
+    point: Vec<u8>,
+    fstype: String,
+}
+
+/// Fields 1, 2, 3 and 5 of one line, and the first after the ` - `
+/// separator (proc_pid_mountinfo(5)).
+fn parse_line(line: &[u8]) -> Option<Line> {
+    let sep = line.windows(3).position(|w| w == b" - ")?;
+    let fields: Vec<&[u8]> = line[..sep].split(|b| *b == b' ').collect();
+    let num = |f: &[u8]| std::str::from_utf8(f).ok()?.parse().ok();
+    Some(Line {
+        id: num(fields.first()?)?,
+        parent: num(fields.get(1)?)?,
+        dev: String::from_utf8_lossy(fields.get(2)?).into_owned(),
+        point: unescape(fields.get(4)?),
+        fstype: String::from_utf8_lossy(line[sep + 3..].split(|b| *b == b' ').next()?).into_owned(),
+    })
 }
 
 /// Undo mountinfo's octal escapes (`\040` for a space, `\011`, `\012`,
 /// `\134`).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
+fn unescape(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
@@ -61,7 +86,7 @@ fn unescape(s: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 #[cfg(test)]
@@ -75,35 +100,58 @@ mod tests {
 45 41 0:40 / /var/tmp/m rw,relatime shared:25 - tmpfs tmpfs rw
 ";
 
+    fn top(text: &str, path: &str) -> Option<TopMount> {
+        top_mount_in(text.as_bytes(), path.as_bytes())
+    }
+
     #[test]
-    fn test_top_mount_is_the_last_mounted_at_the_path() {
-        let top = top_mount_in(SAMPLE, "/var/tmp/m").unwrap();
+    fn test_top_mount_is_the_one_mounted_over_the_other() {
         assert_eq!(
-            top,
-            TopMount {
+            top(SAMPLE, "/var/tmp/m"),
+            Some(TopMount {
                 id: 45,
+                dev: "0:40".into(),
                 fstype: "tmpfs".into()
-            }
+            })
         );
     }
 
     #[test]
+    fn test_a_mount_moved_on_top_counts_though_listed_first() {
+        // Mount 30 was created before 41 and later moved onto the path,
+        // on top of it (41's parent is 30 now).
+        let text = "\
+22 1 252:1 / / rw - ext4 /dev/vda rw
+30 22 0:40 / /var/tmp/m rw - tmpfs tmpfs rw
+41 30 0:36 / /var/tmp/m rw - fuse.rbdfs rbdfs rw
+";
+        // Listed in creation order: 41 was mounted over 30.
+        assert_eq!(top(text, "/var/tmp/m").map(|t| t.id), Some(41));
+        let moved = "\
+22 1 252:1 / / rw - ext4 /dev/vda rw
+30 41 0:40 / /var/tmp/m rw - tmpfs tmpfs rw
+41 22 0:36 / /var/tmp/m rw - fuse.rbdfs rbdfs rw
+";
+        assert_eq!(top(moved, "/var/tmp/m").map(|t| t.id), Some(30));
+    }
+
+    #[test]
     fn test_escaped_mount_point_matches_the_plain_path() {
-        assert_eq!(top_mount_in(SAMPLE, "/var/tmp/a b").map(|t| t.id), Some(40));
-        assert_eq!(top_mount_in(SAMPLE, "/var/tmp/a\\040b"), None);
+        assert_eq!(top(SAMPLE, "/var/tmp/a b").map(|t| t.id), Some(40));
+        assert_eq!(top(SAMPLE, "/var/tmp/a\\040b"), None);
     }
 
     #[test]
     fn test_no_mount_at_a_path_is_none_and_bad_lines_are_skipped() {
-        let text = format!("garbage\n\n{SAMPLE}x y\n");
-        assert_eq!(top_mount_in(&text, "/nowhere"), None);
-        assert_eq!(top_mount_in(&text, "/").map(|t| t.id), Some(22));
+        let text = format!("garbage\n\n{SAMPLE}x y\n1 2 3\n");
+        assert_eq!(top(&text, "/nowhere"), None);
+        assert_eq!(top(&text, "/").map(|t| t.id), Some(22));
     }
 
     #[test]
     fn test_unescape_decodes_octal_and_keeps_other_backslashes() {
-        assert_eq!(unescape("a\\040b\\011c\\134d"), "a b\tc\\d");
-        assert_eq!(unescape("x\\9y\\"), "x\\9y\\");
+        assert_eq!(unescape(b"a\\040b\\011c\\134d"), b"a b\tc\\d");
+        assert_eq!(unescape(b"x\\9y\\"), b"x\\9y\\");
     }
 
     #[test]

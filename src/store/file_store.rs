@@ -2337,7 +2337,9 @@ impl ObjectStore for FileStore {
     }
 
     fn commit_pending(&self) -> bool {
-        self.inner.journal.lock().last_seq() > self.inner.progress.lock().committed
+        // A store that failed says so at the commit, as `commit_then` does.
+        self.inner.usable().is_err()
+            || self.inner.journal.lock().last_seq() > self.inner.progress.lock().committed
     }
 
     fn commit_here(&self) -> StoreResult<()> {

@@ -315,7 +315,8 @@ fn write_all_at(f: &File, bufs: &[&[u8]], mut pos: u64) -> io::Result<()> {
 /// Why replay of the journal stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplayEnd {
-    /// Every segment read to its end.
+    /// Every segment read to its end, or to the padding after its last
+    /// record (a recycled segment holds older records past it).
     Clean,
     /// A torn or corrupt record; records from there on were ignored.
     Torn {

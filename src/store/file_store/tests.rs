@@ -80,6 +80,21 @@ fn test_a_panicking_commit_callback_does_not_stop_the_commits_after_it() {
     assert!(!s.commit_pending());
 }
 
+#[test]
+fn test_a_closed_store_has_a_commit_to_fail_even_with_nothing_to_sync() {
+    // Arrange: everything committed, then the store closes.
+    let (_d, s) = new_store();
+    run(&s, vec![write("a", 0, b"1")]).unwrap();
+    s.commit_here().unwrap();
+    assert!(!s.commit_pending());
+    s.close().unwrap();
+
+    // Act / Assert: a flush that skips stores with nothing pending still
+    // asks this one, and hears that it cannot commit.
+    assert!(s.commit_pending());
+    assert!(s.commit_here().is_err());
+}
+
 fn write(name: &str, off: u64, data: &[u8]) -> TxOp {
     TxOp::Write {
         key: key(name),
