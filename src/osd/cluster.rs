@@ -1012,10 +1012,13 @@ impl Gather {
                 .lock()
                 .get_or_insert(RadosError::Io(format!("osd.{id} could not commit: {e}")));
         }
-        if self.left.fetch_sub(1, Ordering::AcqRel) == 1
-            && let Some(done) = self.done.lock().take()
-        {
-            done(self.failed.lock().take().map_or(Ok(()), Err));
+        if self.left.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let done = self.done.lock().take();
+        let failed = self.failed.lock().take();
+        if let Some(done) = done {
+            done(failed.map_or(Ok(()), Err));
         }
     }
 }
