@@ -4,11 +4,13 @@
 # both and the ratio. Needs root, fio, losetup, fusermount3, and a built rbdfs
 # (cargo build --release).
 #
-#   contrib/bench/fio-bench.sh [--size 1|3] [--runtime SECONDS] [--image-size SIZE]
-#                              [--dir DIR] [--rbdfs PATH]
+#   contrib/bench/fio-bench.sh [--size 1|3] [--runtime SECONDS] [--repeat N]
+#                              [--image-size SIZE] [--dir DIR] [--rbdfs PATH]
 #
 #   --size        replicas of the store's pool (1 or 3; default 3)
 #   --runtime     seconds per job (default 20)
+#   --repeat      runs of each job on each side, alternating; the table shows
+#                 the medians, and the rbdfs runs' lowest and highest (default 1)
 #   --image-size  size of the images and the plain file (default 2G)
 #   --dir         where the store and the plain file go (default /var/tmp)
 #   --rbdfs       the binary (default target/release/rbdfs)
@@ -19,6 +21,7 @@ set -euo pipefail
 
 replicas=3
 runtime=20
+repeat=1
 image_size=2G
 base=/var/tmp
 rbdfs=target/release/rbdfs
@@ -27,10 +30,11 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --size) replicas="$2"; shift 2 ;;
     --runtime) runtime="$2"; shift 2 ;;
+    --repeat) repeat="$2"; shift 2 ;;
     --image-size) image_size="$2"; shift 2 ;;
     --dir) base="$2"; shift 2 ;;
     --rbdfs) rbdfs="$2"; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "fio-bench: unknown argument $1 (see --help)" >&2; exit 22 ;;
   esac
 done
@@ -42,6 +46,7 @@ for t in fio losetup fusermount3 truncate; do
 done
 [ -x "$rbdfs" ] || die "no rbdfs binary at $rbdfs (cargo build --release, or --rbdfs PATH)"
 case "$replicas" in 1|3) ;; *) die "--size must be 1 or 3" ;; esac
+case "$repeat" in ''|*[!0-9]*|0) die "--repeat must be a whole number of runs, 1 or more" ;; esac
 rbdfs=$(realpath "$rbdfs")
 
 work=$(mktemp -d -p "$base" rbdfs-bench.XXXXXX)
@@ -119,21 +124,44 @@ attach "$mnt/rbd/clone1" -r; c1dev=$dev
 attach "$mnt/rbd/clone16" -r; c16dev=$dev
 
 declare -a rows=()
+
+# The job's figure from run_fio's output: MiB/s or IOPS, read, write or both.
+figure() { # figure UNIT SIDE "read_iops read_kib write_iops write_kib"
+  local riops rbw wiops wbw
+  read -r riops rbw wiops wbw <<<"$3"
+  case "$1:$2" in
+    bw:read)    echo $((rbw / 1024)) ;;
+    bw:write)   echo $((wbw / 1024)) ;;
+    iops:read)  echo "$riops" ;;
+    iops:write) echo "$wiops" ;;
+    iops:both)  echo $((riops + wiops)) ;;
+  esac
+}
+
+# Median, lowest and highest of whole numbers.
+stats() { # stats N...
+  printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END {
+    m = (NR % 2) ? v[(NR + 1) / 2] : int((v[NR / 2] + v[NR / 2 + 1]) / 2)
+    print m, v[1], v[NR] }'
+}
+
 measure() { # measure LABEL UNIT(iops|bw) SIDE(read|write|both) RBD_DEV PLAIN_DEV fio-args...
   local label="$1" unit="$2" side="$3" r="$4" p="$5"; shift 5
   echo "fio-bench: $label" >&2
-  local a b
-  # Each job starts with no dirty data left behind by the one before (the
-  # store's write-back of earlier writes would otherwise land in the next
-  # job's numbers).
-  sync
-  # The clone jobs read the golden image, which the first of them would
-  # leave in the page cache for the second: each starts cold instead.
-  if [ "${cold:-0}" = 1 ]; then echo 3 >/proc/sys/vm/drop_caches; fi
-  a=$(run_fio "$r" "$label" "$@")
-  sync
-  b=$(run_fio "$p" "$label" "$@")
-  rows+=("$label|$unit|$side|$a|$b")
+  local i a=() b=()
+  for ((i = 0; i < repeat; i++)); do
+    # Each run starts with no dirty data left behind by the one before (the
+    # store's write-back of earlier writes would otherwise land in the next
+    # run's numbers).
+    sync
+    # The clone jobs read the golden image, which a run would leave in the
+    # page cache for the next: each starts cold instead.
+    if [ "${cold:-0}" = 1 ]; then echo 3 >/proc/sys/vm/drop_caches; fi
+    a+=("$(figure "$unit" "$side" "$(run_fio "$r" "$label" "$@")")")
+    sync
+    b+=("$(figure "$unit" "$side" "$(run_fio "$p" "$label" "$@")")")
+  done
+  rows+=("$label|$unit|$(stats "${a[@]}")|$(stats "${b[@]}")")
 }
 
 measure "seq write 1M qd8"      bw   write "$rdev"  "$pdev" --rw=write --bs=1M --iodepth=8
@@ -147,18 +175,16 @@ measure "clone 1-deep read 4K"  iops read  "$c1dev"  "$pdev" --rw=randread --bs=
 measure "clone 16-deep read 4K" iops read  "$c16dev" "$pdev" --rw=randread --bs=4k --iodepth=32
 cold=0
 
-printf '\n%-24s %14s %14s %7s\n' "job (size=$replicas)" "rbdfs" "plain file" "ratio"
+printf '\n%-24s %14s %14s %7s' "job (size=$replicas)" "rbdfs" "plain file" "ratio"
+if [ "$repeat" -gt 1 ]; then printf '  %s' "rbdfs low-high ($repeat runs, medians shown)"; fi
+printf '\n'
 for row in "${rows[@]}"; do
-  IFS='|' read -r label unit side a b <<<"$row"
-  read -r ariops arbw awiops awbw <<<"$a"
-  read -r briops brbw bwiops bwbw <<<"$b"
-  case "$unit:$side" in
-    bw:read)    x=$((arbw / 1024)); y=$((brbw / 1024)); u="MiB/s" ;;
-    bw:write)   x=$((awbw / 1024)); y=$((bwbw / 1024)); u="MiB/s" ;;
-    iops:read)  x=$ariops; y=$briops; u="IOPS" ;;
-    iops:write) x=$awiops; y=$bwiops; u="IOPS" ;;
-    iops:both)  x=$((ariops + awiops)); y=$((briops + bwiops)); u="IOPS" ;;
-  esac
+  IFS='|' read -r label unit a b <<<"$row"
+  read -r x xlo xhi <<<"$a"
+  read -r y _ _ <<<"$b"
+  case "$unit" in bw) u="MiB/s" ;; *) u="IOPS" ;; esac
   ratio=$(awk -v x="$x" -v y="$y" 'BEGIN { if (y > 0) printf "%.2f", x / y; else print "-" }')
-  printf '%-24s %8s %-5s %8s %-5s %7s\n' "$label" "$x" "$u" "$y" "$u" "$ratio"
+  printf '%-24s %8s %-5s %8s %-5s %7s' "$label" "$x" "$u" "$y" "$u" "$ratio"
+  if [ "$repeat" -gt 1 ]; then printf '  %s-%s' "$xlo" "$xhi"; fi
+  printf '\n'
 done
