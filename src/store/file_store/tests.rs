@@ -572,18 +572,29 @@ fn test_crash_before_checkpoint_replays_journal() {
     assert_eq!(s.omap_get(&key("o")).unwrap(), map(&[("k", "v")]));
 }
 
-/// Seqs of the records in a segment file, up to its padding (a recycled
-/// segment may hold records of its previous use after its own).
-fn record_seqs(path: &Path) -> Vec<u64> {
-    let raw = Bytes::from(std::fs::read(path).unwrap());
+/// The records of a segment file from its start, as replay walks them:
+/// each one's seq and byte range, up to a zero header (the padding after the
+/// last record; a recycled segment holds older records past it) or the end.
+fn segment_records(raw: &Bytes) -> Vec<(u64, std::ops::Range<usize>)> {
+    let head = codec::RECORD_HEADER_LEN;
+    let mut out = Vec::new();
     let mut off = 0;
-    let mut seqs = Vec::new();
-    while off < raw.len() && raw[off..].iter().any(|b| *b != 0) {
+    while off + head <= raw.len() && raw[off..off + head].iter().any(|b| *b != 0) {
         let (seq, _, used) = codec::decode_record(&raw.slice(off..)).unwrap();
-        seqs.push(seq);
+        out.push((seq, off..off + used));
         off += used;
     }
-    seqs
+    out
+}
+
+/// Seqs of the records at the start of a segment file (a segment reused
+/// and not written yet starts with records of its previous use).
+fn record_seqs(path: &Path) -> Vec<u64> {
+    let raw = Bytes::from(std::fs::read(path).unwrap());
+    segment_records(&raw)
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .collect()
 }
 
 #[test]
@@ -679,14 +690,7 @@ fn crashed_store_with_records(n: u8) -> (tempfile::TempDir, PathBuf, std::ops::R
     let segs = journal::list_segments(d.path()).unwrap();
     assert_eq!(segs.len(), 1);
     let raw = Bytes::from(std::fs::read(&segs[0].1).unwrap());
-    let mut off = 0;
-    let mut last = 0..0;
-    // Records, then zeros to the end of the page.
-    while off < raw.len() && raw[off..].iter().any(|b| *b != 0) {
-        let (_, _, used) = codec::decode_record(&raw.slice(off..)).unwrap();
-        last = off..off + used;
-        off += used;
-    }
+    let last = segment_records(&raw).pop().map_or(0..0, |(_, range)| range);
     (d, segs[0].1.clone(), last)
 }
 
