@@ -284,15 +284,8 @@ impl Filesystem for FuseAdapter {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let fs = self.fs.clone();
         let name = name.to_owned();
-        self.rt.spawn(async move {
-            match fs.unlink(parent.0, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    log_err("unlink", &e);
-                    reply.error(errno(&e))
-                }
-            }
-        });
+        self.rt
+            .spawn(async move { answer_empty("unlink", reply, fs.unlink(parent.0, &name).await) });
     }
 
     fn rename(
@@ -309,16 +302,8 @@ impl Filesystem for FuseAdapter {
         let (name, newname) = (name.to_owned(), newname.to_owned());
         let flags = flags.bits();
         self.rt.spawn(async move {
-            match fs
-                .rename(parent.0, &name, newparent.0, &newname, flags)
-                .await
-            {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    log_err("rename", &e);
-                    reply.error(errno(&e))
-                }
-            }
+            let r = fs.rename(parent.0, &name, newparent.0, &newname, flags);
+            answer_empty("rename", reply, r.await)
         });
     }
 
@@ -483,13 +468,7 @@ impl Filesystem for FuseAdapter {
         let name = name.to_string_lossy().into_owned();
         let value = value.to_vec();
         self.rt.spawn(async move {
-            match fs.setxattr(ino.0, &name, &value).await {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    log_err("setxattr", &e);
-                    reply.error(errno(&e))
-                }
-            }
+            answer_empty("setxattr", reply, fs.setxattr(ino.0, &name, &value).await)
         });
     }
 
@@ -577,13 +556,11 @@ impl Filesystem for FuseAdapter {
     ) {
         let fs = self.fs.clone();
         self.rt.spawn(async move {
-            match fs.fallocate(fh.0, offset, length, mode).await {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    log_err("fallocate", &e);
-                    reply.error(errno(&e))
-                }
-            }
+            answer_empty(
+                "fallocate",
+                reply,
+                fs.fallocate(fh.0, offset, length, mode).await,
+            )
         });
     }
 
