@@ -907,15 +907,14 @@ impl Inner {
     /// (The file stays readable through its handle even if a checkpoint
     /// deletes it meanwhile, and ids are never reused.)
     fn prefetch(&self, key: &ObjectKey, off: u64, len: u64) -> StoreResult<()> {
-        let (file, size, path) = {
+        let (file, size, id) = {
             let _shard = self.shards[shard_of(key)].read();
             let (id, size) = self.id_size(key)?;
-            let path = obj_path(&self.root, id);
             let f = self
                 .fds
                 .get(&self.root, id, false)
-                .map_err(io_err(format!("opening {}", path.display())))?;
-            (f, size, path)
+                .map_err(|e| self.obj_err("opening", id, e))?;
+            (f, size, id)
         };
         let end = off.saturating_add(len).min(size);
         if let Some(f) = file
@@ -923,9 +922,15 @@ impl Inner {
         {
             let mut scratch = vec![0u8; (end - off) as usize];
             data::read_at_zero_fill(&f, &mut scratch, off)
-                .map_err(io_err(format!("reading {}", path.display())))?;
+                .map_err(|e| self.obj_err("reading", id, e))?;
         }
         Ok(())
+    }
+
+    /// `what` failed on data file `id`. The path is formatted only here:
+    /// formatting it per read showed up in profiles of small reads.
+    fn obj_err(&self, what: &str, id: u64, e: io::Error) -> StoreError {
+        StoreError::io(format!("{what} {}", obj_path(&self.root, id).display()), e)
     }
 
     /// `[off, off + len)` of an object; with `cached_only`, `None` where
@@ -947,17 +952,11 @@ impl Inner {
             return Ok(Some(Bytes::new()));
         }
         let mut buf = vec![0u8; (end - off) as usize];
-        // The path only for an error: formatting it per read showed up in
-        // profiles of small reads.
-        let failed = |what: &str, e| {
-            let path = obj_path(&self.root, id);
-            StoreError::io(format!("{what} {}", path.display()), e)
-        };
-        let reading = |e| failed("reading", e);
+        let reading = |e| self.obj_err("reading", id, e);
         match self
             .fds
             .get(&self.root, id, false)
-            .map_err(|e| failed("opening", e))?
+            .map_err(|e| self.obj_err("opening", id, e))?
         {
             Some(f) if cached_only => {
                 if !data::read_at_zero_fill_cached(&f, &mut buf, off).map_err(reading)? {
