@@ -55,18 +55,26 @@
 //! Every byte is written once; the journal carries a few dozen bytes. The
 //! file's fdatasyncs run on the queueing threads, in parallel across them.
 //!
-//! Large overwrites inside an object go in place the same way (`InPlace`):
-//! the data is written into the object's own file and synced before the
-//! record, which carries only the range, so it too is written once. Replay
-//! leaves the bytes of earlier journaled `Write`/`Zero` steps alone where a
-//! later in-place write covers them (a first pass over the journal finds
-//! those ranges, see `shadow.rs`). Only into a file whose size no record
-//! replay may still apply changes and that none reads (a growing `Write`, a
-//! `Truncate`, `Place` or `Clone`), only inside the object's size (no replay
-//! cut past the size can take them), and only in a transaction with metadata
-//! steps besides, that need not commit first (see `Inner::in_place`). A
-//! crash between the data and the record leaves bytes of a write that was
-//! never acknowledged, as a disk may.
+//! Large overwrites inside an object go in place (`InPlace`): the data is
+//! written into the object's own file before the record, which carries only
+//! the range, so it too is written once. Replay leaves the bytes of earlier
+//! journaled `Write`/`Zero` steps alone where a later in-place write covers
+//! them (a first pass over the journal finds those ranges, see `shadow.rs`).
+//! Only into a file whose size no record replay may still apply changes and
+//! that none reads (a growing `Write`, a `Truncate`, `Place` or `Clone`),
+//! only inside the object's size (no replay cut past the size can take
+//! them), and only in a transaction with metadata steps besides, that need
+//! not commit first (see `Inner::in_place`). A crash between the data and
+//! the record leaves bytes of a write that was never acknowledged, as a disk
+//! may.
+//!
+//! An in-place write's bytes are synced by the next commit, before the
+//! journal (`UnsyncedFiles`), like a journaled write's. So its record may
+//! reach the disk before its bytes do, and a power loss then loses the
+//! write, which nobody flushed. Except over bytes that replay would skip for
+//! it: into a file that a journaled `Write`/`Zero` replay may still apply
+//! wrote to (`ReplayedFiles::bytes`), the bytes are synced before the
+//! record, or replay could bring back what that journaled write replaced.
 //!
 //! Data files are never deleted by an apply: a removed, replaced or
 //! overwritten-by-clone object's file is doomed with the seq that dropped it
@@ -100,6 +108,7 @@ use super::{
 };
 use crate::sync::{Arc, AtomicBool, AtomicU64, Condvar, Mutex, Ordering, RwLock};
 use shadow::Shadows;
+use unsynced::{UndoLog, UnsyncedFiles};
 
 const SUPERBLOCK: &str = "superblock";
 const LOCK: &str = "lock";
@@ -120,13 +129,17 @@ pub struct StoreConfig {
     pub min_free_bytes: u64,
     /// Use this instead of the file system's available bytes (tests).
     pub fake_available_bytes: Option<u64>,
-    /// A `Write` at offset 0 of at least this many bytes goes straight to a
-    /// new data file instead of through the journal; 0 turns this off.
+    /// A `Write` of at least this many bytes does not go through the
+    /// journal: at offset 0 it goes straight to a new data file, inside the
+    /// object into its file (see `Inner::in_place`); 0 turns this off.
     pub direct_write_min: u64,
     /// The syncer commits applied transactions at least this often, when
     /// nobody asks sooner (a flush, `wait_committed`): the most a power loss
     /// can take of writes that nobody flushed.
     pub commit_interval: Duration,
+    /// Tests: note what every unsynced write to an object file replaced,
+    /// for [`FileStore::crash_losing_unsynced_data`].
+    pub undo_unsynced: bool,
 }
 
 impl Default for StoreConfig {
@@ -135,8 +148,9 @@ impl Default for StoreConfig {
             journal_max_bytes: 64 << 20,
             min_free_bytes: 64 << 20,
             fake_available_bytes: None,
-            direct_write_min: 512 << 10,
+            direct_write_min: 128 << 10,
             commit_interval: Duration::from_secs(1),
+            undo_unsynced: false,
         }
     }
 }
@@ -347,13 +361,13 @@ struct Inner {
     /// Files of objects dropped by applied transactions: (seq, id). Deleted
     /// by the first checkpoint whose snapshot covers the seq.
     doomed: Mutex<Vec<(u64, u64)>>,
-    /// Data files whose size a record replay may still apply changes, or
-    /// whose bytes it reads (a journaled `Write` that grows the object, a
-    /// `Truncate`, either side of a `Clone`, a `Place`), with the newest such
-    /// record's seq; pruned by checkpoints. A large overwrite goes in place
-    /// only into a file not in here: replay cuts a file at the size it finds
-    /// first, and copies what it reads. See [`Inner::in_place`].
-    replayed_files: Mutex<HashMap<u64, u64>>,
+    /// Data files that records replay may still apply touch; pruned by
+    /// checkpoints. See [`ReplayedFiles`].
+    replayed_files: Mutex<ReplayedFiles>,
+    /// Files written in place whose sync waits for the next commit.
+    unsynced: Mutex<UnsyncedFiles>,
+    /// What unsynced writes replaced, when `cfg.undo_unsynced` (tests).
+    undo: Option<Mutex<UndoLog>>,
     /// In-place records since the last checkpoint began (see
     /// [`IN_PLACE_PER_CHECKPOINT`]).
     in_place_since_checkpoint: AtomicU64,
@@ -363,6 +377,32 @@ struct Inner {
     closed: AtomicBool,
     /// Simulated power loss: threads stop where they are, nothing is synced.
     crashed: AtomicBool,
+}
+
+/// Data files that records replay may still apply touch, each with the
+/// newest such record's seq.
+#[derive(Default)]
+struct ReplayedFiles {
+    /// Files whose size such a record changes, or whose bytes it reads (a
+    /// journaled `Write` that grows the object, a `Truncate`, either side of
+    /// a `Clone`, a `Place`). A large overwrite goes in place only into a
+    /// file not in here: replay cuts a file at the size it finds first, and
+    /// copies what it reads. See [`Inner::in_place`].
+    cut_or_read: HashMap<u64, u64>,
+    /// Files such a record's journaled `Write` or `Zero` wrote to. An
+    /// in-place write into one of them is synced before its record: replay
+    /// skips those journaled bytes under it, so its record must never be on
+    /// disk without its bytes. Into any other file, its sync waits for the
+    /// next commit: a power loss before that loses only the write itself.
+    bytes: HashMap<u64, u64>,
+}
+
+impl ReplayedFiles {
+    /// A checkpoint covers the records up to `seq`.
+    fn checkpointed(&mut self, seq: u64) {
+        self.cut_or_read.retain(|_, s| *s > seq);
+        self.bytes.retain(|_, s| *s > seq);
+    }
 }
 
 #[derive(Default)]
@@ -463,6 +503,7 @@ impl FileStore {
         let max_placed = sweep_objects(path, &meta)?;
         let colls = meta.colls.keys().copied().collect();
         let segment = writer.start();
+        let undo = cfg.undo_unsynced.then(|| Mutex::new(UndoLog::default()));
         let inner = Arc::new(Inner {
             root: path.to_path_buf(),
             cfg,
@@ -491,7 +532,9 @@ impl FileStore {
             ckpt_wake: Wakeup::default(),
             next_placed: AtomicU64::new(max_placed + 1),
             doomed: Mutex::new(Vec::new()),
-            replayed_files: Mutex::new(HashMap::new()),
+            replayed_files: Mutex::new(ReplayedFiles::default()),
+            unsynced: Mutex::new(UnsyncedFiles::default()),
+            undo,
             in_place_since_checkpoint: AtomicU64::new(0),
             fds: FdCache::new(),
             free: Mutex::new(FreeSpace::default()),
@@ -589,6 +632,21 @@ impl FileStore {
             }
         }
         Ok(())
+    }
+
+    /// Simulate a power loss that keeps the whole journal but none of the
+    /// object files' unsynced bytes, for tests: [`FileStore::crash`], then
+    /// every write to an object file since its last sync is taken back
+    /// (needs [`StoreConfig::undo_unsynced`]). The worst case for records
+    /// whose bytes went in place without a sync.
+    pub fn crash_losing_unsynced_data(&self) -> io::Result<()> {
+        self.crash();
+        let Some(undo) = &self.inner.undo else {
+            return Err(io::Error::other(
+                "the store was opened without undo_unsynced",
+            ));
+        };
+        undo.lock().take_back(&self.inner.root)
     }
 
     /// crc32c of the object's whole data (holes read as zeros).
@@ -798,6 +856,7 @@ fn recover(path: &Path, meta: &mut MetaTable) -> StoreResult<()> {
             doomed: Vec::new(),
             fds: None,
             shadows: Some(&shadows),
+            undo: None,
         };
         // Doomed files stay: the sweep after the open checkpoint takes them.
         apply_txn(&mut ctx, &table, seq, &steps)
@@ -1173,7 +1232,13 @@ impl Inner {
             }
         };
         crashed()?;
+        let in_place_stamp = self.unsynced.lock().stamp();
+        let undo_stamp = self.undo.as_ref().map(|u| u.lock().stamp());
         data::syncfs(&self.root_dir).map_err(io_err(&ctx))?;
+        self.unsynced.lock().synced_upto(in_place_stamp);
+        if let (Some(u), Some(stamp)) = (&self.undo, undo_stamp) {
+            u.lock().all_synced(stamp);
+        }
         crashed()?;
         write_atomic(&self.root, SNAPSHOT, &snap).map_err(io_err(&ctx))?;
         crashed()?;
@@ -1182,7 +1247,7 @@ impl Inner {
         //    crash part way leaves orphans, which open sweeps.
         self.doomed.lock().retain(|(s, _)| *s > seq);
         // Replay starts past `seq` from now on.
-        self.replayed_files.lock().retain(|_, s| *s > seq);
+        self.replayed_files.lock().checkpointed(seq);
         for id in doomed {
             self.fds.forget(id);
             data::remove_file(&obj_path(&self.root, id)).map_err(io_err(&ctx))?;
@@ -1303,6 +1368,9 @@ impl Inner {
             self.complete_commits(upto);
             return Ok(());
         }
+        // Read `upto` first: the bytes of an in-place write are in the set
+        // before its record is in the journal.
+        self.sync_in_place_writes()?;
         if let Err(e) = file.sync_data() {
             self.fail(format!("journal sync failed: {e}"));
             return Err(self.failed_err());
@@ -1324,6 +1392,37 @@ impl Inner {
             }
         }
         self.complete_commits(upto);
+        Ok(())
+    }
+
+    /// Sync the files written in place since their last sync (see
+    /// [`UnsyncedFiles`]), one `fdatasync` each, or one `syncfs` when there
+    /// are many. A failure fails the store, as a failed journal sync does.
+    fn sync_in_place_writes(&self) -> StoreResult<()> {
+        let (files, stamp) = {
+            let u = self.unsynced.lock();
+            if u.is_empty() {
+                return Ok(());
+            }
+            u.to_sync()
+        };
+        let undo_stamp = self.undo.as_ref().map(|u| u.lock().stamp());
+        let res = if files.len() > SYNCFS_FILES {
+            data::syncfs(&self.root_dir)
+        } else {
+            files.iter().try_for_each(|(_, f)| f.sync_data())
+        };
+        if let Err(e) = res {
+            self.fail(format!("syncing in-place writes failed: {e}"));
+            return Err(self.failed_err());
+        }
+        self.unsynced.lock().synced_upto(stamp);
+        if let (Some(u), Some(undo_stamp)) = (&self.undo, undo_stamp) {
+            let mut u = u.lock();
+            for (id, _) in &files {
+                u.synced(*id, undo_stamp);
+            }
+        }
         Ok(())
     }
 
@@ -1386,9 +1485,19 @@ struct ApplyCtx<'a> {
     /// During replay: the bytes later records overwrote in place, which
     /// journaled steps must not write over.
     shadows: Option<&'a Shadows>,
+    /// Tests: what the steps' writes replace (`StoreConfig::undo_unsynced`).
+    undo: Option<&'a Mutex<UndoLog>>,
 }
 
 impl ApplyCtx<'_> {
+    /// Tests: note what a write to `[off, off + len)` of file `id` replaces.
+    fn note_undo(&self, f: &File, id: u64, off: u64, len: u64) -> io::Result<()> {
+        match self.undo {
+            Some(u) => u.lock().before_write(f, id, off, len),
+            None => Ok(()),
+        }
+    }
+
     /// Open (creating) object `id`'s data file, whose object is `size` bytes.
     ///
     /// Why replay converges: after a crash a data file holds any subset of
@@ -1636,6 +1745,7 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &RwLock<MetaTable>, seq: u64, op: &TxOp) -
             } else {
                 for (at, n) in unshadowed(ctx, key, seq, *off, data.len() as u64) {
                     let from = (at - off) as usize;
+                    ctx.note_undo(&f, id, at, n)?;
                     data::write_in_pieces(&f, &data[from..from + n as usize], at)?;
                 }
             }
@@ -1648,6 +1758,7 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &RwLock<MetaTable>, seq: u64, op: &TxOp) -
             if *off < end {
                 let f = ctx.file(id, size)?;
                 for (at, n) in unshadowed(ctx, key, seq, *off, end - off) {
+                    ctx.note_undo(&f, id, at, n)?;
                     data::zero_range(&f, at, n)?;
                 }
             }
@@ -1774,6 +1885,10 @@ fn txn_shards(txn: &Transaction) -> Vec<usize> {
     v
 }
 
+/// More files than this to sync at a commit take one `syncfs` instead of a
+/// `fdatasync` (and a device cache flush) each.
+const SYNCFS_FILES: usize = 16;
+
 /// Journal room an in-place transaction's record is allowed, on top of its
 /// data, when its space is checked before the data goes in place.
 const IN_PLACE_RECORD_ROOM: u64 = 1 << 20;
@@ -1787,6 +1902,14 @@ enum Direct {
     Place(u64),
     /// Into the object's own file, before the record (`Step::InPlace`).
     InPlace,
+}
+
+/// An in-place write's file, and whether its bytes are synced before the
+/// record (else by the next commit). See [`Inner::in_place`].
+#[derive(Clone, Copy)]
+struct InPlace {
+    id: u64,
+    sync_now: bool,
 }
 
 /// What a transaction's large writes did before its record, by step index.
@@ -1877,7 +2000,12 @@ impl Inner {
     /// writes, and the queue does not refuse the transaction for space after.
     /// A `close` racing the write refuses it with the bytes in place, as a
     /// crash would leave them.
-    fn in_place(&self, txn: &Transaction, op: &TxOp) -> Option<u64> {
+    ///
+    /// Also whether the bytes must be synced before the record: only when
+    /// a journaled `Write` or `Zero` that replay may still apply wrote to
+    /// the file (see [`ReplayedFiles::bytes`]). Otherwise the next commit
+    /// syncs them, before the journal.
+    fn in_place(&self, txn: &Transaction, op: &TxOp) -> Option<InPlace> {
         let TxOp::Write { key, off, data } = op else {
             return None;
         };
@@ -1908,14 +2036,19 @@ impl Inner {
         if off.checked_add(len).is_none_or(|end| end > size) {
             return None;
         }
-        if self.replayed_files.lock().contains_key(&id) {
+        let files = self.replayed_files.lock();
+        if files.cut_or_read.contains_key(&id) {
             // A checkpoint clears the file for the writes after this one
             // (the journal barely grows while writes go in place, so size
             // alone would not bring one).
+            drop(files);
             self.request_checkpoint();
             return None;
         }
-        Some(id)
+        Some(InPlace {
+            id,
+            sync_now: files.bytes.contains_key(&id),
+        })
     }
 
     /// Write each direct-path step's data before the record: to a new file
@@ -1961,13 +2094,13 @@ impl Inner {
             // now: past this point nothing may refuse the transaction (the
             // queue skips its space check for it), and an open store.
             let written = match self.in_place(txn, op) {
-                Some(id)
+                Some(to)
                     if !self.closed.load(Ordering::Acquire)
                         && self
                             .claim_space(data.len() as u64 + IN_PLACE_RECORD_ROOM)
                             .is_ok() =>
                 {
-                    self.overwrite_in_place(key, id, *off, data)?
+                    self.overwrite_in_place(key, to, *off, data)?
                 }
                 _ => false,
             };
@@ -1981,30 +2114,57 @@ impl Inner {
         Ok(placed)
     }
 
-    /// Write `data` at `off` of data file `id` and `fdatasync` it. False
-    /// when the file is not there (a hole-only object): the write is
-    /// journaled instead. An I/O error fails the store: the file may hold
-    /// part of the bytes, which no record describes.
+    /// Tests: note what a write to `[off, off + len)` of file `id` replaces.
+    fn note_undo(&self, f: &File, id: u64, off: u64, len: u64) -> io::Result<()> {
+        match &self.undo {
+            Some(u) => u.lock().before_write(f, id, off, len),
+            None => Ok(()),
+        }
+    }
+
+    /// Write `data` at `off` of data file `to.id`, and `fdatasync` it or
+    /// leave that to the next commit (`to.sync_now`). False when the file is
+    /// not there (a hole-only object): the write is journaled instead. An
+    /// I/O error fails the store: the file may hold part of the bytes, which
+    /// no record describes.
     ///
     /// The object's shard is held while the bytes are copied (readers see
     /// all of them or none), not while they are synced.
     fn overwrite_in_place(
         &self,
         key: &ObjectKey,
-        id: u64,
+        to: InPlace,
         off: u64,
         data: &[u8],
     ) -> StoreResult<bool> {
-        let path = obj_path(&self.root, id);
-        let res = self.fds.get(&self.root, id, false).and_then(|f| match f {
-            Some(f) => {
-                let shard = self.shards[shard_of(key)].write();
-                let w = data::write_in_pieces(&f, data, off);
-                drop(shard);
-                w.and_then(|()| f.sync_data()).map(|()| true)
-            }
-            None => Ok(false),
-        });
+        let path = obj_path(&self.root, to.id);
+        let res = self
+            .fds
+            .get(&self.root, to.id, false)
+            .and_then(|f| match f {
+                Some(f) => {
+                    let shard = self.shards[shard_of(key)].write();
+                    let w = self
+                        .note_undo(&f, to.id, off, data.len() as u64)
+                        .and_then(|()| data::write_in_pieces(&f, data, off));
+                    if w.is_ok() && !to.sync_now {
+                        // Before the record is written: a commit that covers
+                        // the record sees the file.
+                        self.unsynced.lock().add(to.id, &f);
+                    }
+                    drop(shard);
+                    w?;
+                    if to.sync_now {
+                        let stamp = self.undo.as_ref().map(|u| u.lock().stamp());
+                        f.sync_data()?;
+                        if let (Some(u), Some(stamp)) = (&self.undo, stamp) {
+                            u.lock().synced(to.id, stamp);
+                        }
+                    }
+                    Ok(true)
+                }
+                None => Ok(false),
+            });
         res.map_err(|e| {
             let why = format!("writing {} in place: {e}", path.display());
             self.fail(why.clone());
@@ -2120,6 +2280,7 @@ impl Inner {
                 doomed: Vec::new(),
                 fds: Some(&self.fds),
                 shadows: None,
+                undo: self.undo.as_ref(),
             };
             let marks = self.replay_marks(&steps);
             let r = apply_txn(&mut ctx, &self.meta, seq, &steps);
@@ -2155,7 +2316,8 @@ impl Inner {
     /// `Truncate`, `Place`, `Clone` (either side), `Remove` or `Touch` names
     /// or whose collection a step creates or removes (any of which may
     /// change the size replay finds for a later step of the transaction).
-    fn replay_marks<'a>(&self, steps: &'a [Step]) -> Vec<&'a ObjectKey> {
+    /// And those a journaled `Write` or `Zero` writes to.
+    fn replay_marks<'a>(&self, steps: &'a [Step]) -> ReplayMarks<'a> {
         let m = self.meta.read();
         let colls: Vec<CollId> = steps
             .iter()
@@ -2164,34 +2326,46 @@ impl Inner {
                 _ => None,
             })
             .collect();
-        let mut marks = Vec::new();
+        let mut marks = ReplayMarks::default();
         for step in steps {
             match step {
                 Step::Op(TxOp::Write { key, off, data }) => {
                     let grows = m.get(key).is_none_or(|o| off + data.len() as u64 > o.size);
                     if grows || colls.contains(&key.coll) {
-                        marks.push(key);
+                        marks.cut_or_read.push(key);
                     }
+                    marks.bytes.push(key);
                 }
+                Step::Op(TxOp::Zero { key, .. }) => marks.bytes.push(key),
                 Step::Op(TxOp::Truncate { key, .. } | TxOp::Remove(key) | TxOp::Touch(key))
-                | Step::Place { key, .. } => marks.push(key),
-                Step::Op(TxOp::Clone { from, to }) => marks.extend([from, to]),
+                | Step::Place { key, .. } => marks.cut_or_read.push(key),
+                Step::Op(TxOp::Clone { from, to }) => marks.cut_or_read.extend([from, to]),
                 _ => {}
             }
         }
         marks
     }
 
-    /// Record the files of `marks` (from [`Inner::replay_marks`]) as ones
-    /// replay of record `seq` may cut or read (see `replayed_files`), by
-    /// their ids after the apply.
-    fn note_replayed_files(&self, seq: u64, marks: &[&ObjectKey]) {
+    /// Record the files of `marks` (from [`Inner::replay_marks`]) in
+    /// [`ReplayedFiles`] for record `seq`, by their ids after the apply.
+    fn note_replayed_files(&self, seq: u64, marks: &ReplayMarks) {
         let m = self.meta.read();
         let mut files = self.replayed_files.lock();
-        for id in marks.iter().filter_map(|k| m.get(k)).map(|o| o.id) {
-            files.insert(id, seq);
+        let id = |k: &&ObjectKey| m.get(k).map(|o| o.id);
+        for id in marks.cut_or_read.iter().filter_map(id) {
+            files.cut_or_read.insert(id, seq);
+        }
+        for id in marks.bytes.iter().filter_map(id) {
+            files.bytes.insert(id, seq);
         }
     }
+}
+
+/// The objects of a transaction's steps whose files go in [`ReplayedFiles`].
+#[derive(Default)]
+struct ReplayMarks<'a> {
+    cut_or_read: Vec<&'a ObjectKey>,
+    bytes: Vec<&'a ObjectKey>,
 }
 
 /// Steps that must not reach the object files before their record is
@@ -2376,3 +2550,4 @@ mod model_tests;
 mod shadow;
 #[cfg(test)]
 mod tests;
+mod unsynced;

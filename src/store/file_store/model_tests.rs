@@ -46,6 +46,16 @@ struct Model {
 }
 
 impl Model {
+    /// Byte `pos` of object `k`, if it has one.
+    fn byte(&self, k: &ObjectKey, pos: usize) -> Option<u8> {
+        let o = self
+            .colls
+            .get(&k.coll)?
+            .objects
+            .get(&(k.name.clone(), k.snap))?;
+        o.data.get(pos).copied()
+    }
+
     /// Whether every step names a collection that exists at that point.
     fn accepts(&self, txn: &Transaction) -> bool {
         let mut colls: Vec<CollId> = self.colls.keys().copied().collect();
@@ -169,7 +179,7 @@ impl Model {
 
 /// Compare everything the store exposes with the model.
 fn check(s: &FileStore, m: &Model) {
-    check_allowing(s, m, &[]);
+    check_allowing(s, m, &|_, _, _| false);
 }
 
 /// Whether byte `pos` of `k` may read `got` because one of the `lost`
@@ -188,8 +198,9 @@ fn lost_byte(lost: &[Transaction], k: &ObjectKey, pos: usize, got: u8) -> bool {
     })
 }
 
-/// [`check`], except that data bytes may also hold what `lost` wrote.
-fn check_allowing(s: &FileStore, m: &Model, lost: &[Transaction]) {
+/// [`check`], except that data byte `pos` of object `k` may also read
+/// `got` where `may_hold(k, pos, got)`.
+fn check_allowing(s: &FileStore, m: &Model, may_hold: &dyn Fn(&ObjectKey, usize, u8) -> bool) {
     assert_eq!(
         s.list_collections(),
         m.colls.keys().copied().collect::<Vec<_>>()
@@ -219,7 +230,7 @@ fn check_allowing(s: &FileStore, m: &Model, lost: &[Transaction]) {
             let got = s.read(k, 0, u64::MAX).unwrap();
             assert_eq!(got.len(), o.data.len(), "read length of {k:?}");
             if let Some(pos) =
-                (0..got.len()).find(|&i| got[i] != o.data[i] && !lost_byte(lost, k, i, got[i]))
+                (0..got.len()).find(|&i| got[i] != o.data[i] && !may_hold(k, i, got[i]))
             {
                 panic!(
                     "data of {k:?} differs at byte {pos}: {} where the model has {}",
@@ -363,6 +374,9 @@ enum Step {
     Reopen,
     /// Power loss: the journal loses everything after its last sync.
     PowerLoss,
+    /// Power loss: the journal keeps everything, the object files lose
+    /// every byte written since their last sync.
+    PowerLossLosingData,
     /// Wait until everything applied is committed.
     Commit,
 }
@@ -376,6 +390,7 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         1 => Just(Step::SyncThenCrash),
         1 => Just(Step::Reopen),
         2 => Just(Step::PowerLoss),
+        2 => Just(Step::PowerLossLosingData),
         1 => Just(Step::Commit),
     ]
 }
@@ -445,9 +460,44 @@ impl Harness {
             .filter(|e| e.0 > kept)
             .map(|e| e.2.clone())
             .collect();
-        check_allowing(&self.store, &state, &lost);
-        // The lost bytes that did land stay: from now on the model has them.
+        check_allowing(&self.store, &state, &|k, pos, got| {
+            lost_byte(&lost, k, pos, got)
+        });
         self.model = state;
+        self.take_data_as_found();
+    }
+
+    /// Power loss that keeps the whole journal but takes back every byte
+    /// the object files were not synced with: every applied transaction
+    /// survives, and each data byte reads as some state since the last
+    /// commit has it. A committed byte never goes back to an older value
+    /// (replay must not skip a journaled write for an in-place one whose
+    /// bytes were lost).
+    fn power_loss_losing_data(&mut self) {
+        let committed = self.store.inner.progress.lock().committed;
+        let last = self.since.last().map_or(self.base.0, |e| e.0);
+        let mut states: Vec<Model> = Vec::new();
+        if self.base.0 >= committed {
+            states.push(self.base.1.clone());
+        }
+        states.extend(
+            self.since
+                .iter()
+                .filter(|e| e.0 >= committed)
+                .map(|e| e.1.clone()),
+        );
+        self.store.crash_losing_unsynced_data().unwrap();
+        self.reopen();
+        assert_eq!(self.store.applied_seq(), last, "the whole journal was kept");
+        check_allowing(&self.store, &self.model, &|k, pos, got| {
+            states.iter().any(|m| m.byte(k, pos) == Some(got))
+        });
+        self.take_data_as_found();
+    }
+
+    /// After a power loss: the model takes the objects' bytes as read (lost
+    /// bytes that did land stay), and all of it is durable now.
+    fn take_data_as_found(&mut self) {
         for (c, mc) in &mut self.model.colls {
             for ((name, snap), o) in &mut mc.objects {
                 let k = ObjectKey {
@@ -527,6 +577,7 @@ impl Harness {
                 self.all_durable();
             }
             Step::PowerLoss => return self.power_loss(),
+            Step::PowerLossLosingData => return self.power_loss_losing_data(),
             Step::Commit => {
                 self.store.wait_committed().unwrap();
                 self.all_durable();
@@ -550,6 +601,7 @@ proptest! {
         let cfg = StoreConfig {
             journal_max_bytes: journal_max,
             direct_write_min,
+            undo_unsynced: true,
             ..StoreConfig::default()
         };
         let store = FileStore::open(dir.path(), cfg.clone()).unwrap();

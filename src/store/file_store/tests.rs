@@ -1356,6 +1356,87 @@ fn test_large_overwrite_after_a_growing_journaled_write_is_journaled_until_a_che
     assert!(read_all(&s, "o") == want, "content after replay differs");
 }
 
+/// [`checkpointed_64k_object`], noting what unsynced writes replace.
+fn checkpointed_64k_object_with_undo() -> (tempfile::TempDir, Arc<FileStore>, StoreConfig) {
+    let cfg = StoreConfig {
+        direct_write_min: 4096,
+        undo_unsynced: true,
+        ..StoreConfig::default()
+    };
+    let (d, s) = new_store_with(cfg.clone());
+    run(&s, vec![write("o", 0, &[1u8; 65536])]).unwrap();
+    s.sync().unwrap();
+    (d, s, cfg)
+}
+
+/// The store after a power loss that kept its whole journal but no
+/// unsynced byte of its object files, opened again.
+fn data_lost_and_reopened(s: &FileStore, dir: &Path, cfg: StoreConfig) -> Arc<FileStore> {
+    s.crash_losing_unsynced_data().unwrap();
+    FileStore::open(dir, cfg).unwrap()
+}
+
+#[test]
+fn test_unflushed_in_place_write_is_not_synced_and_a_power_loss_may_take_it_back() {
+    // Arrange
+    let (d, s, cfg) = checkpointed_64k_object_with_undo();
+
+    // Act: a large overwrite (in place), never flushed; then a power loss
+    // that keeps the journal and loses what the file was not synced with.
+    let n = journaled(&s, vec![write("o", 0, &[3u8; 8192])]);
+    let s = data_lost_and_reopened(&s, d.path(), cfg);
+
+    // Assert: it went in place without a sync (its sync waits for a
+    // commit), so it is gone; the store opens with the object as before.
+    assert!(n < 200, "the overwrite took {n} journal bytes");
+    assert!(
+        read_all(&s, "o") == vec![1u8; 65536],
+        "an unsynced in-place write survived the loss of its bytes"
+    );
+}
+
+#[test]
+fn test_commit_makes_in_place_writes_durable() {
+    // Arrange
+    let (d, s, cfg) = checkpointed_64k_object_with_undo();
+
+    // Act: a large overwrite (in place), committed; then a power loss.
+    let n = journaled(&s, vec![write("o", 0, &[3u8; 8192])]);
+    s.wait_committed().unwrap();
+    let s = data_lost_and_reopened(&s, d.path(), cfg);
+
+    // Assert
+    assert!(n < 200, "the overwrite took {n} journal bytes");
+    let mut want = vec![1u8; 65536];
+    want[..8192].fill(3);
+    assert!(read_all(&s, "o") == want, "a committed write was lost");
+}
+
+#[test]
+fn test_in_place_write_over_committed_journaled_bytes_is_synced_before_its_record() {
+    // Arrange: a small (journaled) overwrite, committed: its bytes are
+    // durable in the journal only.
+    let (d, s, cfg) = checkpointed_64k_object_with_undo();
+    run(&s, vec![write("o", 100, &[2u8; 200])]).unwrap();
+    s.wait_committed().unwrap();
+
+    // Act: a large overwrite covering it (in place), not flushed; then a
+    // power loss that keeps its record but loses unsynced file bytes.
+    let n = journaled(&s, vec![write("o", 0, &[3u8; 8192])]);
+    let s = data_lost_and_reopened(&s, d.path(), cfg);
+
+    // Assert: replay skips the small write's bytes under the large one,
+    // so the large one's bytes must have been synced before its record:
+    // else the committed small write would read as the bytes before it.
+    assert!(n < 200, "the overwrite took {n} journal bytes");
+    let mut want = vec![1u8; 65536];
+    want[..8192].fill(3);
+    assert!(
+        read_all(&s, "o") == want,
+        "a committed write went back to older bytes"
+    );
+}
+
 #[test]
 fn test_large_overwrite_without_room_is_refused_and_changes_nothing() {
     // Arrange: a checkpointed 64 KiB object (eligible to be overwritten in
