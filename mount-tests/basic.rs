@@ -241,10 +241,11 @@ fn test_second_sigterm_after_a_lazy_unmount_flushes_and_exits() {
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(w.daemon_pid(), libc::SIGTERM) }, 0);
 
-    // Assert: it flushes and exits 0 while the file is still open, whose
-    // I/O fails from then on; the tmpfs stays; the store opens and holds
-    // the write.
+    // Assert: it flushes, closes the store cleanly and exits 0 while the
+    // file is still open, whose I/O fails from then on; the tmpfs stays;
+    // the store opens and holds the write.
     w.wait_daemon_exit();
+    assert!(w.log().contains("closed cleanly"), "{}", w.log());
     let mut back = vec![0u8; 4096];
     assert!(held.read_exact_at(&mut back, 0).is_err());
     let top = rbdfs::fuse::mountinfo::top_mount_at(&mnt).expect("a mount at the path");

@@ -433,7 +433,8 @@ fn serve(
         }
     };
     if let Some((mut int, mut term)) = signals {
-        let (own, fs) = (own.clone(), fs.clone());
+        let (own, fs, cluster) = (own.clone(), fs.clone(), st.cluster().clone());
+        let store_text = store_dir.display().to_string();
         rt.spawn(async move {
             let mnt_text = own.path.display().to_string();
             let mut refused = false;
@@ -455,14 +456,28 @@ fn serve(
                         continue;
                     }
                     Some(false) => {
-                        log::warn!("second signal: flushing every image and exiting");
-                        let code = match fs.flush_all().await {
-                            Ok(()) => 0,
-                            Err(e) => {
-                                log::error!("flush before exit failed: {e}");
-                                1
+                        // The session cannot be ended from here (the detached
+                        // mount's requests keep coming), so the store is
+                        // closed under it: what still comes fails.
+                        log::warn!(
+                            "second signal: flushing every image, closing the store, exiting"
+                        );
+                        fs.jobs()
+                            .cancel_all(std::time::Duration::from_secs(30))
+                            .await;
+                        let mut code = 0;
+                        if let Err(e) = fs.flush_all().await {
+                            log::error!("flush before exit failed: {e}");
+                            code = 1;
+                        }
+                        let c = cluster.clone();
+                        match tokio::task::spawn_blocking(move || c.shutdown()).await {
+                            Ok(Ok(())) => log::info!("store {store_text} closed cleanly"),
+                            r => {
+                                log::error!("closing the store failed: {r:?}");
+                                code = 1;
                             }
-                        };
+                        }
                         std::process::exit(code);
                     }
                     Some(true) => {}
