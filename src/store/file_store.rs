@@ -108,7 +108,7 @@ use super::{
 };
 use crate::sync::{Arc, AtomicBool, AtomicU64, Condvar, Mutex, Ordering, RwLock};
 use shadow::Shadows;
-use unsynced::{UndoLog, UnsyncedFiles};
+use unsynced::{UndoLog, UnsyncedFiles, noted, undo_of};
 
 const SUPERBLOCK: &str = "superblock";
 const LOCK: &str = "lock";
@@ -1214,6 +1214,9 @@ impl Inner {
             *self.synced_end.lock() = (j.start(), j.bytes());
             b
         };
+        // The records below the boundary are durable; the bytes of those
+        // made in place, once these are synced (the syncfs below is later).
+        self.sync_in_place_writes()?;
         self.complete_commits(boundary - 1);
         self.wait_applied_seq(boundary - 1)?;
         let (snap, seq, doomed) = {
@@ -1490,14 +1493,6 @@ struct ApplyCtx<'a> {
 }
 
 impl ApplyCtx<'_> {
-    /// Tests: note what a write to `[off, off + len)` of file `id` replaces.
-    fn note_undo(&self, f: &File, id: u64, off: u64, len: u64) -> io::Result<()> {
-        match self.undo {
-            Some(u) => u.lock().before_write(f, id, off, len),
-            None => Ok(()),
-        }
-    }
-
     /// Open (creating) object `id`'s data file, whose object is `size` bytes.
     ///
     /// Why replay converges: after a crash a data file holds any subset of
@@ -1745,8 +1740,9 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &RwLock<MetaTable>, seq: u64, op: &TxOp) -
             } else {
                 for (at, n) in unshadowed(ctx, key, seq, *off, data.len() as u64) {
                     let from = (at - off) as usize;
-                    ctx.note_undo(&f, id, at, n)?;
+                    let undo = undo_of(ctx.undo, &f, id, at, n)?;
                     data::write_in_pieces(&f, &data[from..from + n as usize], at)?;
+                    noted(ctx.undo, undo);
                 }
             }
         }
@@ -1758,8 +1754,9 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &RwLock<MetaTable>, seq: u64, op: &TxOp) -
             if *off < end {
                 let f = ctx.file(id, size)?;
                 for (at, n) in unshadowed(ctx, key, seq, *off, end - off) {
-                    ctx.note_undo(&f, id, at, n)?;
+                    let undo = undo_of(ctx.undo, &f, id, at, n)?;
                     data::zero_range(&f, at, n)?;
+                    noted(ctx.undo, undo);
                 }
             }
         }
@@ -2114,14 +2111,6 @@ impl Inner {
         Ok(placed)
     }
 
-    /// Tests: note what a write to `[off, off + len)` of file `id` replaces.
-    fn note_undo(&self, f: &File, id: u64, off: u64, len: u64) -> io::Result<()> {
-        match &self.undo {
-            Some(u) => u.lock().before_write(f, id, off, len),
-            None => Ok(()),
-        }
-    }
-
     /// Write `data` at `off` of data file `to.id`, and `fdatasync` it or
     /// leave that to the next commit (`to.sync_now`). False when the file is
     /// not there (a hole-only object): the write is journaled instead. An
@@ -2144,9 +2133,12 @@ impl Inner {
             .and_then(|f| match f {
                 Some(f) => {
                     let shard = self.shards[shard_of(key)].write();
-                    let w = self
-                        .note_undo(&f, to.id, off, data.len() as u64)
-                        .and_then(|()| data::write_in_pieces(&f, data, off));
+                    let undo = self.undo.as_ref();
+                    let w = undo_of(undo, &f, to.id, off, data.len() as u64).and_then(|u| {
+                        data::write_in_pieces(&f, data, off)?;
+                        noted(undo, u);
+                        Ok(())
+                    });
                     if w.is_ok() && !to.sync_now {
                         // Before the record is written: a commit that covers
                         // the record sees the file.

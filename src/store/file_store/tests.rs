@@ -1356,11 +1356,13 @@ fn test_large_overwrite_after_a_growing_journaled_write_is_journaled_until_a_che
     assert!(read_all(&s, "o") == want, "content after replay differs");
 }
 
-/// [`checkpointed_64k_object`], noting what unsynced writes replace.
+/// [`checkpointed_64k_object`], noting what unsynced writes replace, with
+/// nothing committed unless the test asks.
 fn checkpointed_64k_object_with_undo() -> (tempfile::TempDir, Arc<FileStore>, StoreConfig) {
     let cfg = StoreConfig {
         direct_write_min: 4096,
         undo_unsynced: true,
+        commit_interval: Duration::from_secs(3600),
         ..StoreConfig::default()
     };
     let (d, s) = new_store_with(cfg.clone());
@@ -1410,6 +1412,35 @@ fn test_commit_makes_in_place_writes_durable() {
     let mut want = vec![1u8; 65536];
     want[..8192].fill(3);
     assert!(read_all(&s, "o") == want, "a committed write was lost");
+}
+
+#[test]
+fn test_checkpoint_syncs_in_place_writes_before_it_reports_their_records_durable() {
+    // Arrange: a large overwrite (in place, not synced), whose commit
+    // callback counts the writes still unsynced when it runs.
+    let (_d, s, _cfg) = checkpointed_64k_object_with_undo();
+    let (tx, rx) = channel();
+    let inner = s.inner.clone();
+    s.queue_transaction(
+        Transaction::from(vec![write("o", 0, &[3u8; 8192])]),
+        Box::new(move |r| {
+            let unsynced = inner.undo.as_ref().unwrap().lock().len();
+            tx.send((r, unsynced)).unwrap();
+        }),
+        nop(),
+    )
+    .unwrap();
+
+    // Act: a checkpoint, which makes the record durable first.
+    s.sync().unwrap();
+
+    // Assert
+    let (r, unsynced) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    r.unwrap();
+    assert_eq!(
+        unsynced, 0,
+        "a record was reported durable before its bytes"
+    );
 }
 
 #[test]

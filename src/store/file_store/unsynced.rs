@@ -14,7 +14,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::sync::Arc;
+use crate::sync::{Arc, Mutex};
 
 use super::data::obj_path;
 
@@ -60,11 +60,49 @@ impl UnsyncedFiles {
 }
 
 /// One write's undo: the bytes file `id` held at `off` before it.
-struct Undo {
+pub(super) struct Undo {
     stamp: u64,
     id: u64,
     off: u64,
     old: Vec<u8>,
+}
+
+/// What a write to `[off, off + len)` of file `id` will replace (the part
+/// inside the file), when `log` is kept; [`noted`] once the write is done.
+pub(super) fn undo_of(
+    log: Option<&Mutex<UndoLog>>,
+    f: &File,
+    id: u64,
+    off: u64,
+    len: u64,
+) -> io::Result<Option<Undo>> {
+    if log.is_none() {
+        return Ok(None);
+    }
+    let end = (off + len).min(f.metadata()?.len());
+    if end <= off {
+        return Ok(None);
+    }
+    let mut old = vec![0; (end - off) as usize];
+    f.read_exact_at(&mut old, off)?;
+    Ok(Some(Undo {
+        stamp: 0,
+        id,
+        off,
+        old,
+    }))
+}
+
+/// Note `undo` (from [`undo_of`]) in `log`, after its write: stamped later
+/// than any sync that began before the write was done, which so cannot
+/// count it as synced.
+pub(super) fn noted(log: Option<&Mutex<UndoLog>>, undo: Option<Undo>) {
+    if let (Some(log), Some(mut u)) = (log, undo) {
+        let mut log = log.lock();
+        log.next += 1;
+        u.stamp = log.next;
+        log.undo.push(u);
+    }
 }
 
 /// What unsynced writes to object files replaced, oldest first (tests).
@@ -75,27 +113,14 @@ pub(super) struct UndoLog {
 }
 
 impl UndoLog {
-    /// Note the bytes of `[off, off + len)` of file `id` (those inside the
-    /// file) before a write there.
-    pub(super) fn before_write(&mut self, f: &File, id: u64, off: u64, len: u64) -> io::Result<()> {
-        let end = (off + len).min(f.metadata()?.len());
-        if end <= off {
-            return Ok(());
-        }
-        let mut old = vec![0; (end - off) as usize];
-        f.read_exact_at(&mut old, off)?;
-        self.next += 1;
-        self.undo.push(Undo {
-            stamp: self.next,
-            id,
-            off,
-            old,
-        });
-        Ok(())
-    }
-
     pub(super) fn stamp(&self) -> u64 {
         self.next
+    }
+
+    /// Writes not known durable.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.undo.len()
     }
 
     /// File `id` was synced: its writes up to `stamp` are durable.
