@@ -432,8 +432,12 @@ fn serve(
             }
         }
     };
+    // Set once a second signal closes the store: that task ends the
+    // process, and the session ending meanwhile must not close it again.
+    let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some((mut int, mut term)) = signals {
         let (own, fs, cluster) = (own.clone(), fs.clone(), st.cluster().clone());
+        let closing = closing.clone();
         let store_text = store_dir.display().to_string();
         rt.spawn(async move {
             let mnt_text = own.path.display().to_string();
@@ -462,6 +466,7 @@ fn serve(
                         log::warn!(
                             "second signal: flushing every image, closing the store, exiting"
                         );
+                        closing.store(true, std::sync::atomic::Ordering::SeqCst);
                         fs.jobs()
                             .cancel_all(std::time::Duration::from_secs(30))
                             .await;
@@ -512,6 +517,12 @@ fn serve(
     // A session that ended on its own (an error, an aborted connection)
     // leaves its mount behind, dead: take it away.
     own.detach_if_left();
+    if closing.load(std::sync::atomic::Ordering::SeqCst) {
+        // The signal task is closing the store and exits when done.
+        loop {
+            std::thread::park();
+        }
+    }
     drop(admin);
     rt.block_on(fs.jobs().cancel_all(std::time::Duration::from_secs(30)));
     let flushed = rt.block_on(fs.flush_all());
