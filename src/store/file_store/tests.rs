@@ -1445,10 +1445,23 @@ fn test_checkpoint_syncs_in_place_writes_before_it_reports_their_records_durable
 
 #[test]
 fn test_in_place_write_over_committed_journaled_bytes_is_synced_before_its_record() {
+    in_place_write_over_committed_journaled_step_is_synced_before_its_record(write(
+        "o",
+        100,
+        &[2u8; 200],
+    ));
+}
+
+#[test]
+fn test_in_place_write_over_a_committed_journaled_zero_is_synced_before_its_record() {
+    in_place_write_over_committed_journaled_step_is_synced_before_its_record(zero("o", 100, 200));
+}
+
+fn in_place_write_over_committed_journaled_step_is_synced_before_its_record(small: TxOp) {
     // Arrange: a small (journaled) overwrite, committed: its bytes are
     // durable in the journal only.
     let (d, s, cfg) = checkpointed_64k_object_with_undo();
-    run(&s, vec![write("o", 100, &[2u8; 200])]).unwrap();
+    run(&s, vec![small]).unwrap();
     s.wait_committed().unwrap();
 
     // Act: a large overwrite covering it (in place), not flushed; then a
