@@ -108,6 +108,7 @@ fn child_process_entry() {
     let cfg = StoreConfig {
         journal_max_bytes: JOURNAL_MAX,
         direct_write_min: 2048,
+        in_place_min: 2048,
         ..StoreConfig::default()
     };
     let store = FileStore::open(Path::new(&dir), cfg).expect("child opens the store");

@@ -129,10 +129,14 @@ pub struct StoreConfig {
     pub min_free_bytes: u64,
     /// Use this instead of the file system's available bytes (tests).
     pub fake_available_bytes: Option<u64>,
-    /// A `Write` of at least this many bytes does not go through the
-    /// journal: at offset 0 it goes straight to a new data file, inside the
-    /// object into its file (see `Inner::in_place`); 0 turns this off.
+    /// A `Write` at offset 0 of at least this many bytes goes straight to a
+    /// new data file instead of through the journal (synced, with its
+    /// directory, before the record); 0 turns this off.
     pub direct_write_min: u64,
+    /// An overwrite of at least this many bytes inside an object goes into
+    /// its file instead of through the journal (see `Inner::in_place`); 0
+    /// turns this off.
+    pub in_place_min: u64,
     /// The syncer commits applied transactions at least this often, when
     /// nobody asks sooner (a flush, `wait_committed`): the most a power loss
     /// can take of writes that nobody flushed.
@@ -148,7 +152,11 @@ impl Default for StoreConfig {
             journal_max_bytes: 64 << 20,
             min_free_bytes: 64 << 20,
             fake_available_bytes: None,
-            direct_write_min: 128 << 10,
+            direct_write_min: 512 << 10,
+            // The loop device's 512 KiB requests straddle 512 KiB
+            // boundaries inside objects: pieces just under 512 KiB are
+            // common.
+            in_place_min: 128 << 10,
             commit_interval: Duration::from_secs(1),
             undo_unsynced: false,
         }
@@ -1977,7 +1985,7 @@ impl Inner {
 
     /// Whether write `op` of `txn` may overwrite its object's file in place
     /// before the record (`Step::InPlace`), and the file's id. Only:
-    /// - a large write (`direct_write_min`) inside the object's size, into
+    /// - a large write (`in_place_min`) inside the object's size, into
     ///   an existing file: nothing grows, so no replay's cut past the size
     ///   can take those bytes;
     /// - into a file whose size no record since the last checkpoint changed
@@ -2007,7 +2015,7 @@ impl Inner {
             return None;
         };
         let len = data.len() as u64;
-        if self.cfg.direct_write_min == 0 || len < self.cfg.direct_write_min || txn.commit_first {
+        if self.cfg.in_place_min == 0 || len < self.cfg.in_place_min || txn.commit_first {
             return None;
         }
         // Metadata of the object's own collection, which exists (the

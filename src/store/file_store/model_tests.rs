@@ -594,6 +594,7 @@ proptest! {
     fn test_filestore_matches_model_across_crashes(
         journal_max in prop_oneof![Just(2048u64), Just(32 << 10), Just(64 << 20)],
         direct_write_min in prop_oneof![Just(0u64), Just(1024), Just(4096)],
+        in_place_min in prop_oneof![Just(0u64), Just(1024), Just(4096)],
         steps in proptest::collection::vec(step_strategy(), 1..40),
     ) {
         let dir = super::tests::scratch_dir();
@@ -601,6 +602,7 @@ proptest! {
         let cfg = StoreConfig {
             journal_max_bytes: journal_max,
             direct_write_min,
+            in_place_min,
             undo_unsynced: true,
             ..StoreConfig::default()
         };

@@ -1063,6 +1063,7 @@ fn data_files(root: &Path) -> BTreeSet<u64> {
 fn direct_cfg() -> StoreConfig {
     StoreConfig {
         direct_write_min: 1024,
+        in_place_min: 1024,
         ..StoreConfig::default()
     }
 }
@@ -1273,6 +1274,7 @@ fn journal_len(s: &FileStore) -> u64 {
 fn store_with_64k_object() -> (tempfile::TempDir, Arc<FileStore>, StoreConfig) {
     let cfg = StoreConfig {
         direct_write_min: 4096,
+        in_place_min: 4096,
         ..StoreConfig::default()
     };
     let (d, s) = new_store_with(cfg.clone());
@@ -1361,6 +1363,7 @@ fn test_large_overwrite_after_a_growing_journaled_write_is_journaled_until_a_che
 fn checkpointed_64k_object_with_undo() -> (tempfile::TempDir, Arc<FileStore>, StoreConfig) {
     let cfg = StoreConfig {
         direct_write_min: 4096,
+        in_place_min: 4096,
         undo_unsynced: true,
         commit_interval: Duration::from_secs(3600),
         ..StoreConfig::default()
@@ -1519,6 +1522,7 @@ fn test_cached_read_is_none_until_the_bytes_are_in_the_page_cache() {
     FileStore::mkfs(dir.path()).unwrap();
     let cfg = StoreConfig {
         direct_write_min: 4096,
+        in_place_min: 4096,
         ..StoreConfig::default()
     };
     let s = FileStore::open(dir.path(), cfg).unwrap();
