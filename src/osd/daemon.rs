@@ -195,11 +195,14 @@ impl Osd {
         self.peers.read().get(id as usize)?.upgrade()
     }
 
-    /// Queue an event for a PG of this OSD. A stopped OSD drops it (dropping
+    /// Queue an event for a PG of this OSD. From inside a handler (a
+    /// replica op, its reply), an idle PG is claimed by the calling thread
+    /// instead, which runs the event once it leaves its handler
+    /// ([`ShardedOpQueue::enqueue_here`]). A stopped OSD drops it (dropping
     /// a client reply answers `ShuttingDown`).
     pub fn enqueue(&self, pg: PgId, ev: PgEvent) {
         if let Some(q) = self.queue.get() {
-            if q.enqueue(pg, ev).is_err() {
+            if q.enqueue_here(pg, ev).is_err() {
                 log::debug!("osd.{}: dropped an event for {pg:?}: stopping", self.id);
             }
         }

@@ -1530,6 +1530,9 @@ fn test_cached_read_is_none_until_the_bytes_are_in_the_page_cache() {
     let data: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
     run(&s, vec![write("o", 0, &data)]).unwrap();
     let f = std::fs::File::open(s.object_file(&key("o")).unwrap()).unwrap();
+    // Written back, so the advice below drops the pages (it only starts
+    // the writeback of dirty ones, and keeps them).
+    f.sync_data().unwrap();
 
     // Act / Assert: with its pages dropped, a cached read says it would
     // wait rather than block. The kernel starts the disk read before it
