@@ -427,3 +427,69 @@ fn test_direct_and_cached_opens_of_an_image_see_each_others_writes() {
         "a direct read misses a cached open's write"
     );
 }
+
+#[test]
+fn test_cli_resize_grows_a_loop_attached_ext4_at_once() {
+    // Arrange: ext4 on a 256 MiB image, attached and mounted, with a file.
+    let mut w = World::new();
+    let vm = w.path("rbd/vm");
+    std::fs::File::create(&vm)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let (dev, at) = w.ext4_on(&vm, "fs", &["--direct-io=on"]);
+    std::fs::write(at.join("f"), pattern(3, 1 << 20)).unwrap();
+    // The kernel holds the image's size now (for the 1 s attribute TTL).
+    assert_eq!(std::fs::metadata(&vm).unwrap().len(), 256 << 20);
+
+    // Act: grow it with the CLI while mounted, then as a user grows a VM's
+    // disk: tell the loop device, then the filesystem. Nothing reads the
+    // image file's size in between (`losetup -c` takes the kernel's).
+    // (Offline: this machine refuses ext4's online resize ioctl.)
+    w.cli(&["resize", "rbd/vm", "--size", "512M"]);
+    run("losetup", &["-c", &dev]);
+    let dev_size = run("blockdev", &["--getsize64", &dev]);
+    w.umount(&at);
+    w.fsck_clean(&dev);
+    run("resize2fs", &[&dev]);
+    let at = w.mount_dev(&dev, "fs2", &[]);
+
+    // Assert: the device and the filesystem grew, the file is intact, and
+    // the filesystem checks clean.
+    assert_eq!(dev_size.trim(), (512u64 << 20).to_string());
+    assert_eq!(std::fs::metadata(&vm).unwrap().len(), 512 << 20);
+    let df = run("df", &["-B1", "--output=size", at.to_str().unwrap()]);
+    let fs_size: u64 = df.lines().nth(1).unwrap().trim().parse().unwrap();
+    assert!(fs_size > 400 << 20, "ext4 did not grow: {df}");
+    assert!(std::fs::read(at.join("f")).unwrap() == pattern(3, 1 << 20));
+    w.umount(&at);
+    w.fsck_clean(&dev);
+}
+
+#[test]
+fn test_cli_rename_and_remove_while_mounted_show_at_once() {
+    // Arrange: two images, both looked up (the kernel caches their names
+    // for the 1 s entry TTL).
+    let w = World::new();
+    for name in ["a", "b"] {
+        std::fs::File::create(w.path(&format!("rbd/{name}")))
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        assert!(w.path(&format!("rbd/{name}")).exists());
+    }
+
+    // Act
+    w.cli(&["rename", "rbd/a", "rbd/c"]);
+    let a_after_rename = w.path("rbd/a").exists();
+    w.cli(&["rm", "rbd/b"]);
+    let b_after_rm = w.path("rbd/b").exists();
+
+    // Assert: the old names are gone at once, the new one is there.
+    assert!(
+        !a_after_rename,
+        "rbd/a still there after the CLI renamed it"
+    );
+    assert!(!b_after_rm, "rbd/b still there after the CLI removed it");
+    assert_eq!(std::fs::metadata(w.path("rbd/c")).unwrap().len(), 1 << 20);
+}

@@ -131,6 +131,33 @@ impl Command {
             .unwrap_or_default()
     }
 
+    /// Whether the command may change what a mount shows: which images and
+    /// snapshots there are, or their sizes, contents or attributes.
+    pub fn changes_images(&self) -> bool {
+        !matches!(
+            self,
+            Command::PoolLs
+                | Command::Ls { .. }
+                | Command::Info { .. }
+                | Command::SnapLs { .. }
+                | Command::Children { .. }
+                | Command::Du { .. }
+                | Command::Export { .. }
+                | Command::Status { .. }
+                | Command::OsdLs
+                | Command::PgLs
+        )
+    }
+
+    /// The image whose size or bytes the command may change in place, for
+    /// the kernel's view of the open file to be brought up to date.
+    pub fn resized_image(&self) -> Option<&str> {
+        match self {
+            Command::Resize { spec, .. } | Command::SnapRollback { spec } => Some(spec),
+            _ => None,
+        }
+    }
+
     /// The progress label `rbd` uses for this verb, if it reports progress.
     pub fn progress_label(&self) -> Option<&'static str> {
         match self {

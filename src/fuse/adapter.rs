@@ -19,6 +19,7 @@ use fuser::{
 
 use super::errno::FsError;
 use super::fs::{Attr, FsResult, ImageFs, Kind};
+use crate::rbd::ImageSpec;
 use crate::sync::Arc;
 
 /// How long the kernel may cache names and attributes. Short, because the CLI
@@ -46,6 +47,45 @@ impl FuseAdapter {
             fs,
             rt,
             direct_io: false,
+        }
+    }
+}
+
+/// After images changed behind the kernel's back (a CLI command the daemon
+/// ran), drop what it caches for the mount: every name it may hold, so the
+/// next lookup asks again, and every inode's attributes (so `losetup -c`
+/// sees a new size: the loop driver asks for the file's attributes). For
+/// `image` (whose size or bytes the command changed), also the file's cached
+/// bytes, and its attributes are read back at once through `mountpoint`:
+/// older kernels' loop drivers take the size from the inode without asking,
+/// and only a getattr updates it there. Blocks: not on a FUSE thread.
+pub fn refresh_kernel_cache(
+    fs: &ImageFs,
+    notifier: &fuser::Notifier,
+    mountpoint: &Path,
+    image: Option<&ImageSpec>,
+) {
+    // ENOENT: the kernel holds nothing under that name or number.
+    let note = |what: &str, r: std::io::Result<()>| match r {
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+            log::debug!("invalidating {what} in the kernel: {e}")
+        }
+        _ => {}
+    };
+    for c in fs.cached_names() {
+        note(
+            &c.name,
+            notifier.inval_entry(INodeNo(c.parent), OsStr::new(&c.name)),
+        );
+        let changed = image.is_some_and(|i| c.spec.as_ref() == Some(i));
+        // Offset -1: the attributes only; 0 (and length 0): the bytes too.
+        let from = if changed { 0 } else { -1 };
+        note(&c.name, notifier.inval_inode(INodeNo(c.ino), from, 0));
+    }
+    if let Some(i) = image {
+        let path = mountpoint.join(&i.pool).join(&i.image);
+        if let Err(e) = std::fs::metadata(&path) {
+            log::debug!("reading {} back: {e}", path.display());
         }
     }
 }

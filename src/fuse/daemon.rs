@@ -17,10 +17,11 @@ use std::fs::File;
 use std::io::{BufRead, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
-use super::adapter::FuseAdapter;
+use super::adapter::{FuseAdapter, refresh_kernel_cache};
 use super::fs::{FsOptions, ImageFs};
 use super::jobs::Jobs;
 use super::mountinfo;
@@ -29,7 +30,7 @@ use crate::cli::args::MountArgs;
 use crate::cli::command::{self, Command, Ctx};
 use crate::cli::store;
 use crate::rados::BoxFuture;
-use crate::rbd::{Rbd, RbdConfig};
+use crate::rbd::{ImageSpec, Rbd, RbdConfig};
 use crate::sync::Arc;
 
 /// `prctl` option: this process writes back pages for others (a loop device),
@@ -42,6 +43,9 @@ struct Failure(i32, String);
 /// Runs CLI commands that arrive over the admin socket.
 struct AdminHandler {
     ctx: Ctx,
+    /// The mount's kernel side, once mounted: what a command changes is
+    /// dropped from the kernel's caches before its answer.
+    kernel: Arc<OnceLock<(fuser::Notifier, PathBuf)>>,
 }
 
 impl command::Progress for ProgressTx {
@@ -61,10 +65,30 @@ impl Handler for AdminHandler {
             request: Some(id),
             ..self.ctx.clone()
         };
+        let kernel = self.kernel.clone();
         Box::pin(async move {
             let cmd: Command = serde_json::from_value(args)
                 .map_err(|e| (libc::EINVAL, format!("unknown request: {e}")))?;
-            match command::execute(&ctx, &cmd, &progress).await {
+            let done = command::execute(&ctx, &cmd, &progress).await;
+            // Also after a failure, which may have changed something. The
+            // caller sees the change as soon as it has the answer: the names
+            // and sizes the kernel held are asked again.
+            if let (Some(fs), Some((notifier, mnt))) = (ctx.fs.clone(), kernel.get())
+                && cmd.changes_images()
+            {
+                let image = cmd
+                    .resized_image()
+                    .and_then(|s| s.parse::<ImageSpec>().ok())
+                    .map(|s| ImageSpec::new(&s.pool, &s.image));
+                let (notifier, mnt) = (notifier.clone(), mnt.clone());
+                let refreshed = tokio::task::spawn_blocking(move || {
+                    refresh_kernel_cache(&fs, &notifier, &mnt, image.as_ref())
+                });
+                if let Err(e) = refreshed.await {
+                    log::error!("refreshing the kernel's view of the mount: {e}");
+                }
+            }
+            match done {
                 Ok(out) => serde_json::to_value(out).map_err(|e| (libc::EIO, e.to_string())),
                 Err(e) => {
                     log::info!("admin {}: {e}", cmd.verb());
@@ -347,16 +371,19 @@ fn serve(
         request: None,
         cluster: Some(st.cluster().clone()),
     };
+    let kernel = Arc::new(OnceLock::new());
     let admin = {
         let _guard = rt.enter();
-        AdminServer::bind(&store_dir.join(SOCKET_NAME), Arc::new(AdminHandler { ctx })).map_err(
-            |e| {
-                Failure(
-                    e.raw_os_error().unwrap_or(libc::EIO),
-                    format!("admin socket: {e}"),
-                )
-            },
-        )?
+        let handler = AdminHandler {
+            ctx,
+            kernel: kernel.clone(),
+        };
+        AdminServer::bind(&store_dir.join(SOCKET_NAME), Arc::new(handler)).map_err(|e| {
+            Failure(
+                e.raw_os_error().unwrap_or(libc::EIO),
+                format!("admin socket: {e}"),
+            )
+        })?
     };
 
     let mut config = Config::default();
@@ -414,6 +441,7 @@ fn serve(
         (session, OwnMount::new(mnt, false))
     };
     log::info!("mounted {} at {}", store_dir.display(), mnt.display());
+    let _ = kernel.set((session.notifier(), mnt.to_path_buf()));
     let own = Arc::new(own);
 
     // Installed before the mount is reported ready, so that a signal right

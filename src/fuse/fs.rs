@@ -116,6 +116,18 @@ pub struct DirEntry {
     pub name: String,
 }
 
+/// A name the kernel may have cached (a dentry, and its inode's
+/// attributes), as [`ImageFs::cached_names`] lists them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedName {
+    /// Inode number of the directory holding the name.
+    pub parent: u64,
+    pub name: String,
+    pub ino: u64,
+    /// The image or snapshot, for files.
+    pub spec: Option<ImageSpec>,
+}
+
 /// Answer to `statfs`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FsStats {
@@ -283,6 +295,37 @@ impl ImageFs {
 
     pub fn jobs(&self) -> &Arc<Jobs> {
         &self.jobs
+    }
+
+    /// Every name this file system has given an inode number, so every name
+    /// the kernel may hold in its caches (for up to the TTL of its entry and
+    /// attributes), with the directory that holds it. Names removed since
+    /// are among them.
+    pub fn cached_names(&self) -> Vec<CachedName> {
+        let inodes = self.inodes.lock();
+        let pool_ino = |pool: &str| inodes.by_node.get(&Node::Pool(pool.to_string())).copied();
+        let mut names: Vec<CachedName> = inodes
+            .by_ino
+            .iter()
+            .filter_map(|(ino, node)| {
+                let (parent, name) = match node {
+                    Node::Root => return None,
+                    Node::Pool(p) => (ROOT_INO, p.clone()),
+                    Node::Image { pool, image } => (pool_ino(pool)?, image.clone()),
+                    Node::Snap { pool, image, snap } => {
+                        (pool_ino(pool)?, format!("{image}@{snap}"))
+                    }
+                };
+                Some(CachedName {
+                    parent,
+                    name,
+                    ino: *ino,
+                    spec: node.spec(),
+                })
+            })
+            .collect();
+        names.sort_by_key(|n| n.ino);
+        names
     }
 
     fn node(&self, ino: u64) -> FsResult<Node> {
