@@ -451,6 +451,8 @@ fn test_cli_resize_grows_a_loop_attached_ext4_at_once() {
     let dev_size = run("blockdev", &["--getsize64", &dev]);
     w.umount(&at);
     w.fsck_clean(&dev);
+    // resize2fs wants a check newer than the last mount (`-n` records none).
+    run("e2fsck", &["-f", "-y", &dev]);
     run("resize2fs", &[&dev]);
     let at = w.mount_dev(&dev, "fs2", &[]);
 
@@ -468,16 +470,19 @@ fn test_cli_resize_grows_a_loop_attached_ext4_at_once() {
 
 #[test]
 fn test_cli_rename_and_remove_while_mounted_show_at_once() {
-    // Arrange: two images, both looked up (the kernel caches their names
-    // for the 1 s entry TTL).
+    use std::os::fd::AsRawFd;
+    // Arrange: three images, all looked up (the kernel caches their names
+    // for the 1 s entry TTL), two of them open.
     let w = World::new();
-    for name in ["a", "b"] {
+    for name in ["a", "b", "keep"] {
         std::fs::File::create(w.path(&format!("rbd/{name}")))
             .unwrap()
             .set_len(1 << 20)
             .unwrap();
         assert!(w.path(&format!("rbd/{name}")).exists());
     }
+    let open = std::fs::File::open(w.path("rbd/keep")).unwrap();
+    let open_a = std::fs::File::open(w.path("rbd/a")).unwrap();
 
     // Act
     w.cli(&["rename", "rbd/a", "rbd/c"]);
@@ -485,11 +490,16 @@ fn test_cli_rename_and_remove_while_mounted_show_at_once() {
     w.cli(&["rm", "rbd/b"]);
     let b_after_rm = w.path("rbd/b").exists();
 
-    // Assert: the old names are gone at once, the new one is there.
+    // Assert: the old names are gone at once, the new one is there, the
+    // file opened under the old name is the renamed image, and the other
+    // open file's name was left alone (not shown as deleted).
     assert!(
         !a_after_rename,
         "rbd/a still there after the CLI renamed it"
     );
     assert!(!b_after_rm, "rbd/b still there after the CLI removed it");
     assert_eq!(std::fs::metadata(w.path("rbd/c")).unwrap().len(), 1 << 20);
+    assert_eq!(open_a.metadata().unwrap().len(), 1 << 20);
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", open.as_raw_fd())).unwrap();
+    assert_eq!(link, w.path("rbd/keep"));
 }

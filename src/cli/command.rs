@@ -145,17 +145,34 @@ impl Command {
                 | Command::Export { .. }
                 | Command::Status { .. }
                 | Command::OsdLs
+                | Command::OsdOut { .. }
+                | Command::OsdIn { .. }
+                | Command::OsdDown { .. }
+                | Command::OsdUp { .. }
+                | Command::OsdAdd { .. }
+                | Command::OsdRm { .. }
                 | Command::PgLs
+                | Command::Scrub { .. }
         )
     }
 
-    /// The image whose size or bytes the command may change in place, for
-    /// the kernel's view of the open file to be brought up to date.
-    pub fn resized_image(&self) -> Option<&str> {
+    /// What the command does to names and files a mount shows, for the
+    /// kernel's caches of them to be brought up to date: the specs are as
+    /// given (parse them).
+    pub fn mount_changes(&self) -> MountChanges<'_> {
+        let mut c = MountChanges::default();
         match self {
-            Command::Resize { spec, .. } | Command::SnapRollback { spec } => Some(spec),
-            _ => None,
+            Command::Resize { spec, .. } | Command::SnapRollback { spec } => {
+                c.rewritten = Some(spec)
+            }
+            Command::Rm { spec } | Command::SnapRm { spec } => c.gone = Some(spec),
+            Command::Rename { src, dst } => {
+                c.gone = Some(src);
+                c.renamed_to = Some(dst);
+            }
+            _ => {}
         }
+        c
     }
 
     /// The progress label `rbd` uses for this verb, if it reports progress.
@@ -170,6 +187,17 @@ impl Command {
             _ => None,
         }
     }
+}
+
+/// See [`Command::mount_changes`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MountChanges<'a> {
+    /// An image (or a snapshot's image) whose size or bytes changed.
+    pub rewritten: Option<&'a str>,
+    /// An image (with its snapshots) or a snapshot whose name is gone.
+    pub gone: Option<&'a str>,
+    /// The new name of `gone`, when renamed.
+    pub renamed_to: Option<&'a str>,
 }
 
 /// A pool, as `pool ls` shows it.

@@ -51,38 +51,77 @@ impl FuseAdapter {
     }
 }
 
+/// What a change behind the kernel's back did (see [`refresh_kernel_cache`]).
+#[derive(Clone, Debug, Default)]
+pub struct Changed {
+    /// An image whose size or bytes changed (a resize, a rollback).
+    pub rewritten: Option<ImageSpec>,
+    /// A name that is gone: an image with its snapshots, or a snapshot.
+    pub gone: Option<ImageSpec>,
+    /// The image's new name, when `gone` was renamed.
+    pub renamed_to: Option<ImageSpec>,
+}
+
 /// After images changed behind the kernel's back (a CLI command the daemon
-/// ran), drop what it caches for the mount: every name it may hold, so the
-/// next lookup asks again, and every inode's attributes (so `losetup -c`
-/// sees a new size: the loop driver asks for the file's attributes). For
-/// `image` (whose size or bytes the command changed), also the file's cached
-/// bytes, and its attributes are read back at once through `mountpoint`:
-/// older kernels' loop drivers take the size from the inode without asking,
-/// and only a getattr updates it there. Blocks: not on a FUSE thread.
+/// ran), bring what it caches for the mount up to date:
+/// - every inode's attributes, so sizes, `st_blocks` and modes are asked
+///   again (and `losetup -c` sees a new size: the loop driver asks for the
+///   file's attributes);
+/// - the names that are gone, so they no longer open. Only those: dropping
+///   a name in use would leave open files, a working directory or a mount
+///   on it looking deleted;
+/// - for a rewritten image, its cached bytes too, and its attributes read
+///   back at once through `mountpoint`: older kernels' loop drivers take the
+///   size from the inode without asking, and only a getattr updates it.
+///
+/// Blocks: not on a FUSE thread.
 pub fn refresh_kernel_cache(
     fs: &ImageFs,
     notifier: &fuser::Notifier,
     mountpoint: &Path,
-    image: Option<&ImageSpec>,
+    changed: &Changed,
 ) {
     // ENOENT: the kernel holds nothing under that name or number.
-    let note = |what: &str, r: std::io::Result<()>| match r {
+    let mut session_gone = false;
+    let mut note = |what: &str, r: std::io::Result<()>| match r {
         Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+            session_gone = true;
             log::debug!("invalidating {what} in the kernel: {e}")
         }
         _ => {}
     };
-    for c in fs.cached_names() {
-        note(
-            &c.name,
-            notifier.inval_entry(INodeNo(c.parent), OsStr::new(&c.name)),
-        );
-        let changed = image.is_some_and(|i| c.spec.as_ref() == Some(i));
+    let head = |s: &ImageSpec| ImageSpec::new(&s.pool, &s.image);
+    let names = fs.cached_names();
+    for c in &names {
+        let Some(spec) = &c.spec else {
+            continue;
+        };
+        let gone = changed.gone.as_ref().is_some_and(|g| match g.snap {
+            // A removed or renamed image: its snapshots' names go with it.
+            None => head(spec) == *g,
+            Some(_) => spec == g,
+        });
+        if gone {
+            note(
+                &c.name,
+                notifier.inval_entry(INodeNo(c.parent), OsStr::new(&c.name)),
+            );
+        }
+    }
+    if let (Some(from), Some(to)) = (&changed.gone, &changed.renamed_to) {
+        fs.renamed_elsewhere(from, to);
+    }
+    let rewritten = changed.rewritten.as_ref().map(head);
+    for c in &names {
         // Offset -1: the attributes only; 0 (and length 0): the bytes too.
-        let from = if changed { 0 } else { -1 };
+        let from = if c.spec.is_some() && c.spec == rewritten {
+            0
+        } else {
+            -1
+        };
         note(&c.name, notifier.inval_inode(INodeNo(c.ino), from, 0));
     }
-    if let Some(i) = image {
+    if let (Some(i), false) = (rewritten, session_gone) {
         let path = mountpoint.join(&i.pool).join(&i.image);
         if let Err(e) = std::fs::metadata(&path) {
             log::debug!("reading {} back: {e}", path.display());

@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
-use super::adapter::{FuseAdapter, refresh_kernel_cache};
+use super::adapter::{Changed, FuseAdapter, refresh_kernel_cache};
 use super::fs::{FsOptions, ImageFs};
 use super::jobs::Jobs;
 use super::mountinfo;
@@ -70,19 +70,27 @@ impl Handler for AdminHandler {
             let cmd: Command = serde_json::from_value(args)
                 .map_err(|e| (libc::EINVAL, format!("unknown request: {e}")))?;
             let done = command::execute(&ctx, &cmd, &progress).await;
-            // Also after a failure, which may have changed something. The
-            // caller sees the change as soon as it has the answer: the names
-            // and sizes the kernel held are asked again.
+            // Before the answer, so the caller sees the change as soon as it
+            // has it. Attributes also after a failure, which may have changed
+            // something; names only after a success (a refused `rm` leaves
+            // the image there).
             if let (Some(fs), Some((notifier, mnt))) = (ctx.fs.clone(), kernel.get())
                 && cmd.changes_images()
             {
-                let image = cmd
-                    .resized_image()
-                    .and_then(|s| s.parse::<ImageSpec>().ok())
-                    .map(|s| ImageSpec::new(&s.pool, &s.image));
+                let spec = |s: Option<&str>| s.and_then(|s| s.parse::<ImageSpec>().ok());
+                let c = cmd.mount_changes();
+                let changed = Changed {
+                    rewritten: spec(c.rewritten),
+                    gone: if done.is_ok() { spec(c.gone) } else { None },
+                    renamed_to: if done.is_ok() {
+                        spec(c.renamed_to)
+                    } else {
+                        None
+                    },
+                };
                 let (notifier, mnt) = (notifier.clone(), mnt.clone());
                 let refreshed = tokio::task::spawn_blocking(move || {
-                    refresh_kernel_cache(&fs, &notifier, &mnt, image.as_ref())
+                    refresh_kernel_cache(&fs, &notifier, &mnt, &changed)
                 });
                 if let Err(e) = refreshed.await {
                     log::error!("refreshing the kernel's view of the mount: {e}");

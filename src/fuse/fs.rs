@@ -328,6 +328,17 @@ impl ImageFs {
         names
     }
 
+    /// An image renamed by other means than this mount (the CLI): its
+    /// inodes, which the kernel keeps using for open files, stand for the
+    /// new name, as after a rename through the mount.
+    pub fn renamed_elsewhere(&self, from: &ImageSpec, to: &ImageSpec) {
+        if from.pool == to.pool {
+            self.inodes
+                .lock()
+                .renamed(&from.pool, &from.image, &to.image);
+        }
+    }
+
     fn node(&self, ino: u64) -> FsResult<Node> {
         self.inodes
             .lock()

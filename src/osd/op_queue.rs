@@ -36,7 +36,10 @@
 //!
 //! A claimed slot is busy, so whatever else arrives for that PG queues
 //! behind the claimed items, in order, and goes to the workers when the
-//! claiming thread is done with it.
+//! claiming thread is done with it. A thread runs at most `CLAIM_BUDGET`
+//! claimed items in a pass and hands the rest to the workers. The fast
+//! dispatch asks its `may_run` again before each claim (none runs on a
+//! FUSE thread while PGs peer); a worker runs its claims as any item.
 //!
 //! Invariant (under the shard lock): a PG is in `ready` exactly when its slot
 //! is not busy and has items, so at most one thread runs a PG at a time.
@@ -73,9 +76,14 @@ struct Shard<K, T> {
     handler: Handler<K, T>,
 }
 
-/// A claimed PG: run its items (`true`) or hand them to the workers
-/// (`false`).
-type Claim = Box<dyn FnOnce(bool)>;
+/// A claimed PG: run up to that many of its items here (handing what is
+/// left to the workers; all of them for 0), and say how many ran.
+type Claim = Box<dyn FnOnce(usize) -> usize>;
+
+/// Items a thread runs from its claims before it hands the rest to the
+/// workers: a few replicated writes' worth, so a thread that took one
+/// client op (a FUSE thread) does not go on serving others' for long.
+const CLAIM_BUDGET: usize = 16;
 
 thread_local! {
     /// Set while this thread runs a handler, so that what the handler
@@ -139,38 +147,37 @@ where
         },
     );
     let shard = shard.clone();
-    let run: Claim = Box::new(move |run_here| {
-        let batch: Vec<T> = if run_here {
-            let mut st = shard.state.lock();
-            match st.slots.get_mut(&key) {
-                Some(slot) => {
-                    let n = slot.items.len().min(MAX_BATCH);
-                    slot.items.drain(..n).collect()
-                }
-                None => Vec::new(),
+    let run: Claim = Box::new(move |most| {
+        let batch: Vec<T> = match shard.state.lock().slots.get_mut(&key) {
+            Some(slot) => {
+                let n = slot.items.len().min(MAX_BATCH).min(most);
+                slot.items.drain(..n).collect()
             }
-        } else {
-            Vec::new()
+            None => Vec::new(),
         };
-        if !batch.is_empty() {
+        let ran = batch.len();
+        if ran > 0 {
             run_guarded(&shard.handler, &key, batch);
         }
-        // Hands what is left (all of it when not run here) to the workers.
+        // Hands what is left (all of it when none ran here) to the workers.
         finish(&shard, key, &mut shard.state.lock());
+        ran
     });
     CLAIMED.with(|c| c.borrow_mut().push_back(run));
     None
 }
 
 /// Once out of every handler: run the PGs this thread claimed, and those
-/// their items claim in turn, while `may_run` says so; hand them to the
-/// workers otherwise.
+/// their items claim in turn, up to [`CLAIM_BUDGET`] items and while
+/// `may_run` says so; hand the rest to the workers.
 fn run_claims(may_run: &dyn Fn() -> bool) {
     if DEPTH.get() > 0 {
         return;
     }
+    let mut budget = CLAIM_BUDGET;
     while let Some(run) = CLAIMED.with(|c| c.borrow_mut().pop_front()) {
-        run(may_run());
+        let most = if budget > 0 && may_run() { budget } else { 0 };
+        budget -= run(most);
     }
 }
 
@@ -724,6 +731,36 @@ mod tests {
                 format!("3:7 on {me}")
             ]
         );
+    }
+
+    #[test]
+    fn test_a_thread_runs_a_bounded_number_of_claimed_items() {
+        // Key 0's handler claims 40 idle keys: this thread runs the first
+        // CLAIM_BUDGET of them, the worker the rest.
+        let (q, log) = logging_queue(|q, _, k, i| {
+            if k == 0 {
+                for key in 1..=40 {
+                    q.enqueue_here(key, i).unwrap();
+                }
+            }
+        });
+
+        q.get().unwrap().enqueue_or_run(0, 5, || true).unwrap();
+        q.get().unwrap().wait_idle();
+
+        let log = log.lock();
+        let here = format!(" on {}", me());
+        let ran_here: Vec<&String> = log.iter().filter(|l| l.ends_with(&here)).collect();
+        assert_eq!(ran_here.len(), 1 + CLAIM_BUDGET, "{log:?}");
+        assert_eq!(log.len(), 41, "{log:?}");
+        for key in 1..=40 {
+            let want = if key as usize <= CLAIM_BUDGET {
+                format!("{key}:5{here}")
+            } else {
+                format!("{key}:5 on worker-0-0")
+            };
+            assert!(log.contains(&want), "{want} missing: {log:?}");
+        }
     }
 
     #[test]
