@@ -157,18 +157,18 @@ impl Command {
     }
 
     /// What the command does to names and files a mount shows, for the
-    /// kernel's caches of them to be brought up to date: the specs are as
-    /// given (parse them).
-    pub fn mount_changes(&self) -> MountChanges<'_> {
+    /// kernel's caches of them to be brought up to date.
+    pub fn mount_changes(&self) -> MountChanges {
+        let spec = |s: &str| s.parse::<ImageSpec>().ok();
         let mut c = MountChanges::default();
         match self {
-            Command::Resize { spec, .. } | Command::SnapRollback { spec } => {
-                c.rewritten = Some(spec)
+            Command::Resize { spec: s, .. } | Command::SnapRollback { spec: s } => {
+                c.rewritten = spec(s).map(|s| ImageSpec::new(&s.pool, &s.image));
             }
-            Command::Rm { spec } | Command::SnapRm { spec } => c.gone = Some(spec),
+            Command::Rm { spec: s } | Command::SnapRm { spec: s } => c.gone = spec(s),
             Command::Rename { src, dst } => {
-                c.gone = Some(src);
-                c.renamed_to = Some(dst);
+                c.gone = spec(src);
+                c.renamed_to = spec(dst);
             }
             _ => {}
         }
@@ -190,14 +190,14 @@ impl Command {
 }
 
 /// See [`Command::mount_changes`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MountChanges<'a> {
-    /// An image (or a snapshot's image) whose size or bytes changed.
-    pub rewritten: Option<&'a str>,
-    /// An image (with its snapshots) or a snapshot whose name is gone.
-    pub gone: Option<&'a str>,
-    /// The new name of `gone`, when renamed.
-    pub renamed_to: Option<&'a str>,
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MountChanges {
+    /// An image whose size or bytes changed (a resize, a rollback).
+    pub rewritten: Option<ImageSpec>,
+    /// A name that is gone: an image with its snapshots, or a snapshot.
+    pub gone: Option<ImageSpec>,
+    /// The image's new name, when `gone` was renamed.
+    pub renamed_to: Option<ImageSpec>,
 }
 
 /// A pool, as `pool ls` shows it.
@@ -1182,6 +1182,47 @@ mod tests {
 
         assert_eq!(v, serde_json::json!({"verb": "flatten", "spec": "rbd/c"}));
         assert_eq!(cmd.verb(), "flatten");
+    }
+
+    #[test]
+    fn test_mount_changes_name_what_a_mount_must_see_again() {
+        let rollback = Command::SnapRollback {
+            spec: "vm@s".into(),
+        };
+        let rename = Command::Rename {
+            src: "p/a".into(),
+            dst: "p/b".into(),
+        };
+        let snap_rm = Command::SnapRm {
+            spec: "p/a@s".into(),
+        };
+
+        // A rollback rewrites the head (in the default pool), not the snapshot.
+        assert_eq!(
+            rollback.mount_changes().rewritten,
+            Some(ImageSpec::new("rbd", "vm"))
+        );
+        assert_eq!(rollback.mount_changes().gone, None);
+        assert_eq!(
+            rename.mount_changes(),
+            MountChanges {
+                rewritten: None,
+                gone: Some(ImageSpec::new("p", "a")),
+                renamed_to: Some(ImageSpec::new("p", "b")),
+            }
+        );
+        assert_eq!(
+            snap_rm.mount_changes().gone,
+            Some(ImageSpec::new("p", "a").at_snap("s"))
+        );
+        assert!(
+            !Command::Ls {
+                pool: "rbd".into(),
+                long: false
+            }
+            .changes_images()
+        );
+        assert!(rename.changes_images());
     }
 
     #[test]

@@ -19,6 +19,7 @@ use fuser::{
 
 use super::errno::FsError;
 use super::fs::{Attr, FsResult, ImageFs, Kind};
+use crate::cli::command::MountChanges;
 use crate::rbd::ImageSpec;
 use crate::sync::Arc;
 
@@ -51,17 +52,6 @@ impl FuseAdapter {
     }
 }
 
-/// What a change behind the kernel's back did (see [`refresh_kernel_cache`]).
-#[derive(Clone, Debug, Default)]
-pub struct Changed {
-    /// An image whose size or bytes changed (a resize, a rollback).
-    pub rewritten: Option<ImageSpec>,
-    /// A name that is gone: an image with its snapshots, or a snapshot.
-    pub gone: Option<ImageSpec>,
-    /// The image's new name, when `gone` was renamed.
-    pub renamed_to: Option<ImageSpec>,
-}
-
 /// After images changed behind the kernel's back (a CLI command the daemon
 /// ran), bring what it caches for the mount up to date:
 /// - every inode's attributes, so sizes, `st_blocks` and modes are asked
@@ -79,7 +69,7 @@ pub fn refresh_kernel_cache(
     fs: &ImageFs,
     notifier: &fuser::Notifier,
     mountpoint: &Path,
-    changed: &Changed,
+    changed: &MountChanges,
 ) {
     // ENOENT: the kernel holds nothing under that name or number.
     let mut session_gone = false;

@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
-use super::adapter::{Changed, FuseAdapter, refresh_kernel_cache};
+use super::adapter::{FuseAdapter, refresh_kernel_cache};
 use super::fs::{FsOptions, ImageFs};
 use super::jobs::Jobs;
 use super::mountinfo;
@@ -30,7 +30,7 @@ use crate::cli::args::MountArgs;
 use crate::cli::command::{self, Command, Ctx};
 use crate::cli::store;
 use crate::rados::BoxFuture;
-use crate::rbd::{ImageSpec, Rbd, RbdConfig};
+use crate::rbd::{Rbd, RbdConfig};
 use crate::sync::Arc;
 
 /// `prctl` option: this process writes back pages for others (a loop device),
@@ -77,17 +77,11 @@ impl Handler for AdminHandler {
             if let (Some(fs), Some((notifier, mnt))) = (ctx.fs.clone(), kernel.get())
                 && cmd.changes_images()
             {
-                let spec = |s: Option<&str>| s.and_then(|s| s.parse::<ImageSpec>().ok());
-                let c = cmd.mount_changes();
-                let changed = Changed {
-                    rewritten: spec(c.rewritten),
-                    gone: if done.is_ok() { spec(c.gone) } else { None },
-                    renamed_to: if done.is_ok() {
-                        spec(c.renamed_to)
-                    } else {
-                        None
-                    },
-                };
+                let mut changed = cmd.mount_changes();
+                if done.is_err() {
+                    changed.gone = None;
+                    changed.renamed_to = None;
+                }
                 let (notifier, mnt) = (notifier.clone(), mnt.clone());
                 let refreshed = tokio::task::spawn_blocking(move || {
                     refresh_kernel_cache(&fs, &notifier, &mnt, &changed)
