@@ -163,7 +163,7 @@ impl Command {
         let mut c = MountChanges::default();
         match self {
             Command::Resize { spec: s, .. } | Command::SnapRollback { spec: s } => {
-                c.rewritten = spec(s).map(|s| ImageSpec::new(&s.pool, &s.image));
+                c.rewritten = spec(s).map(|s| s.head());
             }
             Command::Rm { spec: s } | Command::SnapRm { spec: s } => c.gone = spec(s),
             Command::Rename { src, dst } => {

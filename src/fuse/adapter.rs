@@ -71,16 +71,16 @@ pub fn refresh_kernel_cache(
     mountpoint: &Path,
     changed: &MountChanges,
 ) {
-    // ENOENT: the kernel holds nothing under that name or number.
-    let mut session_gone = false;
+    // ENOENT: the kernel holds nothing under that name or number. Any
+    // other answer (ENODEV: the session has ended) leaves the mount alone.
+    let mut refused = false;
     let mut note = |what: &str, r: std::io::Result<()>| match r {
         Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
-            session_gone = true;
+            refused = true;
             log::debug!("invalidating {what} in the kernel: {e}")
         }
         _ => {}
     };
-    let head = |s: &ImageSpec| ImageSpec::new(&s.pool, &s.image);
     let names = fs.cached_names();
     for c in &names {
         let Some(spec) = &c.spec else {
@@ -88,7 +88,7 @@ pub fn refresh_kernel_cache(
         };
         let gone = changed.gone.as_ref().is_some_and(|g| match g.snap {
             // A removed or renamed image: its snapshots' names go with it.
-            None => head(spec) == *g,
+            None => spec.head() == *g,
             Some(_) => spec == g,
         });
         if gone {
@@ -101,7 +101,7 @@ pub fn refresh_kernel_cache(
     if let (Some(from), Some(to)) = (&changed.gone, &changed.renamed_to) {
         fs.renamed_elsewhere(from, to);
     }
-    let rewritten = changed.rewritten.as_ref().map(head);
+    let rewritten = changed.rewritten.as_ref().map(ImageSpec::head);
     for c in &names {
         // Offset -1: the attributes only; 0 (and length 0): the bytes too.
         let from = if c.spec.is_some() && c.spec == rewritten {
@@ -111,7 +111,7 @@ pub fn refresh_kernel_cache(
         };
         note(&c.name, notifier.inval_inode(INodeNo(c.ino), from, 0));
     }
-    if let (Some(i), false) = (rewritten, session_gone) {
+    if let (Some(i), false) = (rewritten, refused) {
         let path = mountpoint.join(&i.pool).join(&i.image);
         if let Err(e) = std::fs::metadata(&path) {
             log::debug!("reading {} back: {e}", path.display());
