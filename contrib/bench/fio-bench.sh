@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # fio benchmark: rbdfs image behind a direct-I/O loop device versus a plain
 # file behind a direct-I/O loop device on the same disk. Prints one table with
-# both and the ratio. Needs root, fio, losetup, fusermount3, and a built rbdfs
-# (cargo build --release).
+# both, the ratio, and the ratio the project's bar is set in (to 1/N of the
+# plain file for writes with N replicas; marked ! below 0.6). Needs root,
+# fio, losetup, fusermount3, and a built rbdfs (cargo build --release).
 #
 #   contrib/bench/fio-bench.sh [--size 1|3] [--runtime SECONDS] [--repeat N]
 #                              [--image-size SIZE] [--dir DIR] [--rbdfs PATH]
@@ -34,7 +35,7 @@ while [ $# -gt 0 ]; do
     --image-size) image_size="$2"; shift 2 ;;
     --dir) base="$2"; shift 2 ;;
     --rbdfs) rbdfs="$2"; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "fio-bench: unknown argument $1 (see --help)" >&2; exit 22 ;;
   esac
 done
@@ -161,7 +162,7 @@ measure() { # measure LABEL UNIT(iops|bw) SIDE(read|write|both) RBD_DEV PLAIN_DE
     sync
     b+=("$(figure "$unit" "$side" "$(run_fio "$p" "$label" "$@")")")
   done
-  rows+=("$label|$unit|$(stats "${a[@]}")|$(stats "${b[@]}")")
+  rows+=("$label|$side|$unit|$(stats "${a[@]}")|$(stats "${b[@]}")")
 }
 
 measure "seq write 1M qd8"      bw   write "$rdev"  "$pdev" --rw=write --bs=1M --iodepth=8
@@ -175,16 +176,25 @@ measure "clone 1-deep read 4K"  iops read  "$c1dev"  "$pdev" --rw=randread --bs=
 measure "clone 16-deep read 4K" iops read  "$c16dev" "$pdev" --rw=randread --bs=4k --iodepth=32
 cold=0
 
-printf '\n%-24s %14s %14s %7s' "job (size=$replicas)" "rbdfs" "plain file" "ratio"
+# The bar: 0.6 of the plain file, of 1/N of it for writes with N replicas
+# (each byte is written once per replica, all on the same disk).
+printf '\n%-24s %14s %14s %7s %7s' "job (size=$replicas)" "rbdfs" "plain file" "ratio" "bar"
 if [ "$repeat" -gt 1 ]; then printf '  %s' "rbdfs low-high ($repeat runs, medians shown)"; fi
 printf '\n'
 for row in "${rows[@]}"; do
-  IFS='|' read -r label unit a b <<<"$row"
+  IFS='|' read -r label side unit a b <<<"$row"
   read -r x xlo xhi <<<"$a"
   read -r y _ _ <<<"$b"
   case "$unit" in bw) u="MiB/s" ;; *) u="IOPS" ;; esac
   ratio=$(awk -v x="$x" -v y="$y" 'BEGIN { if (y > 0) printf "%.2f", x / y; else print "-" }')
-  printf '%-24s %8s %-5s %8s %-5s %7s' "$label" "$x" "$u" "$y" "$u" "$ratio"
+  share=1
+  if [ "$side" != read ]; then share=$replicas; fi
+  bar=$(awk -v x="$x" -v y="$y" -v n="$share" 'BEGIN {
+    if (y <= 0) { print "-"; exit }
+    r = x * n / y
+    printf "%s%.2f", (r >= 0.6 ? "" : "!"), r }')
+  printf '%-24s %8s %-5s %8s %-5s %7s %7s' "$label" "$x" "$u" "$y" "$u" "$ratio" "$bar"
   if [ "$repeat" -gt 1 ]; then printf '  %s-%s' "$xlo" "$xhi"; fi
   printf '\n'
 done
+echo "bar: rbdfs to the plain file, to 1/$replicas of it for writes and the mix; ! below 0.6"
