@@ -108,7 +108,7 @@ use super::{
 };
 use crate::sync::{Arc, AtomicBool, AtomicU64, Condvar, Mutex, Ordering, RwLock};
 use shadow::Shadows;
-use unsynced::{UndoLog, UnsyncedFiles, noted, undo_of};
+use unsynced::{UndoLog, UnsyncedFiles, undoable};
 
 const SUPERBLOCK: &str = "superblock";
 const LOCK: &str = "lock";
@@ -1748,9 +1748,9 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &RwLock<MetaTable>, seq: u64, op: &TxOp) -
             } else {
                 for (at, n) in unshadowed(ctx, key, seq, *off, data.len() as u64) {
                     let from = (at - off) as usize;
-                    let undo = undo_of(ctx.undo, &f, id, at, n)?;
-                    data::write_in_pieces(&f, &data[from..from + n as usize], at)?;
-                    noted(ctx.undo, undo);
+                    undoable(ctx.undo, &f, id, at, n, || {
+                        data::write_in_pieces(&f, &data[from..from + n as usize], at)
+                    })?;
                 }
             }
         }
@@ -1762,9 +1762,7 @@ fn apply_op(ctx: &mut ApplyCtx, meta: &RwLock<MetaTable>, seq: u64, op: &TxOp) -
             if *off < end {
                 let f = ctx.file(id, size)?;
                 for (at, n) in unshadowed(ctx, key, seq, *off, end - off) {
-                    let undo = undo_of(ctx.undo, &f, id, at, n)?;
-                    data::zero_range(&f, at, n)?;
-                    noted(ctx.undo, undo);
+                    undoable(ctx.undo, &f, id, at, n, || data::zero_range(&f, at, n))?;
                 }
             }
         }
@@ -2141,12 +2139,14 @@ impl Inner {
             .and_then(|f| match f {
                 Some(f) => {
                     let shard = self.shards[shard_of(key)].write();
-                    let undo = self.undo.as_ref();
-                    let w = undo_of(undo, &f, to.id, off, data.len() as u64).and_then(|u| {
-                        data::write_in_pieces(&f, data, off)?;
-                        noted(undo, u);
-                        Ok(())
-                    });
+                    let w = undoable(
+                        self.undo.as_ref(),
+                        &f,
+                        to.id,
+                        off,
+                        data.len() as u64,
+                        || data::write_in_pieces(&f, data, off),
+                    );
                     if w.is_ok() && !to.sync_now {
                         // Before the record is written: a commit that covers
                         // the record sees the file.

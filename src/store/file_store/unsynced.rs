@@ -60,49 +60,49 @@ impl UnsyncedFiles {
 }
 
 /// One write's undo: the bytes file `id` held at `off` before it.
-pub(super) struct Undo {
+struct Undo {
     stamp: u64,
     id: u64,
     off: u64,
     old: Vec<u8>,
 }
 
-/// What a write to `[off, off + len)` of file `id` will replace (the part
-/// inside the file), when `log` is kept; [`noted`] once the write is done.
-pub(super) fn undo_of(
+/// Run `write`, which writes `[off, off + len)` of file `id`, noting in
+/// `log` (when kept) what it replaces inside the file. The note is stamped
+/// after the write is done, so later than any sync that began before: such
+/// a sync cannot count it as synced.
+pub(super) fn undoable(
     log: Option<&Mutex<UndoLog>>,
     f: &File,
     id: u64,
     off: u64,
     len: u64,
-) -> io::Result<Option<Undo>> {
-    if log.is_none() {
-        return Ok(None);
-    }
+    write: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
+    let Some(log) = log else {
+        return write();
+    };
     let end = (off + len).min(f.metadata()?.len());
-    if end <= off {
-        return Ok(None);
-    }
-    let mut old = vec![0; (end - off) as usize];
-    f.read_exact_at(&mut old, off)?;
-    Ok(Some(Undo {
-        stamp: 0,
-        id,
-        off,
-        old,
-    }))
-}
-
-/// Note `undo` (from [`undo_of`]) in `log`, after its write: stamped later
-/// than any sync that began before the write was done, which so cannot
-/// count it as synced.
-pub(super) fn noted(log: Option<&Mutex<UndoLog>>, undo: Option<Undo>) {
-    if let (Some(log), Some(mut u)) = (log, undo) {
+    let old = if end > off {
+        let mut old = vec![0; (end - off) as usize];
+        f.read_exact_at(&mut old, off)?;
+        Some(old)
+    } else {
+        None
+    };
+    write()?;
+    if let Some(old) = old {
         let mut log = log.lock();
         log.next += 1;
-        u.stamp = log.next;
-        log.undo.push(u);
+        let stamp = log.next;
+        log.undo.push(Undo {
+            stamp,
+            id,
+            off,
+            old,
+        });
     }
+    Ok(())
 }
 
 /// What unsynced writes to object files replaced, oldest first (tests).
