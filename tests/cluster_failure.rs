@@ -411,3 +411,99 @@ fn test_failure_full_replica_is_marked_down_and_the_write_succeeds() {
     assert!(c.scrub(None, true, false).unwrap().is_clean());
     c.shutdown().unwrap();
 }
+
+/// File stores, kept by directory, so a test can make one fail.
+#[derive(Default)]
+struct KeptStores {
+    stores: Mutex<BTreeMap<std::path::PathBuf, Arc<rbdfs::store::FileStore>>>,
+}
+
+impl rbdfs::osd::StoreOpener for KeptStores {
+    fn mkfs(&self, path: &Path) -> rbdfs::store::StoreResult<()> {
+        rbdfs::store::FileStore::mkfs(path)
+    }
+
+    fn open(&self, path: &Path) -> rbdfs::store::StoreResult<rbdfs::osd::OpenedStore> {
+        let fs = rbdfs::store::FileStore::open(path, rbdfs::store::StoreConfig::default())?;
+        self.stores
+            .lock()
+            .unwrap()
+            .insert(path.to_path_buf(), fs.clone());
+        let (c1, c2) = (fs.clone(), fs.clone());
+        Ok(rbdfs::osd::OpenedStore {
+            store: fs,
+            close: Box::new(move || c1.close()),
+            crash: Box::new(move || c2.crash()),
+        })
+    }
+}
+
+/// A cluster of 3 file-store OSDs whose monitor never polls (only a
+/// failure report marks an OSD down), a pool of `size` replicas with 16
+/// objects written and flushed, and osd.2's store failed under it (with
+/// no commit waiting, nothing reports it: the map keeps it up).
+fn with_failed_store(dir: &Path, size: u32) -> (Arc<Cluster>, IoCtx) {
+    let kept = Arc::new(KeptStores::default());
+    let config = ClusterConfig {
+        store: kept.clone(),
+        monitor_interval: std::time::Duration::from_secs(3600),
+        ..ClusterConfig::default()
+    };
+    let c = common::create_cluster(dir, 3, config);
+    let io = common::rbd_pool(&c, size, 1, 32);
+    for i in 0..16 {
+        let n = format!("obj{i}");
+        write_full(&io, &n, content(&n, 1)).unwrap();
+    }
+    block_on(io.flush()).unwrap();
+    let victim = c.osdmap().osd_path(dir, 2).unwrap();
+    let stores = kept.stores.lock().unwrap();
+    let store = stores
+        .iter()
+        .find(|(p, _)| p.ends_with(victim.file_name().unwrap()))
+        .map(|(_, s)| s.clone())
+        .expect("osd.2's store");
+    drop(stores);
+    store.crash();
+    (c, io)
+}
+
+#[test]
+fn test_failure_flush_goes_on_without_a_store_that_cannot_commit() {
+    // Arrange: osd.2's store fails while the map still has it up.
+    let dir = tempfile::tempdir().unwrap();
+    let (c, io) = with_failed_store(dir.path(), 3);
+    assert!(c.osdmap().osd(2).unwrap().up);
+
+    // Act
+    let flushed = block_on(io.flush());
+
+    // Assert: the flush succeeds on the other two, which hold every
+    // write; osd.2 is down by the time it returns; the data reads back.
+    assert_eq!(flushed, Ok(()));
+    assert!(!c.osdmap().osd(2).unwrap().up, "osd.2 is still up");
+    for i in 0..16 {
+        let n = format!("obj{i}");
+        assert_eq!(read_whole(&io, &n), content(&n, 1));
+    }
+    // (Closing the failed store fails.)
+    let _ = c.shutdown();
+}
+
+#[test]
+fn test_failure_flush_fails_when_the_store_that_cannot_commit_held_the_only_copy() {
+    // Arrange: one replica per object, and osd.2 serves some PGs alone.
+    let dir = tempfile::tempdir().unwrap();
+    let (c, io) = with_failed_store(dir.path(), 1);
+    assert!(c.osdmap().osd(2).unwrap().up);
+
+    // Act
+    let flushed = block_on(io.flush());
+
+    // Assert
+    assert!(
+        matches!(&flushed, Err(rbdfs::rados::RadosError::Io(e)) if e.contains("no other copy")),
+        "{flushed:?}"
+    );
+    let _ = c.shutdown();
+}

@@ -595,11 +595,20 @@ impl Inner {
         self.osds.read().get(id as usize).cloned()
     }
 
-    /// Commit every up OSD's store and hand `done` the first failure, or
-    /// `Ok` once all are durable. With `here`, the last store that has
-    /// records to sync syncs on this thread while the others' store threads
-    /// sync theirs.
-    fn commit_all(&self, here: bool, done: Done<()>) {
+    /// Commit every up OSD's store and hand `done` `Ok` once all are
+    /// durable. With `here`, the last store that has records to sync syncs
+    /// on this thread while the others' store threads sync theirs.
+    ///
+    /// A store that fails to commit (its disk is gone) does not fail the
+    /// flush while its data has another copy: as Ceph resends a write to a
+    /// new acting set, the OSD is marked down and the flush runs again over
+    /// the OSDs left, which applied every write it had. It fails when the
+    /// OSD was the last one serving some PG, or the second try fails too.
+    fn commit_all(self: &Arc<Self>, here: bool, done: Done<()>) {
+        self.commit_stores(here, Some(self.clone()), done);
+    }
+
+    fn commit_stores(&self, here: bool, retry: Option<Arc<Inner>>, done: Done<()>) {
         let map = self.shared.map();
         let mut stores: Vec<(OsdId, Arc<dyn ObjectStore>)> = self
             .osds()
@@ -615,7 +624,8 @@ impl Inner {
         };
         let gather = Arc::new(Gather {
             left: AtomicUsize::new(stores.len() + 1),
-            failed: Mutex::new(None),
+            failed: Mutex::new(Vec::new()),
+            retry: Mutex::new(retry),
             done: Mutex::new(Some(done)),
         });
         for (id, s) in stores {
@@ -627,6 +637,51 @@ impl Inner {
         } else {
             last.commit_then(Box::new(move |r| gather.one(last_id, r)));
         }
+    }
+
+    /// After OSDs `failed` could not commit during a flush: unless one of
+    /// them was the last to serve some PG, mark them down and commit the
+    /// others once more (see [`Inner::commit_all`]). Runs on its own thread:
+    /// marking down peers, which waits for the stores' commit threads.
+    fn flush_without(self: Arc<Self>, failed: Vec<(OsdId, String)>, done: Done<()>) {
+        let ids: BTreeSet<OsdId> = failed.iter().map(|(id, _)| *id).collect();
+        let why = || {
+            let each: Vec<String> = failed
+                .iter()
+                .map(|(id, e)| format!("osd.{id}: {e}"))
+                .collect();
+            each.join("; ")
+        };
+        let map = self.shared.map();
+        for pool in &map.pools {
+            for pg in 0..pool.info.pg_num {
+                let serving = self.shared.acting(&map, &pool.info, pg);
+                if !serving.is_empty() && serving.iter().all(|o| ids.contains(o)) {
+                    return done(Err(RadosError::Io(format!(
+                        "could not commit, and pg {}.{pg:x} has no other copy: {}",
+                        pool.info.id,
+                        why()
+                    ))));
+                }
+            }
+        }
+        let up: BTreeSet<OsdId> = ids
+            .into_iter()
+            .filter(|id| map.osd(*id).is_some_and(|i| i.up))
+            .collect();
+        if !up.is_empty() {
+            if let Err(e) = self.mark_down(&up) {
+                return done(Err(RadosError::Io(format!(
+                    "could not commit ({}), nor mark the OSD down: {e}",
+                    why()
+                ))));
+            }
+        }
+        log::warn!(
+            "flush: went on without the OSDs that could not commit: {}",
+            why()
+        );
+        self.commit_stores(false, None, done);
     }
 
     /// Mark failed OSDs down (one new epoch for all of them).
@@ -999,7 +1054,10 @@ fn fail(op: ClientOp, e: RadosError) {
 /// The stores' answers to one flush, gathered into one result.
 struct Gather {
     left: AtomicUsize,
-    failed: Mutex<Option<RadosError>>,
+    /// The stores that could not commit, and why.
+    failed: Mutex<Vec<(OsdId, String)>>,
+    /// For a first try: the cluster, to go on without those stores.
+    retry: Mutex<Option<Arc<Inner>>>,
     done: Mutex<Option<Done<()>>>,
 }
 
@@ -1008,17 +1066,37 @@ impl Gather {
     fn one(&self, id: OsdId, r: StoreResult<()>) {
         if let Err(e) = r {
             log::error!("flush: osd.{id} could not commit: {e}");
-            self.failed
-                .lock()
-                .get_or_insert(RadosError::Io(format!("osd.{id} could not commit: {e}")));
+            self.failed.lock().push((id, e.to_string()));
         }
         if self.left.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
-        let done = self.done.lock().take();
-        let failed = self.failed.lock().take();
-        if let Some(done) = done {
-            done(failed.map_or(Ok(()), Err));
+        let Some(done) = self.done.lock().take() else {
+            return;
+        };
+        let failed = std::mem::take(&mut *self.failed.lock());
+        let Some((id, e)) = failed.first().cloned() else {
+            return done(Ok(()));
+        };
+        let Some(inner) = self.retry.lock().take() else {
+            return done(Err(RadosError::Io(format!(
+                "osd.{id} could not commit: {e}"
+            ))));
+        };
+        // The answer may be on a store's commit thread, which peering waits for.
+        let (tx, rx) = std::sync::mpsc::channel::<Done<()>>();
+        let spawned = std::thread::Builder::new()
+            .name("rbdfs-flush".into())
+            .spawn(move || {
+                if let Ok(done) = rx.recv() {
+                    inner.flush_without(failed, done);
+                }
+            });
+        match spawned {
+            Ok(_) => drop(tx.send(done)),
+            Err(err) => done(Err(RadosError::Io(format!(
+                "osd.{id} could not commit: {e} (and spawning a thread: {err})"
+            )))),
         }
     }
 }
