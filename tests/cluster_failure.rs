@@ -412,7 +412,8 @@ fn test_failure_full_replica_is_marked_down_and_the_write_succeeds() {
     c.shutdown().unwrap();
 }
 
-/// File stores, kept by directory, so a test can make one fail.
+/// File stores, kept by directory, so a test can make one fail. They
+/// commit only when asked (a flush), not on a timer.
 #[derive(Default)]
 struct KeptStores {
     stores: Mutex<BTreeMap<std::path::PathBuf, Arc<rbdfs::store::FileStore>>>,
@@ -424,7 +425,11 @@ impl rbdfs::osd::StoreOpener for KeptStores {
     }
 
     fn open(&self, path: &Path) -> rbdfs::store::StoreResult<rbdfs::osd::OpenedStore> {
-        let fs = rbdfs::store::FileStore::open(path, rbdfs::store::StoreConfig::default())?;
+        let config = rbdfs::store::StoreConfig {
+            commit_interval: std::time::Duration::from_secs(3600),
+            ..rbdfs::store::StoreConfig::default()
+        };
+        let fs = rbdfs::store::FileStore::open(path, config)?;
         self.stores
             .lock()
             .unwrap()
@@ -438,11 +443,20 @@ impl rbdfs::osd::StoreOpener for KeptStores {
     }
 }
 
+/// Generation 1 of an object's content with every bit of its first 256
+/// bytes flipped.
+fn flipped(name: &str) -> Bytes {
+    let mut b = content(name, 1).to_vec();
+    b[..256].iter_mut().for_each(|b| *b = !*b);
+    Bytes::from(b)
+}
+
 /// A cluster of 3 file-store OSDs whose monitor never polls (only a
 /// failure report marks an OSD down), a pool of `size` replicas with 16
-/// objects written and flushed, and osd.2's store failed under it (with
-/// no commit waiting, nothing reports it: the map keeps it up).
-fn with_failed_store(dir: &Path, size: u32) -> (Arc<Cluster>, IoCtx) {
+/// objects written and flushed, then, with `unflushed`, overwritten with
+/// [`flipped`] content and not flushed; then osd.2's store fails under it
+/// (with no commit waiting, nothing reports it: the map keeps it up).
+fn with_failed_store(dir: &Path, size: u32, unflushed: bool) -> (Arc<Cluster>, IoCtx) {
     let kept = Arc::new(KeptStores::default());
     let config = ClusterConfig {
         store: kept.clone(),
@@ -451,11 +465,32 @@ fn with_failed_store(dir: &Path, size: u32) -> (Arc<Cluster>, IoCtx) {
     };
     let c = common::create_cluster(dir, 3, config);
     let io = common::rbd_pool(&c, size, 1, 32);
-    for i in 0..16 {
-        let n = format!("obj{i}");
-        write_full(&io, &n, content(&n, 1)).unwrap();
+    let names: Vec<String> = (0..16).map(|i| format!("obj{i}")).collect();
+    for n in &names {
+        write_full(&io, n, content(n, 1)).unwrap();
     }
     block_on(io.flush()).unwrap();
+    if unflushed {
+        // Small overwrites of part of each object, which the store
+        // journals and commits later (all but the first after a
+        // whole-object write: that drops the object's digest, and is
+        // committed before it is applied).
+        for _ in 0..2 {
+            for n in &names {
+                let ops = vec![WriteOp::Write {
+                    off: 0,
+                    data: flipped(n).slice(..256),
+                }];
+                block_on(io.operate_write(n, &SnapContext::empty(), ops)).unwrap();
+            }
+        }
+        assert!(
+            names
+                .iter()
+                .any(|n| c.object_acting(io.pool_id(), n).unwrap().1[0] == 2),
+            "no object is on osd.2"
+        );
+    }
     let victim = c.osdmap().osd_path(dir, 2).unwrap();
     let stores = kept.stores.lock().unwrap();
     let store = stores
@@ -464,15 +499,21 @@ fn with_failed_store(dir: &Path, size: u32) -> (Arc<Cluster>, IoCtx) {
         .map(|(_, s)| s.clone())
         .expect("osd.2's store");
     drop(stores);
+    use rbdfs::store::ObjectStore;
+    assert_eq!(store.holds_uncommitted(), unflushed);
     store.crash();
     (c, io)
+}
+
+fn is_lost(flushed: &rbdfs::rados::Result<()>) -> bool {
+    matches!(flushed, Err(rbdfs::rados::RadosError::Io(e)) if e.contains("no other copy"))
 }
 
 #[test]
 fn test_failure_flush_goes_on_without_a_store_that_cannot_commit() {
     // Arrange: osd.2's store fails while the map still has it up.
     let dir = tempfile::tempdir().unwrap();
-    let (c, io) = with_failed_store(dir.path(), 3);
+    let (c, io) = with_failed_store(dir.path(), 3, true);
     assert!(c.osdmap().osd(2).unwrap().up);
 
     // Act
@@ -484,8 +525,9 @@ fn test_failure_flush_goes_on_without_a_store_that_cannot_commit() {
     assert!(!c.osdmap().osd(2).unwrap().up, "osd.2 is still up");
     for i in 0..16 {
         let n = format!("obj{i}");
-        assert_eq!(read_whole(&io, &n), content(&n, 1));
+        assert_eq!(read_whole(&io, &n), flipped(&n));
     }
+    assert_eq!(block_on(io.flush()), Ok(()), "a second flush");
     // (Closing the failed store fails.)
     let _ = c.shutdown();
 }
@@ -494,16 +536,67 @@ fn test_failure_flush_goes_on_without_a_store_that_cannot_commit() {
 fn test_failure_flush_fails_when_the_store_that_cannot_commit_held_the_only_copy() {
     // Arrange: one replica per object, and osd.2 serves some PGs alone.
     let dir = tempfile::tempdir().unwrap();
-    let (c, io) = with_failed_store(dir.path(), 1);
+    let (c, io) = with_failed_store(dir.path(), 1, true);
     assert!(c.osdmap().osd(2).unwrap().up);
 
     // Act
     let flushed = block_on(io.flush());
 
     // Assert
-    assert!(
-        matches!(&flushed, Err(rbdfs::rados::RadosError::Io(e)) if e.contains("no other copy")),
-        "{flushed:?}"
-    );
+    assert!(is_lost(&flushed), "{flushed:?}");
+    let _ = c.shutdown();
+}
+
+#[test]
+fn test_failure_flush_fails_when_the_only_copy_was_lost_before_it() {
+    // Arrange: osd.2 held writes no flush had committed when its store
+    // failed, and was marked down (as the monitor does) before any flush.
+    let dir = tempfile::tempdir().unwrap();
+    let (c, io) = with_failed_store(dir.path(), 1, true);
+    c.set_osd_up(2, false).unwrap();
+
+    // Act
+    let first = block_on(io.flush());
+    let second = block_on(io.flush());
+
+    // Assert: every flush says so, not only the first.
+    assert!(is_lost(&first), "{first:?}");
+    assert!(is_lost(&second), "{second:?}");
+    let _ = c.shutdown();
+}
+
+#[test]
+fn test_failure_flush_succeeds_when_the_failed_store_had_committed_everything() {
+    // Arrange: osd.2 serves some PGs alone, but its store failed after a
+    // flush with nothing written since: nothing that was written is lost.
+    let dir = tempfile::tempdir().unwrap();
+    let (c, io) = with_failed_store(dir.path(), 1, false);
+
+    // Act
+    let flushed = block_on(io.flush());
+
+    // Assert
+    assert_eq!(flushed, Ok(()));
+    assert!(!c.osdmap().osd(2).unwrap().up, "osd.2 is still up");
+    let _ = c.shutdown();
+}
+
+#[test]
+fn test_failure_flush_after_the_failed_replica_was_marked_down_succeeds() {
+    // Arrange: three replicas; osd.2 failed holding writes not committed
+    // and is already down when the flush comes.
+    let dir = tempfile::tempdir().unwrap();
+    let (c, io) = with_failed_store(dir.path(), 3, true);
+    c.set_osd_up(2, false).unwrap();
+
+    // Act
+    let flushed = block_on(io.flush());
+
+    // Assert: the other two hold every write; once they have committed
+    // them, what osd.2 lost is not lost, even with no OSD left up.
+    assert_eq!(flushed, Ok(()));
+    c.set_osd_up(0, false).unwrap();
+    c.set_osd_up(1, false).unwrap();
+    assert_eq!(block_on(io.flush()), Ok(()), "a flush with every OSD down");
     let _ = c.shutdown();
 }

@@ -204,6 +204,10 @@ pub(super) struct Inner {
     /// Client ops waiting for a map change before they can be served.
     pub(super) blocked: AtomicUsize,
     stopping: AtomicBool,
+    /// OSDs whose stores failed holding writes not yet committed, when a
+    /// flush has since committed those writes on the others: they no
+    /// longer hold anything that is not also elsewhere.
+    covered: Mutex<BTreeSet<OsdId>>,
 }
 
 /// A running cluster of in-process OSDs.
@@ -326,6 +330,7 @@ impl Cluster {
                 changes: tokio::sync::watch::Sender::new(0),
                 blocked: AtomicUsize::new(0),
                 stopping: AtomicBool::new(false),
+                covered: Mutex::new(BTreeSet::new()),
             }),
         });
         spawn_monitor(&cluster.inner, fail_rx)?;
@@ -492,6 +497,8 @@ impl Cluster {
             if let Some(Err(e)) = self.inner.osd(osd).map(|o| o.store.check_health()) {
                 return Err(OsdError::Store { osd, source: e });
             }
+            // Up again, it takes writes that only it may hold.
+            self.inner.covered.lock().remove(&osd);
         }
         self.update_osd(osd, |o| o.up = up)
     }
@@ -596,36 +603,66 @@ impl Inner {
     }
 
     /// Commit every up OSD's store and hand `done` `Ok` once all are
-    /// durable. With `here`, the last store that has records to sync syncs
-    /// on this thread while the others' store threads sync theirs.
+    /// durable (a down OSD's store committed what it applied when it went
+    /// down: peering commits every store first). With `here`, the last
+    /// store that has records to sync syncs on this thread while the
+    /// others' store threads sync theirs.
     ///
     /// A store that fails to commit (its disk is gone) does not fail the
     /// flush while its data has another copy: as Ceph resends a write to a
     /// new acting set, the OSD is marked down and the flush runs again over
     /// the OSDs left, which applied every write it had. It fails when the
     /// OSD was the last one serving some PG, or the second try fails too.
+    /// A store that failed earlier, holding writes not yet committed, fails
+    /// every flush while some PG it served has no other OSD serving it.
     fn commit_all(self: &Arc<Self>, here: bool, done: Done<()>) {
-        self.commit_stores(here, Some(self.clone()), done);
+        self.commit_stores(here, true, &BTreeSet::new(), done);
     }
 
-    fn commit_stores(&self, here: bool, retry: Option<Arc<Inner>>, done: Done<()>) {
+    /// [`Inner::commit_all`] without the OSDs in `skip`; on a `first_try`, a
+    /// store that cannot commit is left out and the others committed again.
+    fn commit_stores(
+        self: &Arc<Self>,
+        here: bool,
+        first_try: bool,
+        skip: &BTreeSet<OsdId>,
+        done: Done<()>,
+    ) {
         let map = self.shared.map();
-        let mut stores: Vec<(OsdId, Arc<dyn ObjectStore>)> = self
-            .osds()
-            .iter()
-            .filter(|o| map.osd(o.id).is_some_and(|i| i.up))
-            .map(|o| (o.id, o.store.clone()))
-            .collect();
+        let covered = self.covered.lock().clone();
+        let mut stores: Vec<(OsdId, Arc<dyn ObjectStore>)> = Vec::new();
+        // Down OSDs whose stores failed holding writes not yet committed.
+        let mut gone = BTreeSet::new();
+        for o in self.osds().iter().filter(|o| !skip.contains(&o.id)) {
+            if map.osd(o.id).is_some_and(|i| i.up) {
+                stores.push((o.id, o.store.clone()));
+            } else if !covered.contains(&o.id)
+                && o.store.check_health().is_err()
+                && o.store.holds_uncommitted()
+            {
+                gone.insert(o.id);
+            }
+        }
+        if let Some(pg) = self.lost_pg(&map, &gone, &gone) {
+            return done(Err(RadosError::Io(format!(
+                "writes since the last flush are lost: pg {pg} has no other copy \
+                 than on {}, whose store failed before committing them",
+                osd_list(&gone)
+            ))));
+        }
         if here {
             stores.retain(|(_, s)| s.commit_pending());
         }
         let Some((last_id, last)) = stores.pop() else {
+            self.covered.lock().extend(gone);
             return done(Ok(()));
         };
         let gather = Arc::new(Gather {
             left: AtomicUsize::new(stores.len() + 1),
             failed: Mutex::new(Vec::new()),
-            retry: Mutex::new(retry),
+            inner: self.clone(),
+            first_try,
+            covers: gone,
             done: Mutex::new(Some(done)),
         });
         for (id, s) in stores {
@@ -637,6 +674,37 @@ impl Inner {
         } else {
             last.commit_then(Box::new(move |r| gather.one(last_id, r)));
         }
+    }
+
+    /// A PG whose writes since the last flush are lost: every OSD serving
+    /// it is `failing` (or none serves it any more), and one that served
+    /// it is `holding`, a failed store with writes it never committed.
+    fn lost_pg(
+        &self,
+        map: &OsdMap,
+        failing: &BTreeSet<OsdId>,
+        holding: &BTreeSet<OsdId>,
+    ) -> Option<String> {
+        if holding.is_empty() {
+            return None;
+        }
+        for pool in &map.pools {
+            for pg in 0..pool.info.pg_num {
+                let acting = self.shared.acting(map, &pool.info, pg);
+                if !acting.iter().all(|o| failing.contains(o)) {
+                    continue;
+                }
+                let served = if acting.is_empty() {
+                    map.pg_up_set(&pool.info, pg)
+                } else {
+                    acting
+                };
+                if served.iter().any(|o| holding.contains(o)) {
+                    return Some(format!("{}.{pg:x}", pool.info.id));
+                }
+            }
+        }
+        None
     }
 
     /// After OSDs `failed` could not commit during a flush: unless one of
@@ -653,20 +721,20 @@ impl Inner {
             each.join("; ")
         };
         let map = self.shared.map();
-        for pool in &map.pools {
-            for pg in 0..pool.info.pg_num {
-                let serving = self.shared.acting(&map, &pool.info, pg);
-                if !serving.is_empty() && serving.iter().all(|o| ids.contains(o)) {
-                    return done(Err(RadosError::Io(format!(
-                        "could not commit, and pg {}.{pg:x} has no other copy: {}",
-                        pool.info.id,
-                        why()
-                    ))));
-                }
-            }
+        let holding: BTreeSet<OsdId> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.osd(*id).is_some_and(|o| o.store.holds_uncommitted()))
+            .collect();
+        if let Some(pg) = self.lost_pg(&map, &ids, &holding) {
+            return done(Err(RadosError::Io(format!(
+                "could not commit, and pg {pg} has no other copy: {}",
+                why()
+            ))));
         }
         let up: BTreeSet<OsdId> = ids
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|id| map.osd(*id).is_some_and(|i| i.up))
             .collect();
         if !up.is_empty() {
@@ -681,7 +749,7 @@ impl Inner {
             "flush: went on without the OSDs that could not commit: {}",
             why()
         );
-        self.commit_stores(false, None, done);
+        self.commit_stores(false, false, &ids, done);
     }
 
     /// Mark failed OSDs down (one new epoch for all of them).
@@ -1056,8 +1124,11 @@ struct Gather {
     left: AtomicUsize,
     /// The stores that could not commit, and why.
     failed: Mutex<Vec<(OsdId, String)>>,
-    /// For a first try: the cluster, to go on without those stores.
-    retry: Mutex<Option<Arc<Inner>>>,
+    inner: Arc<Inner>,
+    /// Whether to go on without the stores that could not commit.
+    first_try: bool,
+    /// Failed stores whose writes this flush commits on the others.
+    covers: BTreeSet<OsdId>,
     done: Mutex<Option<Done<()>>>,
 }
 
@@ -1076,14 +1147,16 @@ impl Gather {
         };
         let failed = std::mem::take(&mut *self.failed.lock());
         let Some((id, e)) = failed.first().cloned() else {
+            self.inner.covered.lock().extend(&self.covers);
             return done(Ok(()));
         };
-        let Some(inner) = self.retry.lock().take() else {
+        if !self.first_try {
             return done(Err(RadosError::Io(format!(
                 "osd.{id} could not commit: {e}"
             ))));
-        };
+        }
         // The answer may be on a store's commit thread, which peering waits for.
+        let inner = self.inner.clone();
         let (tx, rx) = std::sync::mpsc::channel::<Done<()>>();
         let spawned = std::thread::Builder::new()
             .name("rbdfs-flush".into())
@@ -1214,6 +1287,12 @@ fn spawn_monitor(inner: &Arc<Inner>, failures: std::sync::mpsc::Receiver<OsdId>)
         })
         .map(drop)
         .map_err(|e| OsdError::io("starting the monitor thread", e))
+}
+
+/// `osd.1, osd.2`
+fn osd_list(ids: &BTreeSet<OsdId>) -> String {
+    let each: Vec<String> = ids.iter().map(|id| format!("osd.{id}")).collect();
+    each.join(", ")
 }
 
 /// What a read is refused for before it is sent.

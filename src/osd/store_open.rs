@@ -180,4 +180,7 @@ impl ObjectStore for FailedStore {
     fn check_health(&self) -> StoreResult<()> {
         Err(self.err())
     }
+    fn holds_uncommitted(&self) -> bool {
+        false
+    }
 }

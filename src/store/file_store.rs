@@ -352,6 +352,9 @@ struct Inner {
     submit: Mutex<Submit>,
     progress: Mutex<Progress>,
     progress_cv: Condvar,
+    /// The last seq known durable: set before its commit callbacks run,
+    /// where `Progress::committed` is set after them.
+    durable: AtomicU64,
     /// Lock order: `submit`, then `journal`, then `commits`.
     journal: Mutex<JournalWriter>,
     commits: Mutex<Commits>,
@@ -531,6 +534,7 @@ impl FileStore {
                 failed: None,
             }),
             progress_cv: Condvar::new(),
+            durable: AtomicU64::new(next_seq - 1),
             journal: Mutex::new(writer),
             commits: Mutex::new(Commits::default()),
             commit_run: Mutex::new(()),
@@ -1441,6 +1445,7 @@ impl Inner {
     /// callbacks, in seq order.
     fn complete_commits(&self, upto: u64) {
         let _run = self.commit_run.lock();
+        self.durable.fetch_max(upto, Ordering::AcqRel);
         let ready: Vec<Callback> = {
             let mut c = self.commits.lock();
             let mut v = Vec::new();
@@ -2513,6 +2518,10 @@ impl ObjectStore for FileStore {
         // A store that failed says so at the commit, as `commit_then` does.
         self.inner.usable().is_err()
             || self.inner.journal.lock().last_seq() > self.inner.progress.lock().committed
+    }
+
+    fn holds_uncommitted(&self) -> bool {
+        self.inner.journal.lock().last_seq() > self.inner.durable.load(Ordering::Acquire)
     }
 
     fn commit_here(&self) -> StoreResult<()> {

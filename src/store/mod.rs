@@ -253,6 +253,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn commit_pending(&self) -> bool {
         true
     }
+    /// Whether transactions were applied that are not yet committed, also
+    /// once the store has failed (then they are lost with it, unless
+    /// another store holds them). The default cannot tell and says yes.
+    fn holds_uncommitted(&self) -> bool {
+        true
+    }
     /// [`ObjectStore::wait_committed`] for a caller that may block on the
     /// sync itself: it syncs on the caller's thread rather than waking a
     /// store thread to do it. The default waits.
