@@ -138,6 +138,19 @@ fn test_resize_shrink_needs_flag() {
 }
 
 #[test]
+fn test_a_size_without_a_unit_is_mib_as_in_rbd() {
+    let s = Store::new();
+    s.ok(&["create", "-s", "1024", "img"]);
+    assert_eq!(s.json(&["info", "img"])["size"], 1u64 << 30);
+
+    // The rbd user's grow must not shrink the image to 2 KiB.
+    s.ok(&["resize", "-s", "2048", "--allow-shrink", "img"]);
+    assert_eq!(s.json(&["info", "img"])["size"], 2u64 << 30);
+    s.ok(&["resize", "-s", "4096B", "--allow-shrink", "img"]);
+    assert_eq!(s.json(&["info", "img"])["size"], 4096);
+}
+
+#[test]
 fn test_snapshot_protect_clone_flatten_cycle() {
     // Arrange: parent with data, snapshot s1.
     let s = Store::new();
@@ -260,7 +273,71 @@ fn test_rename_and_ls_long_json() {
     let rows = s.json(&["ls", "-l"]);
     assert_eq!(rows[0]["image"], "new");
     assert_eq!(rows[0]["size"], 1u64 << 30);
-    s.fails(&["rename", "new", "other/new"], libc::EXDEV);
+    s.fails(&["rename", "new", "other/new"], libc::EINVAL);
+    s.fails(&["rename", "new", "new"], libc::EEXIST);
+    assert_eq!(s.ok(&["ls"]), "new\n");
+}
+
+#[test]
+fn test_flatten_of_a_snapshot_is_refused_as_rbd_does() {
+    let s = Store::new();
+    s.ok(&["create", "--size", "1M", "img"]);
+    s.ok(&["snap", "create", "img@s"]);
+
+    let err = s.fails(&["flatten", "img@s"], libc::EINVAL);
+
+    assert!(err.contains("snapshot name"), "{err}");
+}
+
+#[test]
+fn test_du_of_a_missing_snapshot_fails() {
+    let s = Store::new();
+    s.ok(&["create", "--size", "1M", "img"]);
+
+    s.fails(&["du", "img@nosuch"], libc::ENOENT);
+}
+
+#[test]
+fn test_du_and_ls_take_a_pool_option() {
+    let s = Store::new();
+    s.ok(&["pool", "create", "fast", "--size", "2"]);
+    s.ok(&["create", "--size", "1M", "fast/img"]);
+    s.ok(&["create", "--size", "1M", "other"]);
+    s.ok(&["create", "--size", "2M", "fast/img2"]);
+
+    let all = s.json(&["du", "-p", "fast"]);
+    let one = s.json(&["du", "--pool", "fast", "img"]);
+
+    assert_eq!(all["images"].as_array().unwrap().len(), 2, "{all}");
+    assert_eq!(all["images"][0]["name"], "img");
+    assert_eq!(all["total_provisioned_size"], 3u64 << 20);
+    assert_eq!(one["images"].as_array().unwrap().len(), 1, "{one}");
+    assert_eq!(one["images"][0]["name"], "img");
+    assert!(one.get("total_used_size").is_none(), "a total of one row");
+    assert_eq!(s.ok(&["ls", "-p", "fast"]), "img\nimg2\n");
+}
+
+#[test]
+fn test_init_with_more_replicas_than_osds_leaves_no_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let run = |args: &[&str]| {
+        Command::new(bin())
+            .arg("--store")
+            .arg(&store)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+
+    for bad in ["5", "0"] {
+        let out = run(&["init", "--replicas", bad]);
+        assert_eq!(out.status.code(), Some(libc::EINVAL), "--replicas {bad}");
+    }
+
+    let listed = run(&["ls"]);
+    assert_eq!(listed.status.code(), Some(libc::ENOENT), "a store was left");
+    assert!(run(&["init", "--replicas", "3"]).status.success());
 }
 
 #[test]

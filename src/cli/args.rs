@@ -180,10 +180,10 @@ pub struct SpecArg {
 pub struct CreateArgs {
     /// `[pool/]image`
     pub spec: String,
-    /// Size, in bytes or with a K/M/G/T suffix.
+    /// Size: MiB, or with a B/K/M/G/T suffix (10G).
     #[arg(short, long)]
     pub size: Option<String>,
-    /// Object size as a power of two (12..=26; default 22 = 4 MiB).
+    /// Object size as a power of two (12..=25; default 22 = 4 MiB).
     #[arg(long)]
     pub order: Option<u8>,
 }
@@ -195,11 +195,20 @@ pub struct LsArgs {
     pub long: bool,
     /// Pool (default `rbd`).
     pub pool: Option<String>,
+    /// Pool, as `rbd ls -p POOL` takes it.
+    #[arg(
+        short = 'p',
+        long = "pool",
+        value_name = "POOL",
+        conflicts_with = "pool"
+    )]
+    pub pool_opt: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct ResizeArgs {
     pub spec: String,
+    /// New size: MiB, or with a B/K/M/G/T suffix (10G).
     #[arg(short, long)]
     pub size: String,
     /// Allow making the image smaller (data past the new end is lost).
@@ -243,8 +252,11 @@ pub struct CloneArgs {
 
 #[derive(Debug, Args)]
 pub struct DuArgs {
-    /// `[pool/]image[@snap]` (default: every image of the pool `rbd`).
+    /// `[pool/]image[@snap]` (default: every image of the pool).
     pub spec: Option<String>,
+    /// Pool (default `rbd`), for a spec without one or for the whole pool.
+    #[arg(short, long)]
+    pub pool: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -82,6 +82,9 @@ pub enum Command {
     },
     Du {
         spec: Option<String>,
+        /// For a spec without a pool, or every image of it.
+        #[serde(default)]
+        pool: Option<String>,
     },
     Export {
         spec: String,
@@ -747,10 +750,17 @@ pub async fn execute(
         Command::Rename { src, dst } => {
             let src = parse_head(src)?;
             let dst = parse_head(dst)?;
+            // As rbd answers both.
             if src.pool != dst.pool {
                 return Err(CmdError::Errno {
-                    errno: libc::EXDEV,
-                    message: "rename across pools is not supported".into(),
+                    errno: libc::EINVAL,
+                    message: "mv/rename across pools not supported".into(),
+                });
+            }
+            if src == dst {
+                return Err(CmdError::Errno {
+                    errno: libc::EEXIST,
+                    message: format!("rename failed: image {dst} already exists"),
                 });
             }
             ctx.rbd
@@ -826,19 +836,18 @@ pub async fn execute(
         }
         Command::Flatten { spec } => {
             let spec = parse_spec(spec)?;
+            if spec.snap.is_some() {
+                return Err(CmdError::Errno {
+                    errno: libc::EINVAL,
+                    message: "snapshot name specified for a command that doesn't use it".into(),
+                });
+            }
             match &ctx.fs {
                 Some(fs) => flatten_in_daemon(fs, &spec, progress).await,
-                None => {
-                    if spec.snap.is_some() {
-                        return Err(rbd_err("flatten error")(RbdError::ReadOnly(
-                            spec.to_string(),
-                        )));
-                    }
-                    manage(ctx, &spec, ManagementOp::Flatten, &sink, "flatten error").await
-                }
+                None => manage(ctx, &spec, ManagementOp::Flatten, &sink, "flatten error").await,
             }
         }
-        Command::Du { spec } => du(ctx, spec.as_deref()).await,
+        Command::Du { spec, pool } => du(ctx, spec.as_deref(), pool.as_deref()).await,
         Command::Export { spec, path } => export(ctx, spec, path, &sink).await,
         Command::Import { path, spec, order } => import(ctx, path, spec, *order, &sink).await,
         Command::OsdLs => on_cluster(ctx, "osd ls".into(), |c| Ok(osd_rows(c)))
@@ -988,22 +997,25 @@ async fn flatten_in_daemon(
     }
 }
 
-async fn du(ctx: &Ctx, spec: Option<&str>) -> Result<Output, CmdError> {
+async fn du(ctx: &Ctx, spec: Option<&str>, pool: Option<&str>) -> Result<Output, CmdError> {
+    let pool = pool.unwrap_or(crate::rbd::DEFAULT_POOL);
     let specs = match spec {
-        Some(s) => vec![parse_spec(s)?],
+        Some(s) if s.contains('/') => vec![parse_spec(s)?],
+        Some(s) => vec![parse_spec(&format!("{pool}/{s}"))?],
         None => ctx
             .rbd
-            .list(crate::rbd::DEFAULT_POOL)
+            .list(pool)
             .await
             .map_err(rbd_err("listing images failed"))?
             .into_iter()
-            .map(|n| ImageSpec::new(crate::rbd::DEFAULT_POOL, &n))
+            .map(|n| ImageSpec::new(pool, &n))
             .collect(),
     };
     let mut rows = Vec::new();
     for spec in specs {
         let image = open(ctx, &spec.head()).await?;
         let du = image.du().await.map_err(rbd_err("du failed"))?;
+        let before = rows.len();
         for e in du.entries {
             if spec.snap.is_some() && e.snap != spec.snap {
                 continue;
@@ -1016,6 +1028,11 @@ async fn du(ctx: &Ctx, spec: Option<&str>) -> Result<Output, CmdError> {
                 provisioned_size: e.provisioned_size,
                 used_size: e.used_size,
             });
+        }
+        if rows.len() == before && spec.snap.is_some() {
+            return Err(rbd_err("du failed")(RbdError::SnapNotFound(
+                spec.to_string(),
+            )));
         }
     }
     Ok(Output::Du(rows))

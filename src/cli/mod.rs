@@ -54,6 +54,7 @@ pub fn to_command(verb: &Verb) -> Result<Command, (i32, String)> {
             pool: a
                 .pool
                 .clone()
+                .or_else(|| a.pool_opt.clone())
                 .unwrap_or_else(|| store::DEFAULT_POOL.to_string()),
             long: a.long,
         },
@@ -104,6 +105,7 @@ pub fn to_command(verb: &Verb) -> Result<Command, (i32, String)> {
         },
         Verb::Du(a) => Command::Du {
             spec: a.spec.clone(),
+            pool: a.pool.clone(),
         },
         Verb::Export(a) => Command::Export {
             spec: a.spec.clone(),

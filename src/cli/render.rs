@@ -88,12 +88,27 @@ fn info_text(i: &InfoOut) -> String {
     s
 }
 
+/// Provisioned size of the heads, and space used by everything listed.
+fn du_totals(d: &[super::command::DuRow]) -> (u64, u64) {
+    let prov = d
+        .iter()
+        .filter(|e| e.snapshot.is_none())
+        .map(|e| e.provisioned_size)
+        .sum();
+    (prov, d.iter().map(|e| e.used_size).sum())
+}
+
 /// The text to print on stdout for `out` (empty for nothing).
 pub fn render(out: &Output, style: Style) -> String {
     if let Style::Json { pretty } = style {
         #[derive(Serialize)]
         struct Images<'a> {
             images: &'a [super::command::DuRow],
+            // With more than one row, as the text's `<TOTAL>` line.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            total_provisioned_size: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            total_used_size: Option<u64>,
         }
         #[derive(Serialize)]
         struct Child<'a> {
@@ -123,7 +138,16 @@ pub fn render(out: &Output, style: Style) -> String {
                     .collect();
                 to_json(&kids, pretty)
             }
-            Output::Du(d) => to_json(&Images { images: d }, pretty),
+            Output::Du(d) => {
+                let (prov, used) = du_totals(d);
+                let many = d.len() > 1;
+                let images = Images {
+                    images: d,
+                    total_provisioned_size: many.then_some(prov),
+                    total_used_size: many.then_some(used),
+                };
+                to_json(&images, pretty)
+            }
             Output::Status(s) => to_json(s, pretty),
             Output::Osds(o) => to_json(o, pretty),
             Output::Pgs(p) => to_json(p, pretty),
@@ -206,12 +230,7 @@ pub fn render(out: &Output, style: Style) -> String {
                 })
                 .collect();
             if d.len() > 1 {
-                let prov = d
-                    .iter()
-                    .filter(|e| e.snapshot.is_none())
-                    .map(|e| e.provisioned_size)
-                    .sum();
-                let used = d.iter().map(|e| e.used_size).sum();
+                let (prov, used) = du_totals(d);
                 cells.push(vec!["<TOTAL>".into(), format_size(prov), format_size(used)]);
             }
             table(&["NAME", "PROVISIONED", "USED"], &cells)

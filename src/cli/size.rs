@@ -1,12 +1,15 @@
-//! Sizes as users write and read them: `10G`, `512M`, `4096`; `1 GiB`, `4 MiB`.
+//! Sizes as users write and read them: `10G`, `512M`, `1024` (MiB, as `rbd`
+//! reads it), `4096B`; `1 GiB`, `4 MiB`.
 
 /// A size string that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid size '{0}': use bytes or a number with K, M, G or T (e.g. 10G)")]
+#[error("invalid size '{0}': use a number of MiB, or a number with B, K, M, G or T (e.g. 10G)")]
 pub struct BadSize(pub String);
 
-/// Parse `N` (bytes) or `N` followed by K/M/G/T (binary units, optionally
-/// followed by `B` or `iB`, any case).
+/// Parse `N` followed by B/K/M/G/T (binary units, optionally followed by
+/// `B` or `iB`, any case), or a bare `N`, which is MiB: `rbd create -s 1024`
+/// makes a 1 GiB image, and a script written for it must not make a 1 KiB
+/// one here (or shrink an image to that).
 pub fn parse_size(s: &str) -> Result<u64, BadSize> {
     let bad = || BadSize(s.to_string());
     let t = s.trim();
@@ -17,9 +20,9 @@ pub fn parse_size(s: &str) -> Result<u64, BadSize> {
     let n: u64 = t[..digits].parse().map_err(|_| bad())?;
     let unit = t[digits..].trim().to_ascii_uppercase();
     let shift = match unit.as_str() {
-        "" | "B" => 0,
+        "B" => 0,
         "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
+        "" | "M" | "MB" | "MIB" => 20,
         "G" | "GB" | "GIB" => 30,
         "T" | "TB" | "TIB" => 40,
         _ => return Err(bad()),
@@ -48,11 +51,18 @@ mod tests {
 
     #[test]
     fn test_parse_size_suffixes_are_binary() {
-        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4096B"), Ok(4096));
+        assert_eq!(parse_size("4096 b"), Ok(4096));
         assert_eq!(parse_size("10G"), Ok(10 << 30));
         assert_eq!(parse_size("512m"), Ok(512 << 20));
         assert_eq!(parse_size("1TiB"), Ok(1 << 40));
         assert_eq!(parse_size("3K"), Ok(3072));
+    }
+
+    #[test]
+    fn test_parse_size_bare_number_is_mib_as_in_rbd() {
+        assert_eq!(parse_size("1024"), Ok(1 << 30));
+        assert_eq!(parse_size("0"), Ok(0));
     }
 
     #[test]

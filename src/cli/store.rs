@@ -22,7 +22,9 @@ pub const LOG_NAME: &str = "rbdfs.log";
 pub enum StoreError {
     #[error(
         "store {0} is in use by another rbdfs process (a mount or a command); \
-         unmount it or wait for the command, then retry"
+         unmount it or wait for the command, then retry (while the store is \
+         mounted, commands go through the mount's daemon and may run at once: \
+         `rbdfs mount --daemon`)"
     )]
     Locked(PathBuf),
     #[error("store {0} does not exist; create it with `rbdfs --store {0} init`")]
@@ -149,6 +151,18 @@ async fn open_cluster(dir: &Path) -> Result<Store, StoreError> {
 /// Create a new store in `dir` (which must not hold one): its OSDs, then the
 /// default pool.
 pub async fn init(dir: &Path, opts: &InitOptions) -> Result<Store, StoreError> {
+    // Checked before anything is written: a refused init leaves no store.
+    let osds = if opts.osds.is_empty() {
+        DEFAULT_OSDS
+    } else {
+        opts.osds.len()
+    };
+    if opts.replicas == 0 || opts.replicas as usize > osds {
+        return Err(StoreError::Rados(RadosError::InvalidArgument(format!(
+            "--replicas {} needs 1 to {osds}, the number of OSDs",
+            opts.replicas
+        ))));
+    }
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     if exists(dir) {
         return Err(StoreError::Exists(dir.to_path_buf()));

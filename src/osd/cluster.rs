@@ -945,7 +945,12 @@ impl Inner {
             }
             let size = size.unwrap_or(self.config.default_pool_size);
             let in_osds = m.osds.iter().filter(|o| o.in_).count();
-            if size == 0 || size as usize > in_osds {
+            if size == 0 {
+                return Err(OsdError::InvalidArgument(
+                    "pool size must be at least 1".into(),
+                ));
+            }
+            if size as usize > in_osds {
                 return Err(OsdError::SizeTooLarge {
                     size,
                     osds: in_osds,
