@@ -50,3 +50,49 @@ fn test_clones_from_xattr_and_cli_change_without_touching_parent() {
     kids.sort();
     assert_eq!(kids, ["rbd/c1", "rbd/c2"]);
 }
+
+#[test]
+fn test_tar_sparse_archives_what_a_fresh_clone_reads() {
+    // Arrange: a parent with data in two objects, a clone that holds
+    // nothing of its own yet, and a plain file with the same bytes.
+    let w = World::new();
+    let base = w.path("rbd/base");
+    let mut want = vec![0u8; 16 << 20];
+    want[1 << 20..(1 << 20) + 100_000].copy_from_slice(&pattern(3, 100_000));
+    want[9 << 20..(9 << 20) + 4096].copy_from_slice(&pattern(4, 4096));
+    std::fs::write(&base, &want).unwrap();
+    setfattr(&base, "user.rbd.snap", "s1").unwrap();
+    let snap = w.path("rbd/base@s1");
+    setfattr(&snap, "user.rbd.protected", "1").unwrap();
+    setfattr(&snap, "user.rbd.clone", "rbd/c1").unwrap();
+    let out = w.dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let archive = w.dir.path().join("c1.tar");
+
+    // Act: GNU tar with --sparse, which trusts st_blocks == 0 to mean "all
+    // holes".
+    let mnt_rbd = w.path("rbd");
+    run(
+        "tar",
+        &[
+            "-S".as_ref(),
+            "-cf".as_ref(),
+            archive.as_os_str(),
+            "-C".as_ref(),
+            mnt_rbd.as_os_str(),
+            "c1".as_ref(),
+        ],
+    );
+    run(
+        "tar",
+        &[
+            "-xf".as_ref(),
+            archive.as_os_str(),
+            "-C".as_ref(),
+            out.as_os_str(),
+        ],
+    );
+
+    // Assert
+    assert!(std::fs::read(out.join("c1")).unwrap() == want);
+}

@@ -467,3 +467,29 @@ async fn test_blocks_of_an_image_and_its_snapshot_add_up_to_its_usage() {
     assert_eq!(snap, (4 * MIB) / 512);
     assert_eq!(head, (4 * MIB) / 512);
 }
+
+#[tokio::test]
+async fn test_a_file_that_reads_data_it_does_not_hold_counts_one_block() {
+    // Arrange: a head with data, snapshotted (so it holds nothing written
+    // since), the snapshot protected and cloned; and an empty image.
+    let fs = fs().await;
+    let ino = image(&fs, "base", 8 * MIB).await;
+    write(&fs, ino, MIB, b"golden").await;
+    fs.setxattr(ino, "user.rbd.snap", b"s1").await.unwrap();
+    let snap = lookup(&fs, "base@s1").await.unwrap().ino;
+    fs.setxattr(snap, "user.rbd.protected", b"1").await.unwrap();
+    fs.setxattr(snap, "user.rbd.clone", b"rbd/child")
+        .await
+        .unwrap();
+    let empty = image(&fs, "empty", 8 * MIB).await;
+
+    // Act
+    let head = fs.getattr(ino).await.unwrap().blocks;
+    let child = lookup(&fs, "child").await.unwrap().blocks;
+    let none = fs.getattr(empty).await.unwrap().blocks;
+
+    // Assert: not 0, which tools take for "all holes"; 0 when it is.
+    assert_eq!(head, 1);
+    assert_eq!(child, 1);
+    assert_eq!(none, 0);
+}
