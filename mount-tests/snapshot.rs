@@ -69,3 +69,31 @@ fn test_snapshot_file_is_read_only() {
     let head = std::fs::read(&vm).unwrap();
     assert!(head[..4096] == pattern(9, 4096)[..]);
 }
+
+#[test]
+fn test_a_snapshot_attached_to_a_loop_device_cannot_be_removed() {
+    // Arrange: a snapshot attached read-only.
+    let mut w = World::new();
+    let vm = w.path("rbd/vm");
+    std::fs::write(&vm, pattern(6, 1 << 20)).unwrap();
+    setfattr(&vm, "user.rbd.snap", "s1").unwrap();
+    let snap = w.path("rbd/vm@s1");
+    let dev = w.losetup(&snap, &["-r"]);
+
+    // Act: through the mount, and through the CLI (sent to the daemon).
+    let unlinked = std::fs::remove_file(&snap);
+    let cli = w.cli_output(&["snap", "rm", "rbd/vm@s1"]);
+
+    // Assert: both refused, the device still reads the snapshot; once it
+    // is detached the snapshot goes.
+    assert_eq!(
+        unlinked.unwrap_err().raw_os_error(),
+        Some(libc::EBUSY),
+        "rm of an attached snapshot"
+    );
+    assert_eq!(cli.status.code(), Some(libc::EBUSY), "rbdfs snap rm");
+    assert!(std::fs::read(&dev).unwrap() == pattern(6, 1 << 20));
+    w.detach(&dev);
+    std::fs::remove_file(&snap).expect("rm once detached");
+    assert!(!snap.exists());
+}

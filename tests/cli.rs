@@ -120,6 +120,8 @@ fn test_create_errors_have_rbd_exit_codes_and_change_nothing() {
     s.fails(&["create", "--size", "1M", "x/y/z"], libc::EINVAL);
     s.fails(&["create", "--size", "1M", "nopool/b"], libc::ENOENT);
     s.fails(&["info", "nosuch"], libc::ENOENT);
+    let huge = s.fails(&["create", "--size", "1023T", "huge"], libc::EINVAL);
+    assert!(huge.contains("larger object size"), "{huge}");
 
     assert_eq!(s.ok(&["ls"]), "a\n");
 }

@@ -796,6 +796,18 @@ pub async fn execute(
         }
         Command::SnapRm { spec } => {
             let (head, name) = parse_snap(spec)?;
+            if let Some(fs) = &ctx.fs {
+                let snap = head.at_snap(&name);
+                if fs.has_open(&snap) {
+                    return Err(CmdError::Errno {
+                        errno: libc::EBUSY,
+                        message: format!(
+                            "failed to remove snapshot: {snap} is open through the mount \
+                             (a loop device?); close or detach it first"
+                        ),
+                    });
+                }
+            }
             let op = ManagementOp::SnapRemove { name };
             manage(ctx, &head, op, &sink, "failed to remove snapshot").await
         }

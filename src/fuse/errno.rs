@@ -35,6 +35,8 @@ pub enum FsError {
     BadHandle(u64),
     #[error("offset {0} is past the end of the data")]
     NoMoreData(u64),
+    #[error("{0}")]
+    TooLarge(String),
     #[error(transparent)]
     Rbd(#[from] RbdError),
     #[error(transparent)]
@@ -62,6 +64,7 @@ impl FsError {
             FsError::CrossPool => libc::EXDEV,
             FsError::BadHandle(_) => libc::EBADF,
             FsError::NoMoreData(_) => libc::ENXIO,
+            FsError::TooLarge(_) => libc::EFBIG,
             FsError::Rbd(e) => rbd_errno(e),
             FsError::Rados(e) => e.errno(),
         }

@@ -214,6 +214,13 @@ struct Handle {
     writable: bool,
 }
 
+/// An image of `size` bytes is possible (else EFBIG, as for a file that
+/// cannot grow that far).
+fn fits(image: &Image, size: u64) -> FsResult<()> {
+    let order = image.object_size().trailing_zeros() as u8;
+    crate::rbd::types::check_size(size, order).map_err(|e| FsError::TooLarge(e.to_string()))
+}
+
 /// Who owns the files and where free space is measured.
 #[derive(Clone, Debug)]
 pub struct FsOptions {
@@ -350,6 +357,15 @@ impl ImageFs {
 
     fn ino(&self, node: Node) -> u64 {
         self.inodes.lock().ino(node)
+    }
+
+    /// Whether a file handle of the mount has `spec` (an image or one of
+    /// its snapshots) open.
+    pub fn has_open(&self, spec: &ImageSpec) -> bool {
+        self.handles
+            .lock()
+            .values()
+            .any(|h| h.image.spec() == *spec)
     }
 
     fn handle(&self, fh: u64) -> FsResult<(Arc<Image>, bool)> {
@@ -597,6 +613,7 @@ impl ImageFs {
         if end <= image.size() {
             return Ok(());
         }
+        fits(image, end)?;
         let _g = self.grow.lock().await;
         if end > image.size() {
             image.resize(end, false, &NoProgress).await?;
@@ -748,16 +765,26 @@ impl ImageFs {
     ) -> FsResult<Attr> {
         let node = self.node(ino)?;
         if mode.is_some() || owner.is_some_and(|(u, g)| u.is_some() || g.is_some()) {
-            return Err(FsError::NotPermitted(format!(
-                "{}: modes and owners are fixed; mount with --allow-other to share",
-                node.display()
-            )));
+            // What changes nothing is accepted, so `cp -p` and `install -m`
+            // into the mount work.
+            let now = self.attr_of(ino, &node).await?;
+            let (uid, gid) = owner.unwrap_or_default();
+            if mode.is_some_and(|m| m & 0o7777 != now.perm as u32)
+                || uid.is_some_and(|u| u != now.uid)
+                || gid.is_some_and(|g| g != now.gid)
+            {
+                return Err(FsError::NotPermitted(format!(
+                    "{}: modes and owners are fixed; mount with --allow-other to share",
+                    node.display()
+                )));
+            }
         }
         if let Some(size) = size {
             match &node {
                 Node::Image { .. } => {
                     let image = self.open_node(&node).await?;
                     if size != image.size() {
+                        fits(&image, size)?;
                         image.resize(size, true, &NoProgress).await?;
                         log::info!("resized {} to {size} through the mount", node.display());
                     }
@@ -795,6 +822,14 @@ impl ImageFs {
                 log::info!("removed image {pool}/{image} through the mount");
             }
             Node::Snap { pool, image, snap } => {
+                let spec = ImageSpec::new(pool, image).at_snap(snap);
+                if self.has_open(&spec) {
+                    log::warn!(
+                        "refusing to remove snapshot {spec}: a file handle has it open \
+                         (a loop device?); close or detach it first"
+                    );
+                    return Err(RbdError::ImageBusy(spec.to_string()).into());
+                }
                 let head = self
                     .open_node(&Node::Image {
                         pool: pool.clone(),

@@ -233,6 +233,28 @@ async fn test_unlink_protected_snapshot_is_ebusy_unprotected_removes_it() {
 }
 
 #[tokio::test]
+async fn test_unlink_of_an_open_snapshot_is_ebusy_until_it_is_closed() {
+    // Arrange: a snapshot file open for reading (a loop device on it).
+    let fs = fs().await;
+    let ino = image(&fs, "vm", MIB).await;
+    write(&fs, ino, 0, b"kept").await;
+    fs.setxattr(ino, "user.rbd.snap", b"s1").await.unwrap();
+    let snap = lookup(&fs, "vm@s1").await.unwrap().ino;
+    let fh = fs.open(snap, libc::O_RDONLY).await.unwrap();
+    let pool = pool_ino(&fs).await;
+
+    // Act + Assert
+    assert_eq!(
+        errno(fs.unlink(pool, OsStr::new("vm@s1")).await),
+        libc::EBUSY
+    );
+    assert_eq!(read(&fs, snap, 0, 4).await, b"kept");
+    fs.release(fh);
+    fs.unlink(pool, OsStr::new("vm@s1")).await.unwrap();
+    assert_eq!(errno(lookup(&fs, "vm@s1").await), libc::ENOENT);
+}
+
+#[tokio::test]
 async fn test_rename_keeps_inode_and_content() {
     let fs = fs().await;
     let ino = image(&fs, "old", MIB).await;
@@ -265,6 +287,48 @@ async fn test_namespace_ops_without_meaning_are_refused() {
         errno(fs.setattr(ino, None, Some(0o600), None).await),
         libc::EPERM
     );
+    assert_eq!(
+        errno(fs.setattr(ino, None, None, Some((Some(4242), None))).await),
+        libc::EPERM
+    );
+}
+
+#[tokio::test]
+async fn test_chmod_and_chown_that_change_nothing_are_accepted() {
+    // Arrange: what `cp -p` and `install -m 644` ask after writing.
+    let fs = fs().await;
+    let ino = image(&fs, "vm", MIB).await;
+    let now = fs.getattr(ino).await.unwrap();
+
+    // Act
+    let mode = fs
+        .setattr(ino, None, Some(libc::S_IFREG | now.perm as u32), None)
+        .await;
+    let owner = fs
+        .setattr(ino, None, None, Some((Some(now.uid), Some(now.gid))))
+        .await;
+
+    // Assert
+    assert_eq!(mode.unwrap().perm, now.perm);
+    assert_eq!(owner.unwrap().uid, now.uid);
+}
+
+#[tokio::test]
+async fn test_growing_past_the_largest_image_is_efbig_and_changes_nothing() {
+    let fs = fs().await;
+    let ino = image(&fs, "vm", MIB).await;
+    let fh = fs.open(ino, libc::O_RDWR).await.unwrap();
+    let far = 1u64 << 60;
+
+    let written = fs.write(fh, far, Bytes::from_static(b"x")).await;
+    let allocated = fs.fallocate(fh, far, 4096, 0).await;
+    let truncated = fs.setattr(ino, Some(far), None, None).await;
+    fs.release(fh);
+
+    assert_eq!(errno(written), libc::EFBIG);
+    assert_eq!(errno(allocated), libc::EFBIG);
+    assert_eq!(errno(truncated), libc::EFBIG);
+    assert_eq!(fs.getattr(ino).await.unwrap().size, MIB);
 }
 
 #[tokio::test]

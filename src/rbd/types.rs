@@ -93,9 +93,11 @@ impl Default for RbdConfig {
 pub const MIN_ORDER: u8 = 12;
 pub const MAX_ORDER: u8 = 25;
 
-/// Most objects an image may have (its object map keeps a byte per object in
-/// memory): 2^28, i.e. 1 PiB with 4 MiB objects.
-pub const MAX_OBJECTS: u64 = 1 << 28;
+/// Most objects an image may have: its object map, a byte per object after
+/// a header, must fit in one RADOS object (about 512 TiB with 4 MiB
+/// objects).
+pub const MAX_OBJECTS: u64 =
+    crate::rados::mem::MAX_OBJECT_SIZE - crate::rbd::object_map::HEADER_LEN;
 
 /// Check that an image of `size` bytes with objects of order `order` fits.
 pub fn check_size(size: u64, order: u8) -> Result<(), crate::rbd::RbdError> {
