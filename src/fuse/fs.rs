@@ -250,8 +250,6 @@ pub struct ImageFs {
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     jobs: Arc<Jobs>,
-    /// Serialises growing an image by writes past its end.
-    grow: tokio::sync::Mutex<()>,
     started: SystemTime,
 }
 
@@ -291,7 +289,6 @@ impl ImageFs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             jobs,
-            grow: tokio::sync::Mutex::new(()),
             started: SystemTime::now(),
         }
     }
@@ -614,11 +611,7 @@ impl ImageFs {
             return Ok(());
         }
         fits(image, end)?;
-        let _g = self.grow.lock().await;
-        if end > image.size() {
-            image.resize(end, false, &NoProgress).await?;
-        }
-        Ok(())
+        Ok(image.grow_to(end).await?)
     }
 
     /// Write `data` at `off`; a write past the end grows the image (as

@@ -387,6 +387,20 @@ impl Image {
         operation::resize::resize(&self.ctx, size, allow_shrink, progress).await
     }
 
+    /// Grow the image to at least `size` bytes, never shrinking it: for
+    /// writes past the end, which may race each other. Growths of one image
+    /// wait for each other, not for those of other images.
+    pub async fn grow_to(&self, size: u64) -> Result<()> {
+        if size <= self.size() {
+            return Ok(());
+        }
+        let _g = self.ctx.grow.lock().await;
+        if size > self.size() {
+            self.resize(size, false, &NoProgress).await?;
+        }
+        Ok(())
+    }
+
     /// Take snapshot `name` in O(1).
     pub async fn snap_create(&self, name: &str) -> Result<()> {
         self.check_writable()?;

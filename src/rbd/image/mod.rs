@@ -85,6 +85,8 @@ pub struct ImageCtx {
     /// Bumped when a multi-write copyup starts and when it ends, so a read
     /// that ran meanwhile knows to read again under the object lock.
     copyup_generation: AtomicU64,
+    /// Serialises growths by writes past the end (`Image::grow_to`).
+    pub(crate) grow: tokio::sync::Mutex<()>,
 }
 
 /// Prefix of the copyup-intent keys in the header object's omap.
@@ -121,6 +123,7 @@ impl ImageCtx {
             lock: ExclusiveLock::new(client),
             pending_copyups: Mutex::new(std::collections::HashSet::new()),
             copyup_generation: AtomicU64::new(0),
+            grow: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -193,6 +193,31 @@ async fn test_shrink_without_flag_is_refused_and_changes_nothing() {
     assert_eq!(img.size(), 4 * OBJ);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_racing_growths_all_succeed_and_the_largest_wins() {
+    // Arrange: one image, opened by each of 16 tasks (as FUSE writes past
+    // the end arrive at once).
+    let (rbd, _mem, _c) = setup().await;
+    rbd.create("rbd", "a", OBJ, &opts()).await.unwrap();
+    let img = std::sync::Arc::new(rbd.open("rbd", "a", None).await.unwrap());
+
+    // Act
+    let tasks: Vec<_> = (1..=16u64)
+        .map(|i| {
+            let img = img.clone();
+            tokio::spawn(async move { img.grow_to((i * 7 % 16 + 2) * OBJ).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+
+    // Assert: none was refused as a shrink.
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert_eq!(img.size(), 17 * OBJ);
+}
+
 #[tokio::test]
 async fn test_shrink_then_grow_reads_zeros_past_old_end() {
     let (rbd, _mem, _c) = setup().await;
