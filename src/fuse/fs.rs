@@ -1062,13 +1062,20 @@ impl ImageFs {
         if was == on {
             return Ok(());
         }
-        if on {
-            head.snap_protect(snap).await?;
+        let r = if on {
+            head.snap_protect(snap).await
         } else {
-            head.snap_unprotect(snap).await?;
+            head.snap_unprotect(snap).await
+        };
+        match r {
+            // Set by someone else since the check: the state asked for.
+            Err(RbdError::AlreadyProtected | RbdError::AlreadyUnprotected) => Ok(()),
+            Err(e) => Err(e.into()),
+            Ok(()) => {
+                log::info!("snapshot {spec} protected={on} through the mount");
+                Ok(())
+            }
         }
-        log::info!("snapshot {spec} protected={on} through the mount");
-        Ok(())
     }
 
     /// removexattr: the attributes are computed, not stored.

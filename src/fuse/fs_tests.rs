@@ -557,3 +557,23 @@ async fn test_a_file_that_reads_data_it_does_not_hold_counts_one_block() {
     assert_eq!(child, 1);
     assert_eq!(none, 0);
 }
+
+#[tokio::test]
+async fn test_protect_set_from_two_shells_at_once_succeeds_in_both() {
+    // Arrange: store ops that yield, so the two setxattrs interleave.
+    let (rbd, _mem) = crate::rbd::tests::setup_interleaved(2, 0).await;
+    let fs = ImageFs::new(rbd, FsOptions::default());
+    let ino = image(&fs, "vm", MIB).await;
+    fs.setxattr(ino, "user.rbd.snap", b"s1").await.unwrap();
+    let snap = lookup(&fs, "vm@s1").await.unwrap().ino;
+
+    // Act
+    let (a, b) = tokio::join!(
+        fs.setxattr(snap, "user.rbd.protected", b"1"),
+        fs.setxattr(snap, "user.rbd.protected", b"1")
+    );
+
+    // Assert
+    assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
+    assert_eq!(fs.getxattr(snap, "user.rbd.protected").await.unwrap(), b"1");
+}

@@ -74,6 +74,10 @@ pub struct Rbd {
     client_id: u64,
     /// (pool, name) being created, cloned or renamed to in this process.
     naming: Mutex<HashSet<(String, String)>>,
+    /// Held by a clone from its check that the snapshot is protected until
+    /// the child is listed, and by an unprotect from its count of children
+    /// until it is saved: an unprotect never misses a clone being made.
+    pub(crate) clone_gate: tokio::sync::Mutex<()>,
 }
 
 /// Holds a name while an image is created under it (see `Rbd::name_guard`).
@@ -97,6 +101,7 @@ impl Rbd {
             open: Mutex::new(HashMap::new()),
             layout_epoch: AtomicU64::new(0),
             client_id: image::new_client_id(),
+            clone_gate: tokio::sync::Mutex::new(()),
             naming: Mutex::new(HashSet::new()),
         })
     }
@@ -513,4 +518,4 @@ impl Image {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -43,6 +43,7 @@ pub async fn clone_image(
             reason: "a clone's name may not name a snapshot".into(),
         });
     }
+    let _gate = rbd.clone_gate.lock().await;
     let pioctx = directory::pool_ioctx(rbd, &parent.pool)?;
     let pid = directory::listed_image_id(&pioctx, &parent.pool, &parent.image).await?;
     // Read the header from the store: the parent may be open elsewhere, but its

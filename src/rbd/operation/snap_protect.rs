@@ -21,6 +21,12 @@ pub async fn snap_unprotect(ctx: &ImageCtx, name: &str) -> Result<()> {
 }
 
 pub(crate) async fn set(ctx: &ImageCtx, name: &str, protect: bool) -> Result<()> {
+    // Unprotect: no clone of the snapshot may be half made meanwhile.
+    let _gate = if protect {
+        None
+    } else {
+        Some(ctx.rbd.clone_gate.lock().await)
+    };
     let hdr = ctx.header();
     let rec = hdr
         .snap_by_name(name)

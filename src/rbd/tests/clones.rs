@@ -628,3 +628,37 @@ async fn test_reads_during_multi_write_copyup_see_before_or_after() {
 
     assert_bytes(&c.read(OBJ, OBJ).await.unwrap(), &after);
 }
+
+#[tokio::test]
+async fn test_unprotect_racing_a_clone_never_leaves_the_clone_unprotected() {
+    // Each store op yields, so the clone's and the unprotect's steps
+    // interleave; the unprotect starts `lag` yields after the clone.
+    for lag in 0..24u32 {
+        // Arrange
+        let (rbd, _mem) = setup_interleaved(3, 0).await;
+        rbd.create("rbd", "p", 4 * OBJ, &opts()).await.unwrap();
+        let img = rbd.open("rbd", "p", None).await.unwrap();
+        img.snap_create("s").await.unwrap();
+        img.snap_protect("s").await.unwrap();
+
+        // Act
+        let (parent, child, o) = (spec("p@s"), spec("c"), opts());
+        let clone = rbd.clone_image(&parent, &child, &o);
+        let unprotect = async {
+            for _ in 0..lag {
+                tokio::task::yield_now().await;
+            }
+            img.snap_unprotect("s").await
+        };
+        let (cloned, unprotected) = tokio::join!(clone, unprotect);
+
+        // Assert: one of them lost.
+        assert!(
+            cloned.is_err() || unprotected.is_err(),
+            "lag {lag}: the clone was made and its snapshot unprotected"
+        );
+        if cloned.is_ok() {
+            assert!(matches!(unprotected, Err(RbdError::HasClones(_))));
+        }
+    }
+}
