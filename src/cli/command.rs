@@ -930,10 +930,10 @@ pub async fn execute(
                 Some(s) => {
                     let spec = parse_head(s)?;
                     open(ctx, &spec).await?;
-                    let flatten = ctx
-                        .fs
-                        .as_ref()
-                        .map(|fs| fs.flatten_state(&spec).to_string());
+                    let flatten = match &ctx.fs {
+                        Some(fs) => Some(fs.flatten_state(&spec).await?.to_string()),
+                        None => None,
+                    };
                     (Some(spec.to_string()), flatten)
                 }
                 None => (None, None),

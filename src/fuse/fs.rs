@@ -221,6 +221,12 @@ fn fits(image: &Image, size: u64) -> FsResult<()> {
     crate::rbd::types::check_size(size, order).map_err(|e| FsError::TooLarge(e.to_string()))
 }
 
+/// The flatten jobs' key of an image: its pool and id, which stay when it
+/// is renamed and are new when the name is reused.
+fn job_key(image: &Image) -> String {
+    format!("{}/{}", image.spec().pool, image.id())
+}
+
 /// Who owns the files and where free space is measured.
 #[derive(Clone, Debug)]
 pub struct FsOptions {
@@ -963,7 +969,7 @@ impl ImageFs {
             "size" => image.size().to_string(),
             "object_size" => image.object_size().to_string(),
             "features" => image.info().await?.features.join(", "),
-            "flatten" => self.jobs.state(&spec.head().to_string()).to_string(),
+            "flatten" => self.jobs.state(&job_key(&image)).to_string(),
             "snap" => image
                 .snap_list()
                 .await?
@@ -1012,17 +1018,19 @@ impl ImageFs {
         };
         match xattr::parse_set(&spec, name, value)? {
             SetRequest::StartFlatten => self.start_flatten(&spec).await.map(|_| ()),
-            SetRequest::CancelFlatten => match self.jobs.get(&spec.to_string()) {
-                Some(j) if j.state().is_running() => {
-                    j.cancel();
-                    log::info!("flatten of {spec} cancelled through the mount");
-                    Ok(())
+            SetRequest::CancelFlatten => {
+                match self.jobs.get(&job_key(&*self.open_node(&node).await?)) {
+                    Some(j) if j.state().is_running() => {
+                        j.cancel();
+                        log::info!("flatten of {spec} cancelled through the mount");
+                        Ok(())
+                    }
+                    _ => Err(FsError::InvalidValue {
+                        name: name.into(),
+                        reason: "no flatten of this image is running".into(),
+                    }),
                 }
-                _ => Err(FsError::InvalidValue {
-                    name: name.into(),
-                    reason: "no flatten of this image is running".into(),
-                }),
-            },
+            }
             SetRequest::SnapCreate(snap) => {
                 self.open_node(&node).await?.snap_create(&snap).await?;
                 log::info!("created snapshot {spec}@{snap} through the mount");
@@ -1094,7 +1102,7 @@ impl ImageFs {
             image: spec.image.clone(),
         };
         let image = self.open_node(&node).await?;
-        let key = spec.to_string();
+        let key = job_key(&image);
         if let Some(j) = self.jobs.get(&key) {
             if j.state().is_running() {
                 return Ok(j);
@@ -1105,14 +1113,19 @@ impl ImageFs {
         }
         let (job, started) = self.jobs.start(&key, image);
         if started {
-            log::info!("flatten of {key} requested");
+            log::info!("flatten of {spec} requested");
         }
         Ok(job)
     }
 
     /// State of the flatten of `spec` (head).
-    pub fn flatten_state(&self, spec: &ImageSpec) -> JobState {
-        self.jobs.state(&spec.head().to_string())
+    pub async fn flatten_state(&self, spec: &ImageSpec) -> FsResult<JobState> {
+        let node = Node::Image {
+            pool: spec.pool.clone(),
+            image: spec.image.clone(),
+        };
+        let image = self.open_node(&node).await?;
+        Ok(self.jobs.state(&job_key(&image)))
     }
 
     /// Flush every open image (unmount, shutdown).

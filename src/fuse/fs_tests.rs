@@ -469,6 +469,22 @@ async fn test_clone_through_xattr_then_flatten_detaches_it() {
     );
     assert_eq!(read(&fs, child, MIB, 6).await, b"golden");
     fs.setxattr(snap, "user.rbd.protected", b"0").await.unwrap();
+
+    // The state follows the image, not its name.
+    let pool = pool_ino(&fs).await;
+    fs.rename(pool, OsStr::new("child"), pool, OsStr::new("moved"), 0)
+        .await
+        .unwrap();
+    let moved = lookup(&fs, "moved").await.unwrap().ino;
+    assert_eq!(
+        fs.getxattr(moved, "user.rbd.flatten").await.unwrap(),
+        b"done"
+    );
+    let reused = image(&fs, "child", MIB).await;
+    assert_eq!(
+        fs.getxattr(reused, "user.rbd.flatten").await.unwrap(),
+        b"idle"
+    );
 }
 
 #[tokio::test]
@@ -492,7 +508,8 @@ async fn test_cancel_all_leaves_no_flatten_running() {
     fs.jobs().cancel_all(Duration::from_secs(60)).await;
 
     // Assert: stopped (or finished first); a rerun completes the flatten.
-    let state = fs.flatten_state(&ImageSpec::new("rbd", "child"));
+    let child_spec = ImageSpec::new("rbd", "child");
+    let state = fs.flatten_state(&child_spec).await.unwrap();
     assert!(
         matches!(state, JobState::Cancelled | JobState::Done),
         "{state}"
@@ -500,18 +517,12 @@ async fn test_cancel_all_leaves_no_flatten_running() {
     if state == JobState::Cancelled {
         fs.setxattr(child, "user.rbd.flatten", b"1").await.unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while fs
-            .flatten_state(&ImageSpec::new("rbd", "child"))
-            .is_running()
-        {
+        while fs.flatten_state(&child_spec).await.unwrap().is_running() {
             assert!(std::time::Instant::now() < deadline, "rerun stuck");
             tokio::task::yield_now().await;
         }
     }
-    assert_eq!(
-        fs.flatten_state(&ImageSpec::new("rbd", "child")),
-        JobState::Done
-    );
+    assert_eq!(fs.flatten_state(&child_spec).await.unwrap(), JobState::Done);
 }
 
 #[tokio::test]

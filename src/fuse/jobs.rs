@@ -83,7 +83,8 @@ impl ProgressSink for Sink {
     }
 }
 
-/// The flatten jobs of the daemon, by image (`pool/image`).
+/// The flatten jobs of the daemon, by image (`pool/id`: a rename keeps its
+/// job, a new image under a reused name starts with none).
 #[derive(Default)]
 pub struct Jobs {
     jobs: Mutex<HashMap<String, Arc<Job>>>,
