@@ -445,3 +445,35 @@ fn test_scrub_finds_flipped_byte_fails_then_repair_makes_it_clean() {
         "export differs from import"
     );
 }
+
+#[test]
+fn test_progress_lines_as_rbd_prints_them() {
+    let s = Store::new();
+    s.ok(&["create", "--size", "1M", "img"]);
+    let stderr = |args: &[&str]| String::from_utf8(s.run(args).stderr).unwrap();
+
+    let created = stderr(&["snap", "create", "img@s"]);
+    let again = stderr(&["snap", "create", "img@s"]);
+    let bad_spec = stderr(&["rm", "img@s"]);
+    let removed = stderr(&["snap", "rm", "img@s"]);
+
+    assert_eq!(created, "Creating snap: 100% complete...done.\n");
+    assert!(
+        again.starts_with("Creating snap: 0% complete...failed.\n"),
+        "{again}"
+    );
+    assert!(!bad_spec.contains("complete"), "{bad_spec}");
+    assert_eq!(removed, "Removing snap: 100% complete...done.\n");
+}
+
+#[test]
+fn test_import_without_a_name_names_the_image_after_the_file() {
+    let s = Store::new();
+    let file = s.dir.path().join("disk.img");
+    std::fs::write(&file, b"content").unwrap();
+
+    s.ok(&["import", file.to_str().unwrap()]);
+    s.fails(&["import", "-"], libc::EINVAL);
+
+    assert_eq!(s.ok(&["ls"]), "disk.img\n");
+}

@@ -270,7 +270,8 @@ pub struct ExportArgs {
 pub struct ImportArgs {
     /// Input file, `-` for stdin.
     pub path: String,
-    pub spec: String,
+    /// `[pool/]image` to create (default: the file's name).
+    pub spec: Option<String>,
     /// Object size as a power of two (default 22).
     #[arg(long)]
     pub order: Option<u8>,

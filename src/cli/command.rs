@@ -178,10 +178,35 @@ impl Command {
         c
     }
 
+    /// Refuse image specs that do not fit the verb, as running it would,
+    /// but before anything runs: `rbd` shows no progress for those.
+    pub fn check_specs(&self) -> Result<(), CmdError> {
+        match self {
+            Command::Create { spec, .. }
+            | Command::Resize { spec, .. }
+            | Command::Rm { spec }
+            | Command::SnapLs { spec }
+            | Command::Import { spec, .. } => parse_head(spec).map(drop),
+            Command::Info { spec } | Command::Export { spec, .. } => parse_spec(spec).map(drop),
+            Command::Flatten { spec } => flatten_spec(spec).map(drop),
+            Command::Rename { src, dst } => parse_head(src).and(parse_head(dst)).map(drop),
+            Command::SnapCreate { spec }
+            | Command::SnapRm { spec }
+            | Command::SnapProtect { spec }
+            | Command::SnapUnprotect { spec }
+            | Command::SnapRollback { spec }
+            | Command::Children { spec } => parse_snap(spec).map(drop),
+            Command::Clone { parent, child } => parse_snap(parent).and(parse_head(child)).map(drop),
+            _ => Ok(()),
+        }
+    }
+
     /// The progress label `rbd` uses for this verb, if it reports progress.
     pub fn progress_label(&self) -> Option<&'static str> {
         match self {
             Command::Flatten { .. } => Some("Image flatten"),
+            Command::SnapCreate { .. } => Some("Creating snap"),
+            Command::SnapRm { .. } => Some("Removing snap"),
             Command::Rm { .. } => Some("Removing image"),
             Command::Resize { .. } => Some("Resizing image"),
             Command::SnapRollback { .. } => Some("Rolling back to snapshot"),
@@ -548,6 +573,18 @@ fn parse_snap(text: &str) -> Result<(ImageSpec, String), CmdError> {
     }
 }
 
+/// The image a flatten names: a head, refused as rbd does otherwise.
+fn flatten_spec(text: &str) -> Result<ImageSpec, CmdError> {
+    let spec = parse_spec(text)?;
+    if spec.snap.is_some() {
+        return Err(CmdError::Errno {
+            errno: libc::EINVAL,
+            message: "snapshot name specified for a command that doesn't use it".into(),
+        });
+    }
+    Ok(spec)
+}
+
 fn fmt_time(secs: u64) -> String {
     // Plain UTC, like `date -u`'s default without the zone; no tz database needed.
     let days = secs / 86_400;
@@ -847,13 +884,7 @@ pub async fn execute(
             ))
         }
         Command::Flatten { spec } => {
-            let spec = parse_spec(spec)?;
-            if spec.snap.is_some() {
-                return Err(CmdError::Errno {
-                    errno: libc::EINVAL,
-                    message: "snapshot name specified for a command that doesn't use it".into(),
-                });
-            }
+            let spec = flatten_spec(spec)?;
             match &ctx.fs {
                 Some(fs) => flatten_in_daemon(fs, &spec, progress).await,
                 None => manage(ctx, &spec, ManagementOp::Flatten, &sink, "flatten error").await,

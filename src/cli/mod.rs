@@ -34,6 +34,21 @@ fn need_size(size: Option<&str>) -> Result<u64, (i32, String)> {
     }
 }
 
+/// The image `import FILE` makes without a name: the file's name, as with
+/// `rbd import`.
+fn import_name(path: &str) -> Result<String, (i32, String)> {
+    let name = std::path::Path::new(path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|_| path != "-");
+    name.map(str::to_string).ok_or_else(|| {
+        (
+            libc::EINVAL,
+            format!("import from {path}: name the image to create (rbdfs import {path} IMAGE)"),
+        )
+    })
+}
+
 /// Build the command of a verb (everything but `init` and `mount`).
 pub fn to_command(verb: &Verb) -> Result<Command, (i32, String)> {
     Ok(match verb {
@@ -114,7 +129,10 @@ pub fn to_command(verb: &Verb) -> Result<Command, (i32, String)> {
         },
         Verb::Import(a) => Command::Import {
             path: absolute(&a.path),
-            spec: a.spec.clone(),
+            spec: match &a.spec {
+                Some(s) => s.clone(),
+                None => import_name(&a.path)?,
+            },
             order: a.order,
         },
         Verb::Status(a) => Command::Status {
@@ -386,6 +404,9 @@ pub fn main_with(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
         Ok(c) => c,
         Err((errno, msg)) => return fail(errno, &msg),
     };
+    if let Err(e) = cmd.check_specs() {
+        return fail(e.errno(), &e.to_string());
+    }
     let printer = Printer::new(cmd.progress_label(), !cli.no_progress);
     match run_command(&cli.store, &cmd, &printer) {
         Ok(out) => {
