@@ -84,6 +84,50 @@ fn test_second_mount_of_same_store_is_refused() {
     assert!(!crate::harness::is_mounted(&other));
 }
 
+#[test]
+fn test_a_mount_point_that_holds_the_store_or_a_mount_is_refused() {
+    // Arrange: a live mount, and a directory to mount over a store in it.
+    let w = World::new();
+    let outer = w.dir.path().join("outer");
+    std::fs::create_dir(&outer).unwrap();
+    let inner_store = outer.join("store");
+    let other_store = w.dir.path().join("other");
+    // In the foreground: were it not refused, `timeout` ends it.
+    let mount = |store: &std::path::Path, at: &std::path::Path| {
+        crate::harness::output(
+            "timeout",
+            &[
+                std::ffi::OsStr::new("30"),
+                crate::harness::rbdfs_bin().as_ref(),
+                "--store".as_ref(),
+                store.as_os_str(),
+                "mount".as_ref(),
+                at.as_os_str(),
+            ],
+        )
+    };
+
+    // Act
+    let over_store = mount(&inner_store, &outer);
+    let over_mount = mount(&other_store, &w.mnt);
+
+    // Assert: refused before anything is made.
+    assert_eq!(over_store.status.code(), Some(libc::EINVAL));
+    assert!(
+        !inner_store.exists(),
+        "a store was made inside the mount point"
+    );
+    assert!(!crate::harness::is_mounted(&outer));
+    assert_eq!(over_mount.status.code(), Some(libc::EBUSY));
+    let err = String::from_utf8_lossy(&over_mount.stderr);
+    assert!(err.contains("already"), "{err}");
+    assert!(
+        !other_store.exists(),
+        "a store was made for a refused mount"
+    );
+    assert!(w.path("rbd").exists(), "the first mount is gone");
+}
+
 /// Unmounts and kills a backgrounded daemon on drop, also when the test panics.
 struct Backgrounded {
     mnt: std::path::PathBuf,

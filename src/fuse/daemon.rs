@@ -101,6 +101,48 @@ impl Handler for AdminHandler {
     }
 }
 
+/// Refuse a mount point the daemon could not serve: one that holds the
+/// store (the OSDs would open their files through the mount they serve),
+/// or one where an rbdfs mount is already.
+fn check_places(store_dir: &Path, mnt: &Path) -> Result<(), Failure> {
+    // The store may not exist yet: resolve what of its path does.
+    let mut real = store_dir.to_path_buf();
+    let mut rest = Vec::new();
+    while !real.exists() {
+        match (real.file_name(), real.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_owned());
+                real = parent.to_path_buf();
+            }
+            _ => break,
+        }
+    }
+    let mut real = std::fs::canonicalize(&real).unwrap_or(real);
+    real.extend(rest.iter().rev());
+    if real.starts_with(mnt) {
+        return Err(Failure(
+            libc::EINVAL,
+            format!(
+                "the store {} is inside the mount point {}: the daemon would read its own \
+                 files through the mount it serves; mount it somewhere else",
+                store_dir.display(),
+                mnt.display()
+            ),
+        ));
+    }
+    if mountinfo::top_mount_at(mnt).is_some_and(|m| m.fstype == "fuse.rbdfs") {
+        return Err(Failure(
+            libc::EBUSY,
+            format!(
+                "an rbdfs mount is at {} already; unmount it first (fusermount3 -u {})",
+                mnt.display(),
+                mnt.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Entry point of `rbdfs mount`; returns the exit code.
 pub fn main(store_dir: &Path, args: &MountArgs) -> i32 {
     let mnt = match std::fs::canonicalize(&args.mountpoint) {
@@ -127,6 +169,10 @@ pub fn main(store_dir: &Path, args: &MountArgs) -> i32 {
         }
     };
     let store_dir = std::path::absolute(store_dir).unwrap_or_else(|_| store_dir.to_path_buf());
+    if let Err(Failure(errno, msg)) = check_places(&store_dir, &mnt) {
+        eprintln!("rbdfs: {msg}");
+        return errno;
+    }
     if !args.daemon {
         init_logging(None);
         return match serve(&store_dir, &mnt, args, None) {
