@@ -62,6 +62,15 @@ impl AdminClient {
         }
     }
 
+    /// The same daemon, with the client giving up after `idle` without a
+    /// line from it (tests).
+    pub fn with_idle_timeout(self, idle: Duration) -> Self {
+        Self {
+            idle_timeout: idle,
+            ..self
+        }
+    }
+
     /// Send `args` as verb `verb`; `progress(what, done, total)` is called for
     /// every progress line. Returns the output on success.
     pub fn call(
@@ -128,6 +137,8 @@ impl AdminClient {
                 return Err(io::Error::other("the daemon answered another request"));
             }
             match ev {
+                // A keepalive of a request that reports no progress.
+                Event::Progress { what, .. } if what.is_empty() => {}
                 Event::Progress {
                     what, done, total, ..
                 } => progress(&what, done, total),

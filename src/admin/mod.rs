@@ -17,7 +17,7 @@ pub const SOCKET_NAME: &str = "admin.sock";
 mod tests {
     use super::*;
     use crate::rados::BoxFuture;
-    use crate::sync::Arc;
+    use crate::sync::{Arc, Mutex};
 
     struct Echo;
 
@@ -163,6 +163,107 @@ mod tests {
 
         assert_eq!(out, serde_json::Value::Null);
         assert_eq!(handler.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    /// Runs until the test lets it go, reporting no progress (as a scrub).
+    struct Gated {
+        started: std::sync::mpsc::SyncSender<()>,
+        release: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    }
+
+    impl Handler for Gated {
+        fn handle(
+            &self,
+            _: u64,
+            _: serde_json::Value,
+            _: ProgressTx,
+        ) -> BoxFuture<'static, Outcome> {
+            let _ = self.started.send(());
+            let release = self.release.lock().take();
+            Box::pin(async move {
+                if let Some(r) = release {
+                    let _ = r.await;
+                }
+                Ok(serde_json::json!("finished"))
+            })
+        }
+    }
+
+    fn gated() -> (
+        Arc<Gated>,
+        std::sync::mpsc::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (started, on_start) = std::sync::mpsc::sync_channel(1);
+        let (go, release) = tokio::sync::oneshot::channel();
+        let h = Arc::new(Gated {
+            started,
+            release: Mutex::new(Some(release)),
+        });
+        (h, on_start, go)
+    }
+
+    #[test]
+    fn test_admin_request_without_progress_outlives_the_client_idle_timeout() {
+        // Arrange: keepalives every 50 ms, a client that gives up after
+        // 300 ms without a line, a request that runs for 1 s.
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let path = dir.path().join(SOCKET_NAME);
+        let (h, _on_start, go) = gated();
+        let keepalive = std::time::Duration::from_millis(50);
+        let _server =
+            rt.block_on(async { AdminServer::bind_with_keepalive(&path, h, keepalive).unwrap() });
+        let client = AdminClient::probe(&path)
+            .unwrap()
+            .with_idle_timeout(std::time::Duration::from_millis(300));
+        rt.spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let _ = go.send(());
+        });
+        let mut progress = Vec::new();
+
+        // Act
+        let out = client.call("scrub", serde_json::json!({}), &mut |w, d, t| {
+            progress.push((w.to_string(), d, t))
+        });
+
+        // Assert: answered, and the keepalives were not shown as progress.
+        assert_eq!(out.unwrap(), serde_json::json!("finished"));
+        assert!(progress.is_empty(), "{progress:?}");
+    }
+
+    #[test]
+    fn test_admin_close_waits_for_running_requests() {
+        // Arrange: a request that runs until let go.
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let path = dir.path().join(SOCKET_NAME);
+        let (h, on_start, go) = gated();
+        let server = rt.block_on(async { AdminServer::bind(&path, h).unwrap() });
+        let client = AdminClient::probe(&path).unwrap();
+        let call = std::thread::spawn(move || {
+            client.call("import", serde_json::json!({}), &mut |_, _, _| {})
+        });
+        on_start.recv().unwrap();
+
+        // Act
+        let mut closing = rt.spawn(server.close(std::time::Duration::from_secs(60)));
+        let new_client = AdminClient::probe(&path);
+        let waited = rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_millis(200), &mut closing)
+                .await
+                .is_err()
+        });
+
+        // Assert: no new requests; close waits for the running one (it
+        // cannot end while the request runs).
+        assert!(new_client.is_none(), "the socket still takes requests");
+        assert!(waited, "close did not wait");
+        go.send(()).unwrap();
+        rt.block_on(closing).unwrap();
+        assert_eq!(call.join().unwrap().unwrap(), serde_json::json!("finished"));
+        assert!(!path.exists(), "the socket file is left");
     }
 
     #[test]

@@ -69,10 +69,19 @@ struct Requests {
     done: VecDeque<(u64, Event)>,
 }
 
-/// A listening admin socket. Dropping it stops accepting and removes the socket file.
+/// The requests of a server, and a wake-up for each one that finishes.
+#[derive(Default)]
+struct Shared {
+    requests: Mutex<Requests>,
+    finished: tokio::sync::Notify,
+}
+
+/// A listening admin socket. Dropping it stops accepting and removes the
+/// socket file; [`AdminServer::close`] also lets running requests finish.
 pub struct AdminServer {
     path: PathBuf,
     task: tokio::task::JoinHandle<()>,
+    shared: Arc<Shared>,
 }
 
 impl AdminServer {
@@ -80,6 +89,15 @@ impl AdminServer {
     /// tokio runtime. A stale socket file left by a dead daemon is replaced; the
     /// caller holds the store lock, so no live daemon can own it.
     pub fn bind(path: &Path, handler: Arc<dyn Handler>) -> io::Result<Self> {
+        Self::bind_with_keepalive(path, handler, KEEPALIVE)
+    }
+
+    /// [`AdminServer::bind`], re-sending progress every `keepalive`.
+    pub fn bind_with_keepalive(
+        path: &Path,
+        handler: Arc<dyn Handler>,
+        keepalive: Duration,
+    ) -> io::Result<Self> {
         match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -87,15 +105,16 @@ impl AdminServer {
         }
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        let requests = Arc::new(Mutex::new(Requests::default()));
+        let shared = Arc::new(Shared::default());
+        let serving = shared.clone();
         let task = tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
                         let handler = handler.clone();
-                        let requests = requests.clone();
+                        let shared = serving.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = serve_one(stream, handler, requests).await {
+                            if let Err(e) = serve_one(stream, handler, shared, keepalive).await {
                                 log::debug!("admin connection ended: {e}");
                             }
                         });
@@ -110,7 +129,32 @@ impl AdminServer {
         Ok(Self {
             path: path.to_path_buf(),
             task,
+            shared,
         })
+    }
+
+    /// Stop taking requests now (the socket file goes), then wait, at most
+    /// `limit`, for those running to finish: an import must not be cut off
+    /// half written by a shutdown.
+    pub fn close(self, limit: Duration) -> impl std::future::Future<Output = ()> + Send {
+        let shared = self.shared.clone();
+        drop(self);
+        async move {
+            let wait = async {
+                loop {
+                    let finished = shared.finished.notified();
+                    let left = shared.requests.lock().running.len();
+                    if left == 0 {
+                        return;
+                    }
+                    log::info!("waiting for {left} admin request(s) to finish");
+                    finished.await;
+                }
+            };
+            if tokio::time::timeout(limit, wait).await.is_err() {
+                log::warn!("admin requests still running after {limit:?}; closing anyway");
+            }
+        }
     }
 }
 
@@ -124,7 +168,8 @@ impl Drop for AdminServer {
 async fn serve_one(
     stream: UnixStream,
     handler: Arc<dyn Handler>,
-    requests: Arc<Mutex<Requests>>,
+    shared: Arc<Shared>,
+    keepalive: Duration,
 ) -> io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd).take(MAX_LINE as u64);
@@ -151,7 +196,7 @@ async fn serve_one(
 
     // A retry of a request we know: replay its result or follow it while it runs.
     let attached = {
-        let mut r = requests.lock();
+        let mut r = shared.requests.lock();
         if let Some((_, ev)) = r.done.iter().find(|(id, _)| *id == req.id) {
             Err(ev.clone())
         } else {
@@ -160,7 +205,7 @@ async fn serve_one(
                 None => {
                     let (tx, rx) = broadcast::channel(64);
                     r.running.insert(req.id, tx.clone());
-                    tokio::spawn(run_request(req, handler, requests.clone(), tx));
+                    tokio::spawn(run_request(req, handler, shared.clone(), tx));
                     Ok(rx)
                 }
             }
@@ -172,7 +217,7 @@ async fn serve_one(
     };
     let mut last: Option<Event> = None;
     loop {
-        match tokio::time::timeout(KEEPALIVE, events.recv()).await {
+        match tokio::time::timeout(keepalive, events.recv()).await {
             Ok(Ok(ev)) => {
                 wr.write_all(&encode_line(&ev)).await?;
                 if matches!(ev, Event::Result { .. }) {
@@ -185,7 +230,7 @@ async fn serve_one(
             Ok(Err(broadcast::error::RecvError::Closed)) => {
                 // Finished between our subscribe and now: the result is recorded.
                 let ev = {
-                    let r = requests.lock();
+                    let r = shared.requests.lock();
                     r.done
                         .iter()
                         .rev()
@@ -198,9 +243,15 @@ async fn serve_one(
                 return Ok(());
             }
             Err(_) => {
-                if let Some(ev) = &last {
-                    wr.write_all(&encode_line(ev)).await?;
-                }
+                // The last progress again, or a line the client skips
+                // (`what` empty) from a request that reports none (scrub).
+                let ev = last.clone().unwrap_or_else(|| Event::Progress {
+                    id: req_id,
+                    what: String::new(),
+                    done: 0,
+                    total: 0,
+                });
+                wr.write_all(&encode_line(&ev)).await?;
             }
         }
     }
@@ -209,7 +260,7 @@ async fn serve_one(
 async fn run_request(
     req: Request,
     handler: Arc<dyn Handler>,
-    requests: Arc<Mutex<Requests>>,
+    shared: Arc<Shared>,
     tx: broadcast::Sender<Event>,
 ) {
     let id = req.id;
@@ -220,13 +271,14 @@ async fn run_request(
     let outcome = handler.handle(id, req.args, progress).await;
     let ev = result_event(id, outcome);
     {
-        let mut r = requests.lock();
+        let mut r = shared.requests.lock();
         r.running.remove(&id);
         r.done.push_back((id, ev.clone()));
         if r.done.len() > RECENT_RESULTS {
             r.done.pop_front();
         }
     }
+    shared.finished.notify_waiters();
     let _ = tx.send(ev);
     log::info!("admin request {id} finished");
 }

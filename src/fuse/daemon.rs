@@ -7,7 +7,8 @@
 //!   [--daemon: fork; parent waits on a pipe]
 //!   prctl(IO_FLUSHER) -> open store -> admin socket -> FUSE mount (handshake)
 //!        -> report ready (pipe) -> serve until unmounted
-//!        -> flush images -> close admin socket -> flush + shut the store down
+//!        -> stop flattens -> close admin socket (running commands finish)
+//!        -> flush images -> flush + shut the store down
 //! ```
 //!
 //! With `--daemon` the parent exits 0 only once the mount is ready; any failure
@@ -599,8 +600,10 @@ fn serve(
             std::thread::park();
         }
     }
-    drop(admin);
+    // Flattens stop at their next object (a rerun resumes them), then the
+    // CLI commands still running (an import) finish before the store closes.
     rt.block_on(fs.jobs().cancel_all(std::time::Duration::from_secs(30)));
+    rt.block_on(admin.close(std::time::Duration::from_secs(60)));
     let flushed = rt.block_on(fs.flush_all());
     drop(fs);
     let shut = rt.block_on(st.shutdown());
