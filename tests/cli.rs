@@ -477,3 +477,48 @@ fn test_import_without_a_name_names_the_image_after_the_file() {
 
     assert_eq!(s.ok(&["ls"]), "disk.img\n");
 }
+
+#[test]
+fn test_init_again_after_an_init_that_failed_half_way() {
+    // Arrange: an init stopped at its second OSD (the user's directory).
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let user = dir.path().join("user");
+    std::fs::create_dir(&user).unwrap();
+    std::fs::write(user.join("keep"), b"mine").unwrap();
+    let run = |args: &[&str]| {
+        Command::new(bin())
+            .arg("--store")
+            .arg(&store)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let first = dir.path().join("first");
+    let last = dir.path().join("last");
+    let (f, u, l) = (
+        first.to_str().unwrap(),
+        user.to_str().unwrap(),
+        last.to_str().unwrap(),
+    );
+    assert!(
+        !run(&["init", "--osd", f, "--osd", u, "--osd", l])
+            .status
+            .success()
+    );
+
+    let third = dir.path().join("third");
+    let t = third.to_str().unwrap();
+
+    // Act: again, on the OSD directory the first made, without the user's.
+    let again = run(&["init", "--osd", f, "--osd", l, "--osd", t]);
+
+    // Assert
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(run(&["ls"]).status.success());
+    assert_eq!(std::fs::read(user.join("keep")).unwrap(), b"mine");
+}

@@ -600,3 +600,96 @@ fn test_failure_flush_after_the_failed_replica_was_marked_down_succeeds() {
     assert_eq!(block_on(io.flush()), Ok(()), "a flush with every OSD down");
     let _ = c.shutdown();
 }
+
+/// File stores whose mkfs fails for one directory name (a full disk there,
+/// or a create killed before it got that far).
+struct MkfsFailsFor(&'static str);
+
+impl rbdfs::osd::StoreOpener for MkfsFailsFor {
+    fn mkfs(&self, path: &Path) -> rbdfs::store::StoreResult<()> {
+        if path.ends_with(self.0) {
+            return Err(rbdfs::store::StoreError::Failed("injected: mkfs".into()));
+        }
+        rbdfs::store::FileStore::mkfs(path)
+    }
+
+    fn open(&self, path: &Path) -> rbdfs::store::StoreResult<rbdfs::osd::OpenedStore> {
+        rbdfs::osd::FileStoreOpener::default().open(path)
+    }
+}
+
+fn create_with(
+    dir: &Path,
+    store: Arc<dyn rbdfs::osd::StoreOpener>,
+    osd_paths: Vec<std::path::PathBuf>,
+) -> Result<(), OsdError> {
+    Cluster::create(
+        dir,
+        rbdfs::osd::CreateOptions {
+            osd_paths,
+            num_osds: 3,
+            config: ClusterConfig {
+                store,
+                ..ClusterConfig::default()
+            },
+        },
+    )
+}
+
+#[test]
+fn test_failure_an_interrupted_create_can_be_run_again() {
+    // Arrange: a create that made osd.0 and osd.1, then stopped.
+    let dir = tempfile::tempdir().unwrap();
+    let failed = create_with(dir.path(), Arc::new(MkfsFailsFor("osd.2")), Vec::new());
+    assert!(failed.is_err());
+    assert!(dir.path().join("osd.0").exists());
+    assert!(Cluster::create_interrupted(dir.path()));
+
+    // Act
+    let again = create_with(
+        dir.path(),
+        Arc::new(rbdfs::osd::FileStoreOpener::default()),
+        Vec::new(),
+    );
+
+    // Assert: a whole cluster that opens and serves.
+    again.unwrap();
+    assert!(!Cluster::create_interrupted(dir.path()));
+    let c = Cluster::open(dir.path(), ClusterConfig::default()).unwrap();
+    let io = common::rbd_pool(&c, 3, 2, 8);
+    write_full(&io, "o", content("o", 1)).unwrap();
+    assert_eq!(read_whole(&io, "o"), content("o", 1));
+    c.shutdown().unwrap();
+}
+
+#[test]
+fn test_failure_a_create_again_never_empties_a_directory_it_did_not_make() {
+    // Arrange: the second OSD path holds the user's files, so the first
+    // create fails there after making the first OSD.
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    std::fs::create_dir(&b).unwrap();
+    std::fs::write(b.join("keep"), b"user data").unwrap();
+    let opener =
+        || -> Arc<dyn rbdfs::osd::StoreOpener> { Arc::new(rbdfs::osd::FileStoreOpener::default()) };
+    assert!(create_with(&store, opener(), vec![a.clone(), b.clone(), c.clone()]).is_err());
+
+    // Act: again, with the user's directory left out.
+    let again = create_with(
+        &store,
+        opener(),
+        vec![a.clone(), c.clone(), dir.path().join("d")],
+    );
+
+    // Assert
+    again.unwrap();
+    assert_eq!(std::fs::read(b.join("keep")).unwrap(), b"user data");
+    let c = Cluster::open(&store, ClusterConfig::default()).unwrap();
+    assert_eq!(c.osdmap().osds.len(), 3);
+    c.shutdown().unwrap();
+}

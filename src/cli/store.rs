@@ -193,7 +193,8 @@ pub async fn open(dir: &Path, create: bool) -> Result<Store, StoreError> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
             Err(e) => return Err(io(format!("reading {}", dir.display()))(e)),
         };
-        if create && empty {
+        // What an interrupted first mount or init left is made again.
+        if create && (empty || Cluster::create_interrupted(dir)) {
             return init(dir, &InitOptions::default()).await;
         }
         return Err(StoreError::Missing(dir.to_path_buf()));
@@ -223,5 +224,34 @@ impl Store {
         blocking(move || cluster.shutdown().map_err(osd_err)).await?;
         flushed?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn test_open_with_create_makes_again_what_an_interrupted_create_left() {
+        // Arrange: a first mount killed while it made its OSDs: the marker
+        // names osd.0, which was made; no map.
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        std::fs::write(store.join("creating"), "osd.0\n").unwrap();
+        crate::store::FileStore::mkfs(&store.join("osd.0")).unwrap();
+
+        // Act
+        let opened = open(&store, true).await;
+
+        // Assert: a store with the default pool.
+        let st = opened.unwrap();
+        assert!(exists(&store));
+        let pools = st.rados.pool_list().unwrap();
+        assert_eq!(
+            pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            [DEFAULT_POOL]
+        );
+        st.shutdown().await.unwrap();
     }
 }

@@ -237,6 +237,29 @@ fn lock_dir(dir: &Path) -> OsdResult<File> {
     Ok(f)
 }
 
+/// Written before a create makes the OSDs' stores, removed once the map
+/// names them: the OSD directories it lists, one per line.
+const CREATING_FILE: &str = "creating";
+
+/// Remove everything inside `path` (not `path` itself, which may be a
+/// mount point); a missing `path` is empty.
+fn empty_dir(path: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(path) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(e.path())?;
+        } else {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
+}
+
 impl Cluster {
     /// Make a new cluster in `dir` (created if missing): the map and an empty
     /// store per OSD. Pools are created later by clients.
@@ -254,7 +277,32 @@ impl Cluster {
         } else {
             opts.osd_paths.clone()
         };
+        // A create that was interrupted left OSD stores that no map names
+        // (so nothing was ever written to them): empty their directories.
+        let marker = dir.join(CREATING_FILE);
+        let io = |what: String| move |e| OsdError::io(what, e);
+        if let Ok(text) = std::fs::read_to_string(&marker) {
+            for p in text.lines().filter(|l| !l.is_empty()) {
+                empty_dir(&dir.join(p))
+                    .map_err(io(format!("emptying {} (an interrupted create)", p)))?;
+            }
+        }
+        let note = |listed: &str| {
+            std::fs::write(&marker, listed)
+                .and_then(|()| File::open(&marker)?.sync_all())
+                .and_then(|()| File::open(dir)?.sync_all())
+                .map_err(io(format!("writing {}", marker.display())))
+        };
+        let mut listed = String::new();
+        note(&listed)?;
         for (i, p) in paths.iter().enumerate() {
+            // Listed only when empty (mkfs refuses anything else), so that a
+            // directory of the user's is never emptied by a later create.
+            let fresh = std::fs::read_dir(dir.join(p)).map_or(true, |mut d| d.next().is_none());
+            if fresh {
+                listed.push_str(&format!("{}\n", p.display()));
+                note(&listed)?;
+            }
             opts.config
                 .store
                 .mkfs(&dir.join(p))
@@ -263,7 +311,16 @@ impl Cluster {
                     source,
                 })?;
         }
-        OsdMap::new(paths).save(dir)
+        OsdMap::new(paths).save(dir)?;
+        std::fs::remove_file(&marker)
+            .and_then(|()| File::open(dir)?.sync_all())
+            .map_err(io(format!("removing {}", marker.display())))
+    }
+
+    /// Whether `dir` holds what a create that was interrupted left: OSD
+    /// stores but no map. Creating the cluster there again is safe.
+    pub fn create_interrupted(dir: &Path) -> bool {
+        dir.join(CREATING_FILE).exists() && !dir.join(OSDMAP_FILE).exists()
     }
 
     /// Open the cluster in `dir`: lock it, open every OSD's store, mark all
