@@ -196,6 +196,8 @@ pub fn main(store_dir: &Path, args: &MountArgs) -> i32 {
     }
     // SAFETY: both descriptors were just created and are owned by nobody else.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
     // SAFETY: no other threads run yet, so the child may do anything.
     match unsafe { libc::fork() } {
         -1 => {
@@ -206,9 +208,23 @@ pub fn main(store_dir: &Path, args: &MountArgs) -> i32 {
             drop(rd);
             // SAFETY: setsid has no preconditions; failure only leaves us in the group.
             unsafe { libc::setsid() };
+            // Until the mount is ready, the child dies with the parent (a
+            // Ctrl-C while `mount --daemon` waits aborts the mount); the
+            // parent may be gone already. Then, as daemons do, it holds no
+            // directory busy.
+            // SAFETY: prctl, getppid and chdir on our own process.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                if libc::getppid() != parent {
+                    libc::_exit(libc::EINTR);
+                }
+                libc::chdir(c"/".as_ptr());
+            }
+            use std::os::unix::fs::OpenOptionsExt;
             let log = File::options()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(store_log(&store_dir))
                 .ok();
             init_logging(log);
@@ -583,6 +599,10 @@ fn serve(
     }
 
     if let Some(w) = ready {
+        // Ready: the daemon outlives the command that started it, which
+        // exits once it reads this.
+        // SAFETY: prctl on our own process.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
         let _ = writeln!(w, "ready");
         redirect_stdio_to_null();
     }
