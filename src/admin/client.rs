@@ -133,6 +133,18 @@ impl AdminClient {
                 ));
             }
             let ev: Event = decode_line(&line).map_err(io::Error::other)?;
+            // Id 0: the daemon could not read the request to know its id.
+            if let Event::Result {
+                id: 0,
+                errno,
+                message,
+                ..
+            } = &ev
+            {
+                if *errno != 0 {
+                    return Ok(Err((*errno, message.clone())));
+                }
+            }
             if ev.id() != req.id {
                 return Err(io::Error::other("the daemon answered another request"));
             }

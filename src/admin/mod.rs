@@ -266,6 +266,48 @@ mod tests {
         assert!(!path.exists(), "the socket file is left");
     }
 
+    struct Panics;
+
+    impl Handler for Panics {
+        fn handle(
+            &self,
+            _: u64,
+            _: serde_json::Value,
+            _: ProgressTx,
+        ) -> BoxFuture<'static, Outcome> {
+            Box::pin(async { panic!("injected") })
+        }
+    }
+
+    #[test]
+    fn test_admin_handler_that_panics_answers_an_error_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let path = dir.path().join(SOCKET_NAME);
+        let _server = rt.block_on(async { AdminServer::bind(&path, Arc::new(Panics)).unwrap() });
+        let client = AdminClient::probe(&path).unwrap();
+
+        let first = client.call("ls", serde_json::json!({}), &mut |_, _, _| {});
+        let second = client.call("ls", serde_json::json!({}), &mut |_, _, _| {});
+
+        for r in [first, second] {
+            assert_eq!(r.unwrap_err().errno(), libc::EIO);
+        }
+    }
+
+    #[test]
+    fn test_admin_request_too_large_is_einval_for_its_client() {
+        let (dir, _rt, _server) = serve();
+        let client = AdminClient::probe(&dir.path().join(SOCKET_NAME)).unwrap();
+        let huge = "x".repeat(proto::MAX_LINE + 1);
+
+        let err = client
+            .call("echo", serde_json::json!({ "x": huge }), &mut |_, _, _| {})
+            .unwrap_err();
+
+        assert_eq!(err.errno(), libc::EINVAL, "{err}");
+    }
+
     #[test]
     fn test_admin_probe_without_daemon_is_none() {
         let dir = tempfile::tempdir().unwrap();

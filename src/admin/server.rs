@@ -19,6 +19,9 @@ use crate::sync::{Arc, Mutex};
 /// timeout only fires when the daemon is really stuck.
 pub const KEEPALIVE: Duration = Duration::from_secs(5);
 
+/// How long a connection may take to send its request line.
+const REQUEST_WAIT: Duration = Duration::from_secs(60);
+
 /// Completed results remembered for retried requests.
 const RECENT_RESULTS: usize = 256;
 
@@ -174,7 +177,11 @@ async fn serve_one(
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd).take(MAX_LINE as u64);
     let mut line = Vec::new();
-    rd.read_until(b'\n', &mut line).await?;
+    // A client sends its request at once; one that sends nothing is not
+    // kept for ever.
+    tokio::time::timeout(REQUEST_WAIT, rd.read_until(b'\n', &mut line))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request line"))??;
     let req: Request = match decode_line(&line) {
         Ok(r) => r,
         Err(e) => {
@@ -268,7 +275,18 @@ async fn run_request(
         id,
         tx: Some(tx.clone()),
     };
-    let outcome = handler.handle(id, req.args, progress).await;
+    // Run apart, so that a handler that panics still answers (and leaves
+    // no entry that its retries would follow for ever).
+    let outcome = match tokio::spawn(handler.handle(id, req.args, progress)).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            log::error!("admin request {id} failed: {e}");
+            Err((
+                libc::EIO,
+                format!("the daemon failed running the command: {e}"),
+            ))
+        }
+    };
     let ev = result_event(id, outcome);
     {
         let mut r = shared.requests.lock();
