@@ -85,7 +85,7 @@ fn test_second_mount_of_same_store_is_refused() {
 }
 
 #[test]
-fn test_a_mount_point_that_holds_the_store_or_a_mount_is_refused() {
+fn test_a_mount_the_daemon_could_not_serve_is_refused_before_the_store_is_made() {
     // Arrange: a live mount, and a directory to mount over a store in it.
     let w = World::new();
     let outer = w.dir.path().join("outer");
@@ -107,9 +107,12 @@ fn test_a_mount_point_that_holds_the_store_or_a_mount_is_refused() {
         )
     };
 
+    let long_store = w.dir.path().join("s".repeat(120));
+
     // Act
     let over_store = mount(&inner_store, &outer);
     let over_mount = mount(&other_store, &w.mnt);
+    let long = mount(&long_store, &outer);
 
     // Assert: refused before anything is made.
     assert_eq!(over_store.status.code(), Some(libc::EINVAL));
@@ -121,6 +124,8 @@ fn test_a_mount_point_that_holds_the_store_or_a_mount_is_refused() {
     assert_eq!(over_mount.status.code(), Some(libc::EBUSY));
     let err = String::from_utf8_lossy(&over_mount.stderr);
     assert!(err.contains("already"), "{err}");
+    assert_eq!(long.status.code(), Some(libc::ENAMETOOLONG));
+    assert!(!long_store.exists(), "a store was made for a refused mount");
     assert!(
         !other_store.exists(),
         "a store was made for a refused mount"

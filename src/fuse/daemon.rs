@@ -102,9 +102,10 @@ impl Handler for AdminHandler {
     }
 }
 
-/// Refuse a mount point the daemon could not serve: one that holds the
-/// store (the OSDs would open their files through the mount they serve),
-/// or one where an rbdfs mount is already.
+/// Refuse what the daemon could not serve, before the store is opened or
+/// made: a mount point that holds the store (the OSDs would open their
+/// files through the mount they serve), a store path too long for the
+/// admin socket, a mount point where an rbdfs mount is already.
 fn check_places(store_dir: &Path, mnt: &Path) -> Result<(), Failure> {
     // The store may not exist yet: resolve what of its path does.
     let mut real = store_dir.to_path_buf();
@@ -128,6 +129,19 @@ fn check_places(store_dir: &Path, mnt: &Path) -> Result<(), Failure> {
                  files through the mount it serves; mount it somewhere else",
                 store_dir.display(),
                 mnt.display()
+            ),
+        ));
+    }
+    // sockaddr_un holds 108 bytes with the final NUL.
+    let socket = store_dir.join(SOCKET_NAME);
+    if socket.as_os_str().len() > 107 {
+        return Err(Failure(
+            libc::ENAMETOOLONG,
+            format!(
+                "the store's path is too long for its admin socket {} ({} bytes, at most \
+                 107); use a store with a shorter path",
+                socket.display(),
+                socket.as_os_str().len()
             ),
         ));
     }
