@@ -552,3 +552,53 @@ fn test_cli_rename_and_remove_while_mounted_show_at_once() {
     let link = std::fs::read_link(format!("/proc/self/fd/{}", open.as_raw_fd())).unwrap();
     assert_eq!(link, w.path("rbd/keep"));
 }
+
+#[test]
+fn test_signals_while_the_store_closes_are_heard_and_a_second_exits() {
+    // Arrange: a CLI import the daemon runs from a FIFO nobody writes, so
+    // after the unmount the daemon waits for it before closing the store.
+    let mut w = World::new();
+    let fifo = w.dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo on a path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut import = std::process::Command::new(crate::harness::rbdfs_bin())
+        .arg("--store")
+        .arg(&w.store)
+        .args(["--no-progress", "import"])
+        .arg(&fifo)
+        .arg("img")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::harness::wait_until("the daemon to run the import", || {
+        w.log().contains(" import")
+    });
+    run(
+        "fusermount3",
+        &[std::ffi::OsStr::new("-u"), w.mnt.as_os_str()],
+    );
+    crate::harness::wait_until("the daemon to wait for the import", || {
+        w.log().contains("waiting for 1 admin request")
+    });
+    let pid = w.daemon_pid();
+
+    // Act
+    // SAFETY: signalling the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    crate::harness::wait_until("the first signal to be heard", || {
+        w.log().contains("already unmounted")
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = w.daemon_status();
+
+    // Assert: it exited at once, and the store opens again.
+    assert_eq!(status.code(), Some(1), "{}", w.log());
+    let _ = import.kill();
+    let _ = import.wait();
+    w.start_daemon();
+    assert!(w.path("rbd").is_dir());
+}

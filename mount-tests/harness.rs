@@ -245,20 +245,25 @@ impl World {
     /// Wait for the daemon to exit (something else ended its mount), which
     /// must be with status 0.
     pub fn wait_daemon_exit(&mut self) {
-        let mut child = self.daemon.take().expect("daemon running");
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().expect("wait for daemon") {
-                break s;
-            }
-            assert!(start.elapsed() < WAIT, "daemon did not exit after unmount");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = self.daemon_status();
         assert!(
             status.success(),
             "daemon exited with {status}:\n{}",
             self.log()
         );
+    }
+
+    /// Wait for the daemon to exit, whatever its status.
+    pub fn daemon_status(&mut self) -> std::process::ExitStatus {
+        let mut child = self.daemon.take().expect("daemon running");
+        let start = Instant::now();
+        loop {
+            if let Some(s) = child.try_wait().expect("wait for daemon") {
+                return s;
+            }
+            assert!(start.elapsed() < WAIT, "daemon did not exit after unmount");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Process ID of the running daemon.

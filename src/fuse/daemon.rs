@@ -542,17 +542,33 @@ fn serve(
     // Set once a second signal closes the store: that task ends the
     // process, and the session ending meanwhile must not close it again.
     let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Set once the session has ended and the main thread closes the store.
+    let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some((mut int, mut term)) = signals {
         let (own, fs, cluster) = (own.clone(), fs.clone(), st.cluster().clone());
-        let closing = closing.clone();
+        let (closing, ended) = (closing.clone(), ended.clone());
         let store_text = store_dir.display().to_string();
         rt.spawn(async move {
             let mnt_text = own.path.display().to_string();
             let mut refused = false;
+            let mut told = false;
             loop {
                 tokio::select! {
                     _ = int.recv() => {}
                     _ = term.recv() => {}
+                }
+                if ended.load(std::sync::atomic::Ordering::SeqCst) {
+                    if told {
+                        // As a kill: what was flushed stays, the store opens.
+                        log::warn!("signal again while closing the store: exiting now");
+                        std::process::exit(1);
+                    }
+                    told = true;
+                    log::info!(
+                        "signal received: already unmounted, flushing and closing the store \
+                         (signal again to exit without waiting)"
+                    );
+                    continue;
                 }
                 match own.on_top() {
                     Some(false) if !refused => {
@@ -602,7 +618,9 @@ fn serve(
                 let o = own.clone();
                 let r = tokio::task::spawn_blocking(move || o.unmount()).await;
                 if matches!(r, Ok(Ok(()))) {
-                    return;
+                    // The session ends and the main thread closes the store.
+                    ended.store(true, std::sync::atomic::Ordering::SeqCst);
+                    continue;
                 }
                 log::error!(
                     "unmount of {mnt_text} failed ({r:?}); is it busy? (losetup -a, lsof); \
@@ -621,6 +639,7 @@ fn serve(
         redirect_stdio_to_null();
     }
     let served = session.run();
+    ended.store(true, std::sync::atomic::Ordering::SeqCst);
     log::info!("unmounted {}", mnt.display());
     if let Err(e) = &served {
         log::error!("FUSE session ended with an error: {e}");
