@@ -450,8 +450,16 @@ fn serve(
         request: None,
         cluster: Some(st.cluster().clone()),
     };
+    // A failure before the mount is up closes the store cleanly (dropped,
+    // the stores would take it for a crash).
+    let abandon = |st: store::Store, f: Failure| {
+        if let Err(e) = rt.block_on(st.shutdown()) {
+            log::error!("closing the store after the failure: {e}");
+        }
+        f
+    };
     let kernel = Arc::new(OnceLock::new());
-    let admin = {
+    let bound = {
         let _guard = rt.enter();
         let handler = AdminHandler {
             ctx,
@@ -462,7 +470,11 @@ fn serve(
                 e.raw_os_error().unwrap_or(libc::EIO),
                 format!("admin socket: {e}"),
             )
-        })?
+        })
+    };
+    let admin = match bound {
+        Ok(a) => a,
+        Err(f) => return Err(abandon(st, f)),
     };
 
     let mut config = Config::default();
@@ -504,20 +516,27 @@ fn serve(
     // need fusermount3, which fuser drives.
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let (session, own) = if root {
-        let fd = mount_fuse(mnt, args.allow_other).map_err(mount_failed)?;
-        let own = OwnMount::new(mnt, true);
-        let acl = config.acl;
-        match Session::from_fd(adapter, fd, acl, config) {
-            Ok(session) => (session, own),
-            Err(e) => {
-                own.detach_if_left();
-                return Err(mount_failed(e));
+    let mounted = if root {
+        mount_fuse(mnt, args.allow_other).and_then(|fd| {
+            let own = OwnMount::new(mnt, true);
+            let acl = config.acl;
+            match Session::from_fd(adapter, fd, acl, config) {
+                Ok(session) => Ok((session, own)),
+                Err(e) => {
+                    own.detach_if_left();
+                    Err(e)
+                }
             }
-        }
+        })
     } else {
-        let session = Session::new(adapter, mnt, &config).map_err(mount_failed)?;
-        (session, OwnMount::new(mnt, false))
+        Session::new(adapter, mnt, &config).map(|s| (s, OwnMount::new(mnt, false)))
+    };
+    let (session, own) = match mounted {
+        Ok(m) => m,
+        Err(e) => {
+            drop(admin);
+            return Err(abandon(st, mount_failed(e)));
+        }
     };
     log::info!("mounted {} at {}", store_dir.display(), mnt.display());
     let _ = kernel.set((session.notifier(), mnt.to_path_buf()));
