@@ -23,6 +23,9 @@ use crate::rbd::throttle;
 use crate::rbd::types::ProgressSink;
 use crate::sync::Arc;
 
+/// How long a remove waits for the image to be closed before EBUSY.
+const BUSY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn remove_ignoring_absent(ioctx: &IoCtx, oid: &str) -> Result<()> {
     match ioctx.remove(oid, &SnapContext::empty()).await {
         Ok(()) | Err(RadosError::NotFound) => Ok(()),
@@ -39,13 +42,21 @@ pub async fn remove(
     ImageSpec::new(pool, name).validate()?;
     let ioctx = directory::pool_ioctx(rbd, pool)?;
     let id = directory::listed_image_id(&ioctx, pool, name).await?;
-    if rbd
-        .registry()
-        .lock()
-        .get(&(ioctx.pool_id(), id.clone()))
-        .is_some_and(|w| w.strong_count() > 0)
-    {
-        return Err(RbdError::ImageBusy(format!("{pool}/{name}")));
+    // A stat or a listing holds the image open for a moment: that is waited
+    // out; an open file or a loop device, which keep it, are not.
+    let key = (ioctx.pool_id(), id.clone());
+    let open = || {
+        rbd.registry()
+            .lock()
+            .get(&key)
+            .is_some_and(|w| w.strong_count() > 0)
+    };
+    let since = std::time::Instant::now();
+    while open() {
+        if since.elapsed() >= BUSY_PATIENCE {
+            return Err(RbdError::ImageBusy(format!("{pool}/{name}")));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     match directory::read_header(&ioctx, &id).await {
         Ok(hdr) => {

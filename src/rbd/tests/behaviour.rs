@@ -160,6 +160,26 @@ async fn test_remove_of_open_image_is_ebusy() {
     assert_eq!(err.errno(), libc::EBUSY);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_remove_waits_out_an_image_held_open_for_a_moment() {
+    // Arrange: the image held open (a stat) and let go 50 ms later.
+    let (rbd, _mem, _c) = setup().await;
+    rbd.create("rbd", "a", OBJ, &opts()).await.unwrap();
+    let img = rbd.open("rbd", "a", None).await.unwrap();
+    let holder = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        drop(img);
+    });
+
+    // Act
+    let removed = rbd.remove("rbd", "a", &NoProgress).await;
+
+    // Assert
+    holder.await.unwrap();
+    removed.unwrap();
+    assert!(rbd.list("rbd").await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn test_remove_deletes_every_object_of_the_image() {
     let (rbd, mem, _c) = setup().await;
