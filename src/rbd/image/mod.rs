@@ -260,13 +260,25 @@ impl ImageCtx {
             return Ok(v);
         }
         let key = (link.pool_id, link.image_id.clone(), link.snap_id);
-        let view = ParentView::load(&self.rbd, link, 0).await?;
-        self.parent_names.lock().insert(
-            key.clone(),
-            (view.image_name.clone(), view.snap_name.clone()),
-        );
-        self.chains.lock().1.insert(key, view.clone());
-        Ok(view)
+        loop {
+            let epoch = self.rbd.layout_epoch();
+            let view = ParentView::load(&self.rbd, link, 0).await?;
+            self.parent_names.lock().insert(
+                key.clone(),
+                (view.image_name.clone(), view.snap_name.clone()),
+            );
+            // A chain that changed while it loaded (a flatten up the chain)
+            // may be loaded from before the change: load it again.
+            let mut c = self.chains.lock();
+            if self.rbd.layout_epoch() != epoch {
+                continue;
+            }
+            if c.0 != epoch {
+                *c = (epoch, HashMap::new());
+            }
+            c.1.insert(key, view.clone());
+            return Ok(view);
+        }
     }
 
     /// The parent chain behind `link` if it is cached (no I/O).

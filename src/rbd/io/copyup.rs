@@ -318,9 +318,16 @@ async fn run_steps(
         None if exists => ops.push(WriteOp::Remove),
         None => {}
     }
-    let head_absent_after = head.is_none() && user_ops.is_empty();
+    // A user's remove of what the head step leaves absent (a discard past
+    // the head's overlap) is done already: removing it again fails.
+    let user: Vec<WriteOp> = user_ops
+        .iter()
+        .filter(|o| head.is_some() || !matches!(o, WriteOp::Remove))
+        .cloned()
+        .collect();
+    let head_absent_after = head.is_none() && user.is_empty();
     let guarded = matches!(ops.first(), Some(WriteOp::Create { .. }));
-    ops.extend(user_ops.iter().cloned());
+    ops.extend(user);
     if !ops.is_empty() {
         match send(hdr.snapc(), ops).await {
             Ok(()) => {}

@@ -76,6 +76,10 @@ pub(crate) async fn run(
         }
         ctx.save_header(h).await?;
         ctx.invalidate_chains();
+        // Children of this image read through its snapshots, which no
+        // longer lead to the parent: their cached chains are stale now,
+        // under the gate, not only once the record below is gone.
+        ctx.rbd.bump_layout_epoch();
     }
 
     // REMOVE_CHILD_RECORD

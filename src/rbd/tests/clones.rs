@@ -662,3 +662,27 @@ async fn test_unprotect_racing_a_clone_never_leaves_the_clone_unprotected() {
         }
     }
 }
+
+#[tokio::test]
+async fn test_discard_past_the_heads_overlap_inside_a_snapshots_overlap() {
+    // Arrange: a clone whose snapshot s1 still reads the parent's object 1,
+    // while the head's overlap ends before it (shrunk, then grown).
+    let (rbd, _mem, _c) = setup().await;
+    rbd.create("rbd", "p", 2 * OBJ, &opts()).await.unwrap();
+    let p = rbd.open("rbd", "p", None).await.unwrap();
+    p.write(OBJ, Bytes::from(pattern(5, OBJ))).await.unwrap();
+    snap_and_clone(&rbd, "p", "c").await;
+    let c = rbd.open("rbd", "c", None).await.unwrap();
+    c.snap_create("s1").await.unwrap();
+    c.resize(OBJ, true, &NoProgress).await.unwrap();
+    c.resize(2 * OBJ, false, &NoProgress).await.unwrap();
+
+    // Act: discard the whole of object 1 (blkdiscard, mkfs's discard).
+    let discarded = c.discard(OBJ, OBJ).await;
+
+    // Assert: the head reads zeros, s1 still the parent's bytes.
+    discarded.unwrap();
+    assert_bytes(&c.read(OBJ, OBJ).await.unwrap(), &vec![0u8; OBJ as usize]);
+    let s1 = rbd.open("rbd", "c", Some("s1")).await.unwrap();
+    assert_bytes(&s1.read(OBJ, OBJ).await.unwrap(), &pattern(5, OBJ));
+}
