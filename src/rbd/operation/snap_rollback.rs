@@ -1,7 +1,7 @@
 //! Snapshot rollback: make the head byte-identical to a snapshot.
 //!
 //! ```text
-//!   BLOCK_WRITES -> [GROW_OBJECT_MAP if the snapshot is larger]
+//!   BLOCK_WRITES -> [GROW_OBJECT_MAP, then GROW_HEADER if the snapshot is larger]
 //!     -> ROLLBACK_OBJECTS  per object, N at a time, progress:
 //!          in the snapshot -> write_full(its content at the snapshot)
 //!          not in it      -> remove the head object (if any)
@@ -42,6 +42,14 @@ pub(crate) async fn run(ctx: &ImageCtx, name: &str, progress: &dyn ProgressSink)
         m.resize(snap_count);
         m.save(&ctx.ioctx, &map_oid).await?;
         *ctx.head_map.lock() = m;
+    }
+    if rec.size > hdr.size {
+        // Grown first, as librbd does: bytes the rollback puts past the
+        // old end are then inside the image, were it stopped half way
+        // (else a later grow would show them as the image's own).
+        let mut h = (*hdr).clone();
+        h.size = rec.size;
+        ctx.save_header(h).await?;
     }
     let n = snap_count.max(head_count);
     let snapc = hdr.snapc();

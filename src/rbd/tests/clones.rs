@@ -686,3 +686,56 @@ async fn test_discard_past_the_heads_overlap_inside_a_snapshots_overlap() {
     let s1 = rbd.open("rbd", "c", Some("s1")).await.unwrap();
     assert_bytes(&s1.read(OBJ, OBJ).await.unwrap(), &pattern(5, OBJ));
 }
+
+#[tokio::test]
+async fn test_rollback_to_a_larger_snapshot_interrupted_anywhere_leaves_no_stale_data() {
+    // Shrunk to a whole object, and into the middle of the next one.
+    for keep in [0, 100] {
+        rollback_interrupted_anywhere(keep).await;
+    }
+}
+
+/// For every point a crash can stop a rollback to a snapshot larger than
+/// the head: reopen, grow the image back and write into the object the
+/// rollback restores. What reads back is the snapshot's data (the rollback
+/// got that far and says so in the size) or what the head had (`keep`
+/// bytes of object 1, then zeros), never old data under a size that hid it.
+async fn rollback_interrupted_anywhere(keep: u64) {
+    let mut k = 0;
+    loop {
+        // Arrange: object 1 written, snapshot s1, shrunk.
+        let (rbd, mem, counting) = setup().await;
+        rbd.create("rbd", "a", 2 * OBJ, &opts()).await.unwrap();
+        let a = rbd.open("rbd", "a", None).await.unwrap();
+        a.write(OBJ, Bytes::from(pattern(6, OBJ))).await.unwrap();
+        a.snap_create("s1").await.unwrap();
+        a.resize(OBJ + keep, true, &NoProgress).await.unwrap();
+
+        // Act
+        counting.crash_after(k);
+        let rolled = a.snap_rollback("s1", &NoProgress).await;
+        counting.crash_after(-1);
+        drop(a);
+        let (rbd, _c) = reopen(&mem, test_config());
+        let a = rbd.open("rbd", "a", None).await.unwrap();
+        let grown_by_rollback = a.size() == 2 * OBJ;
+        a.resize(2 * OBJ, false, &NoProgress).await.unwrap();
+        a.write(OBJ + 10, Bytes::from_static(b"new")).await.unwrap();
+
+        // Assert
+        let got = a.read(OBJ, OBJ).await.unwrap();
+        let mut head = vec![0u8; OBJ as usize];
+        head[..keep as usize].copy_from_slice(&pattern(6, OBJ)[..keep as usize]);
+        head[10..13].copy_from_slice(b"new");
+        let mut snap = pattern(6, OBJ);
+        snap[10..13].copy_from_slice(b"new");
+        assert!(
+            got[..] == head[..] || (grown_by_rollback && got[..] == snap[..]),
+            "keep {keep}, crash after {k} requests: object 1 holds old data"
+        );
+        if rolled.is_ok() {
+            break;
+        }
+        k += 1;
+    }
+}
