@@ -355,6 +355,14 @@ struct Inner {
     /// The last seq known durable: set before its commit callbacks run,
     /// where `Progress::committed` is set after them.
     durable: AtomicU64,
+    /// Held around every sync whose success makes records durable (the
+    /// journal's, in-place writes', the checkpoint's syncfs): Linux reports
+    /// a writeback error to one sync only, so a sync that failed must have
+    /// failed the store before any other one is trusted.
+    sync_lock: Mutex<()>,
+    /// Tests: the next journal sync fails with EIO.
+    #[cfg(test)]
+    fail_next_sync: AtomicBool,
     /// Lock order: `submit`, then `journal`, then `commits`.
     journal: Mutex<JournalWriter>,
     commits: Mutex<Commits>,
@@ -535,6 +543,9 @@ impl FileStore {
             }),
             progress_cv: Condvar::new(),
             durable: AtomicU64::new(next_seq - 1),
+            sync_lock: Mutex::new(()),
+            #[cfg(test)]
+            fail_next_sync: AtomicBool::new(false),
             journal: Mutex::new(writer),
             commits: Mutex::new(Commits::default()),
             commit_run: Mutex::new(()),
@@ -1104,6 +1115,21 @@ impl Inner {
         self.fail_commits(&self.failed_err());
     }
 
+    /// Fail the store for a sync (or a write of its) that failed; the
+    /// error to return.
+    fn fail_io(&self, ctx: &str, e: io::Error) -> StoreError {
+        self.fail(format!("{ctx}: {e}"));
+        StoreError::io(ctx, e)
+    }
+
+    /// Err once the store has failed (or crashed).
+    fn not_failed(&self) -> StoreResult<()> {
+        if self.failed.load(Ordering::Acquire) || self.crashed.load(Ordering::Acquire) {
+            return Err(self.failed_err());
+        }
+        Ok(())
+    }
+
     fn failed_err(&self) -> StoreError {
         if self.crashed.load(Ordering::Acquire) {
             return StoreError::Failed("store crashed".into());
@@ -1219,17 +1245,23 @@ impl Inner {
         let _g = self.ckpt_lock.lock();
         let ctx = format!("checkpointing {}", self.root.display());
         let boundary = {
-            let mut j = self.journal.lock();
-            let b = j.rotate().map_err(io_err(&ctx))?;
-            self.in_place_since_checkpoint.store(0, Ordering::Relaxed);
-            // The closed segments are synced (rotate syncs the one it closes).
-            *self.synced_end.lock() = (j.start(), j.bytes());
-            b
+            let _sync = self.sync_lock.lock();
+            self.not_failed()?;
+            let boundary = {
+                let mut j = self.journal.lock();
+                // Failed under the sync lock: see `sync_lock`.
+                let b = j.rotate().map_err(|e| self.fail_io(&ctx, e))?;
+                self.in_place_since_checkpoint.store(0, Ordering::Relaxed);
+                // The closed segments are synced (rotate syncs the one it closes).
+                *self.synced_end.lock() = (j.start(), j.bytes());
+                b
+            };
+            // The records below the boundary are durable; the bytes of those
+            // made in place, once these are synced (the syncfs below is later).
+            self.sync_in_place_writes()?;
+            self.complete_commits(boundary - 1);
+            boundary
         };
-        // The records below the boundary are durable; the bytes of those
-        // made in place, once these are synced (the syncfs below is later).
-        self.sync_in_place_writes()?;
-        self.complete_commits(boundary - 1);
         self.wait_applied_seq(boundary - 1)?;
         let (snap, seq, doomed) = {
             // The gate keeps a transaction from being half applied in the copy,
@@ -1247,12 +1279,16 @@ impl Inner {
             }
         };
         crashed()?;
-        let in_place_stamp = self.unsynced.lock().stamp();
-        let undo_stamp = self.undo.as_ref().map(|u| u.lock().stamp());
-        data::syncfs(&self.root_dir).map_err(io_err(&ctx))?;
-        self.unsynced.lock().synced_upto(in_place_stamp);
-        if let (Some(u), Some(stamp)) = (&self.undo, undo_stamp) {
-            u.lock().all_synced(stamp);
+        {
+            let _sync = self.sync_lock.lock();
+            self.not_failed()?;
+            let in_place_stamp = self.unsynced.lock().stamp();
+            let undo_stamp = self.undo.as_ref().map(|u| u.lock().stamp());
+            data::syncfs(&self.root_dir).map_err(|e| self.fail_io(&ctx, e))?;
+            self.unsynced.lock().synced_upto(in_place_stamp);
+            if let (Some(u), Some(stamp)) = (&self.undo, undo_stamp) {
+                u.lock().all_synced(stamp);
+            }
         }
         crashed()?;
         write_atomic(&self.root, SNAPSHOT, &snap).map_err(io_err(&ctx))?;
@@ -1373,6 +1409,8 @@ impl Inner {
     /// Make every record appended so far durable with one `fdatasync`, then
     /// run their commit callbacks. A failed sync fails the store.
     fn commit_written(&self) -> StoreResult<()> {
+        let _sync = self.sync_lock.lock();
+        self.not_failed()?;
         let (file, upto, start, end) = {
             let j = self.journal.lock();
             (j.file(), j.last_seq(), j.start(), j.bytes())
@@ -1386,7 +1424,15 @@ impl Inner {
         // Read `upto` first: the bytes of an in-place write are in the set
         // before its record is in the journal.
         self.sync_in_place_writes()?;
-        if let Err(e) = file.sync_data() {
+        #[cfg(test)]
+        let synced = if self.fail_next_sync.swap(false, Ordering::AcqRel) {
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        } else {
+            file.sync_data()
+        };
+        #[cfg(not(test))]
+        let synced = file.sync_data();
+        if let Err(e) = synced {
             self.fail(format!("journal sync failed: {e}"));
             return Err(self.failed_err());
         }
@@ -1445,6 +1491,10 @@ impl Inner {
     /// callbacks, in seq order.
     fn complete_commits(&self, upto: u64) {
         let _run = self.commit_run.lock();
+        // A store that failed answers its waiters Err (`fail_commits`).
+        if self.failed.load(Ordering::Acquire) {
+            return;
+        }
         self.durable.fetch_max(upto, Ordering::AcqRel);
         let ready: Vec<Callback> = {
             let mut c = self.commits.lock();
@@ -2160,8 +2210,12 @@ impl Inner {
                     drop(shard);
                     w?;
                     if to.sync_now {
+                        let _sync = self.sync_lock.lock();
                         let stamp = self.undo.as_ref().map(|u| u.lock().stamp());
-                        f.sync_data()?;
+                        if let Err(e) = f.sync_data() {
+                            self.fail(format!("syncing {} failed: {e}", path.display()));
+                            return Err(e);
+                        }
                         if let (Some(u), Some(stamp)) = (&self.undo, stamp) {
                             u.lock().synced(to.id, stamp);
                         }

@@ -647,6 +647,26 @@ fn test_data_digest_matches_crc_of_content() {
 }
 
 #[test]
+fn test_after_a_failed_journal_sync_no_later_sync_makes_records_durable() {
+    // Arrange: a record not yet committed, and a journal sync that failed
+    // (Linux reports that error to one sync only: the others then succeed).
+    let (_d, s) = new_store();
+    run(&s, vec![write("o", 0, b"lost")]).unwrap();
+    s.inner.fail_next_sync.store(true, Ordering::SeqCst);
+    assert!(s.inner.commit_written().is_err());
+
+    // Act: a checkpoint, whose rotate syncs the same segment.
+    let checkpointed = s.inner.checkpoint();
+
+    // Assert: it does not report the record durable.
+    assert!(checkpointed.is_err());
+    assert!(
+        s.holds_uncommitted(),
+        "the failed sync's records count as durable"
+    );
+}
+
+#[test]
 fn test_journal_write_failure_fails_store_and_later_txns() {
     let (d, s) = new_store();
     // Replace the journal's file with one opened read-only: appends fail with EBADF.
