@@ -1291,6 +1291,8 @@ impl Inner {
             }
         }
         crashed()?;
+        // The copy may hold part of a transaction whose apply failed.
+        self.not_failed()?;
         write_atomic(&self.root, SNAPSHOT, &snap).map_err(io_err(&ctx))?;
         crashed()?;
         // 6. the snapshot no longer names the doomed files and no record
@@ -2348,6 +2350,12 @@ impl Inner {
                 .lock()
                 .extend(ctx.doomed.into_iter().map(|id| (seq, id)));
             self.note_replayed_files(seq, &marks);
+            // Failed under the gate too: a checkpoint that copies the table
+            // with part of this transaction in it sees the store failed
+            // before it writes the copy out.
+            if let Err(e) = &r {
+                self.fail(format!("applying seq {seq} failed: {e}"));
+            }
             r
         };
         let res = match res {
@@ -2357,11 +2365,7 @@ impl Inner {
                 self.progress_cv.notify_all();
                 Ok(())
             }
-            Ok(false) => Err(self.failed_err()),
-            Err(e) => {
-                self.fail(format!("applying seq {seq} failed: {e}"));
-                Err(self.failed_err())
-            }
+            Ok(false) | Err(_) => Err(self.failed_err()),
         };
         drop(s);
         on_applied(res);
