@@ -412,6 +412,69 @@ fn test_failure_full_replica_is_marked_down_and_the_write_succeeds() {
     c.shutdown().unwrap();
 }
 
+#[test]
+fn test_failure_a_replica_that_refused_a_write_refuses_the_next_ones_of_its_pg() {
+    // Arrange: osd.2, a replica, has no room for a big object; a small one
+    // of the same PG would fit.
+    let dir = tempfile::tempdir().unwrap();
+    let config = ClusterConfig {
+        store: Arc::new(TightOpener { room: 64 << 10 }),
+        monitor_interval: std::time::Duration::from_secs(3600),
+        ..ClusterConfig::default()
+    };
+    let c = common::create_cluster(dir.path(), 3, config);
+    let io = pool(&c, 8);
+    let names: Vec<String> = (0..).map(|i| format!("o{i}")).take(400).collect();
+    let acting = |n: &String| c.object_acting(io.pool_id(), n).unwrap();
+    let big = names
+        .iter()
+        .find(|n| acting(n).1[0] != 2 && acting(n).1.contains(&2))
+        .unwrap()
+        .clone();
+    let small = names
+        .iter()
+        .find(|n| **n != big && acting(n).0 == acting(&big).0)
+        .unwrap()
+        .clone();
+
+    // Act: both writes sent at once, so osd.2 gets the small one right
+    // after refusing the big one, before anything marks it down.
+    let big_data = Bytes::from(vec![7u8; 256 << 10]);
+    let (a, b) = block_on(futures::future::join(
+        io.operate_write(
+            &big,
+            &SnapContext::empty(),
+            vec![WriteOp::WriteFull {
+                data: big_data.clone(),
+            }],
+        ),
+        io.operate_write(
+            &small,
+            &SnapContext::empty(),
+            vec![WriteOp::WriteFull {
+                data: content(&small, 1),
+            }],
+        ),
+    ));
+
+    // Assert: both written (two replicas are enough); osd.2 holds neither,
+    // so its log has no write after the one it lacks.
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(read_whole(&io, &big), big_data);
+    let (pg, _) = acting(&small);
+    let key = ObjectKey {
+        coll: pg,
+        name: small.clone(),
+        snap: SNAP_HEAD,
+    };
+    assert!(
+        !c.osd_store(2).unwrap().exists(&key),
+        "osd.2 took a write after refusing an earlier one of its pg"
+    );
+    c.shutdown().unwrap();
+}
+
 /// File stores, kept by directory, so a test can make one fail. They
 /// commit only when asked (a flush), not on a timer.
 #[derive(Default)]

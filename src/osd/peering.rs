@@ -288,6 +288,7 @@ fn peer_pg(osds: &[Arc<Osd>], map: &OsdMap, id: PgId, acting: &[OsdId]) -> OsdRe
             pg.epoch = map.epoch;
             pg.incomplete = incomplete;
             pg.pending = false;
+            pg.refusing = false;
         }
     }
     Ok(deferred)
@@ -353,6 +354,7 @@ fn backfill_live(
             let mut pg = pg.lock();
             pg.acting = members.to_vec();
             pg.pending = false;
+            pg.refusing = false;
         }
     }
     if caught_up.is_ok() {

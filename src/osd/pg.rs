@@ -161,6 +161,11 @@ pub(crate) struct Pg {
     /// backfill): reads do not go to the cold-read threads, so that a
     /// steady stream of them cannot keep the PG busy.
     pub quiesce_reads: bool,
+    /// On a replica: a replicated write failed here since the PG was last
+    /// peered. Later ones are refused too, so that its log never records a
+    /// write after one it lacks (peering, which recovers what comes after
+    /// a replica's last version, would not see the hole).
+    pub refusing: bool,
 }
 
 fn key(pg: PgId, name: &str, snap: SnapId) -> ObjectKey {
@@ -538,6 +543,7 @@ impl Pg {
             waiting_for_readable: HashMap::new(),
             cold_reads: HashMap::new(),
             quiesce_reads: false,
+            refusing: false,
         }
     }
 
@@ -1072,11 +1078,22 @@ impl Pg {
         txn: Transaction,
         entries: Vec<PgLogEntry>,
     ) {
-        let undo = self.log.append(entries, osd.shared.pg_log_max_entries).undo;
         let Some(primary) = osd.peer(from) else {
             log::error!("osd.{}: primary osd.{from} is gone", osd.id);
             return;
         };
+        if self.refusing {
+            let why = "a write of this pg failed here before; refused until it is peered";
+            return primary.enqueue(
+                self.id,
+                PgEvent::RepReply {
+                    from: osd.id,
+                    tid,
+                    result: Err(crate::store::StoreError::Failed(why.into())),
+                },
+            );
+        }
+        let undo = self.log.append(entries, osd.shared.pg_log_max_entries).undo;
         let queued = osd.store.queue_transaction(
             txn,
             committed(osd, osd.id),
@@ -1084,6 +1101,7 @@ impl Pg {
         );
         if let Err(e) = queued {
             self.log.undo(undo);
+            self.refusing = true;
             primary.enqueue(
                 self.id,
                 PgEvent::RepReply {
