@@ -568,6 +568,49 @@ fn with_failed_store(dir: &Path, size: u32, unflushed: bool) -> (Arc<Cluster>, I
     (c, io)
 }
 
+/// Like [`with_failed_store`] at size 3, min_size 1, with osd.0 and osd.1
+/// marked down (by hand) before the unflushed writes: osd.2 alone holds
+/// them when its store fails.
+fn with_failed_store_serving_alone(dir: &Path) -> (Arc<Cluster>, IoCtx) {
+    let kept = Arc::new(KeptStores::default());
+    let config = ClusterConfig {
+        store: kept.clone(),
+        monitor_interval: std::time::Duration::from_secs(3600),
+        ..ClusterConfig::default()
+    };
+    let c = common::create_cluster(dir, 3, config);
+    let io = common::rbd_pool(&c, 3, 1, 8);
+    let names: Vec<String> = (0..8).map(|i| format!("obj{i}")).collect();
+    for n in &names {
+        write_full(&io, n, content(n, 1)).unwrap();
+    }
+    block_on(io.flush()).unwrap();
+    c.set_osd_up(0, false).unwrap();
+    c.set_osd_up(1, false).unwrap();
+    for _ in 0..2 {
+        for n in &names {
+            let ops = vec![WriteOp::Write {
+                off: 0,
+                data: flipped(n).slice(..256),
+            }];
+            block_on(io.operate_write(n, &SnapContext::empty(), ops)).unwrap();
+        }
+    }
+    let victim = c.osdmap().osd_path(dir, 2).unwrap();
+    let store = kept
+        .stores
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(p, _)| p.ends_with(victim.file_name().unwrap()))
+        .map(|(_, s)| s.clone())
+        .expect("osd.2's store");
+    use rbdfs::store::ObjectStore;
+    assert!(store.holds_uncommitted());
+    store.crash();
+    (c, io)
+}
+
 fn is_lost(flushed: &rbdfs::rados::Result<()>) -> bool {
     matches!(flushed, Err(rbdfs::rados::RadosError::Io(e)) if e.contains("no other copy"))
 }
@@ -625,6 +668,26 @@ fn test_failure_flush_fails_when_the_only_copy_was_lost_before_it() {
     // Assert: every flush says so, not only the first.
     assert!(is_lost(&first), "{first:?}");
     assert!(is_lost(&second), "{second:?}");
+    let _ = c.shutdown();
+}
+
+#[test]
+fn test_failure_flush_keeps_failing_while_a_pg_waits_for_the_lost_copy() {
+    // Arrange: osd.2 alone serves the PGs (osd.0 and osd.1 down by hand),
+    // holds writes no flush committed, and its store fails; the flush says
+    // so and the monitor marks it down.
+    let dir = tempfile::tempdir().unwrap();
+    let (c, io) = with_failed_store_serving_alone(dir.path());
+    let first = block_on(io.flush());
+    assert!(is_lost(&first), "{first:?}");
+    c.set_osd_up(2, false).unwrap();
+
+    // Act: an older copy comes back; the PGs wait for osd.2's newer one.
+    c.set_osd_up(0, true).unwrap();
+    let again = block_on(io.flush());
+
+    // Assert
+    assert!(is_lost(&again), "{again:?}");
     let _ = c.shutdown();
 }
 

@@ -748,6 +748,20 @@ impl Inner {
         for pool in &map.pools {
             for pg in 0..pool.info.pg_num {
                 let acting = self.shared.acting(map, &pool.info, pg);
+                // Served again by an older copy, the PG waits for the newer
+                // one (incomplete): the failed store that held it.
+                let id = PgId {
+                    pool: pool.info.id,
+                    pg,
+                };
+                let waits_for = acting
+                    .first()
+                    .and_then(|p| self.osd(*p))
+                    .and_then(|o| o.pg(id))
+                    .and_then(|p| p.lock().incomplete);
+                if waits_for.is_some_and(|o| holding.contains(&o)) {
+                    return Some(format!("{}.{pg:x}", pool.info.id));
+                }
                 if !acting.iter().all(|o| failing.contains(o)) {
                     continue;
                 }
