@@ -21,6 +21,16 @@ fn bin() -> &'static str {
     })
 }
 
+/// Run `rbdfs --store STORE args...` and return what it did.
+fn rbdfs_on(store: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .expect("run rbdfs")
+}
+
 struct Store {
     dir: tempfile::TempDir,
 }
@@ -323,14 +333,7 @@ fn test_du_and_ls_take_a_pool_option() {
 fn test_init_with_more_replicas_than_osds_leaves_no_store() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let run = |args: &[&str]| {
-        Command::new(bin())
-            .arg("--store")
-            .arg(&store)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| rbdfs_on(&store, args);
 
     for bad in ["5", "0"] {
         let out = run(&["init", "--replicas", bad]);
@@ -486,14 +489,7 @@ fn test_init_again_after_an_init_that_failed_half_way() {
     let user = dir.path().join("user");
     std::fs::create_dir(&user).unwrap();
     std::fs::write(user.join("keep"), b"mine").unwrap();
-    let run = |args: &[&str]| {
-        Command::new(bin())
-            .arg("--store")
-            .arg(&store)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| rbdfs_on(&store, args);
     let first = dir.path().join("first");
     let last = dir.path().join("last");
     let (f, u, l) = (

@@ -541,6 +541,24 @@ fn retried(
 }
 
 fn try_failed_store(dir: &Path, size: u32, unflushed: bool) -> Option<(Arc<Cluster>, IoCtx)> {
+    try_failed_store_with(dir, size, unflushed, false)
+}
+
+/// Like [`with_failed_store`] at size 3, min_size 1, with osd.0 and osd.1
+/// marked down (by hand) before the unflushed writes: osd.2 alone holds
+/// them when its store fails.
+fn with_failed_store_serving_alone(dir: &Path) -> (Arc<Cluster>, IoCtx) {
+    retried(dir, |d| try_failed_store_with(d, 3, true, true))
+}
+
+/// See [`with_failed_store`]; with `alone`, osd.0 and osd.1 are marked down
+/// before the unflushed writes.
+fn try_failed_store_with(
+    dir: &Path,
+    size: u32,
+    unflushed: bool,
+    alone: bool,
+) -> Option<(Arc<Cluster>, IoCtx)> {
     let kept = Arc::new(KeptStores::default());
     let config = ClusterConfig {
         store: kept.clone(),
@@ -554,6 +572,10 @@ fn try_failed_store(dir: &Path, size: u32, unflushed: bool) -> Option<(Arc<Clust
         write_full(&io, n, content(n, 1)).unwrap();
     }
     block_on(io.flush()).unwrap();
+    if alone {
+        c.set_osd_up(0, false).unwrap();
+        c.set_osd_up(1, false).unwrap();
+    }
     if unflushed {
         // Small overwrites of part of each object, which the store
         // journals and commits later (all but the first after a
@@ -586,56 +608,6 @@ fn try_failed_store(dir: &Path, size: u32, unflushed: bool) -> Option<(Arc<Clust
     use rbdfs::store::ObjectStore;
     store.crash();
     if store.holds_uncommitted() != unflushed {
-        let _ = c.shutdown();
-        return None;
-    }
-    Some((c, io))
-}
-
-/// Like [`with_failed_store`] at size 3, min_size 1, with osd.0 and osd.1
-/// marked down (by hand) before the unflushed writes: osd.2 alone holds
-/// them when its store fails.
-fn with_failed_store_serving_alone(dir: &Path) -> (Arc<Cluster>, IoCtx) {
-    retried(dir, try_failed_store_serving_alone)
-}
-
-fn try_failed_store_serving_alone(dir: &Path) -> Option<(Arc<Cluster>, IoCtx)> {
-    let kept = Arc::new(KeptStores::default());
-    let config = ClusterConfig {
-        store: kept.clone(),
-        monitor_interval: std::time::Duration::from_secs(3600),
-        ..ClusterConfig::default()
-    };
-    let c = common::create_cluster(dir, 3, config);
-    let io = common::rbd_pool(&c, 3, 1, 8);
-    let names: Vec<String> = (0..8).map(|i| format!("obj{i}")).collect();
-    for n in &names {
-        write_full(&io, n, content(n, 1)).unwrap();
-    }
-    block_on(io.flush()).unwrap();
-    c.set_osd_up(0, false).unwrap();
-    c.set_osd_up(1, false).unwrap();
-    for _ in 0..2 {
-        for n in &names {
-            let ops = vec![WriteOp::Write {
-                off: 0,
-                data: flipped(n).slice(..256),
-            }];
-            block_on(io.operate_write(n, &SnapContext::empty(), ops)).unwrap();
-        }
-    }
-    let victim = c.osdmap().osd_path(dir, 2).unwrap();
-    let store = kept
-        .stores
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|(p, _)| p.ends_with(victim.file_name().unwrap()))
-        .map(|(_, s)| s.clone())
-        .expect("osd.2's store");
-    use rbdfs::store::ObjectStore;
-    store.crash();
-    if !store.holds_uncommitted() {
         let _ = c.shutdown();
         return None;
     }

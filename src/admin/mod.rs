@@ -189,31 +189,45 @@ mod tests {
         }
     }
 
-    fn gated() -> (
-        Arc<Gated>,
-        std::sync::mpsc::Receiver<()>,
-        tokio::sync::oneshot::Sender<()>,
-    ) {
+    /// A server whose one request runs until `go`; `on_start` hears when
+    /// it starts.
+    struct GatedServer {
+        _dir: tempfile::TempDir,
+        rt: tokio::runtime::Runtime,
+        path: std::path::PathBuf,
+        server: AdminServer,
+        on_start: std::sync::mpsc::Receiver<()>,
+        go: tokio::sync::oneshot::Sender<()>,
+    }
+
+    fn serve_gated(keepalive: std::time::Duration) -> GatedServer {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let path = dir.path().join(SOCKET_NAME);
         let (started, on_start) = std::sync::mpsc::sync_channel(1);
         let (go, release) = tokio::sync::oneshot::channel();
         let h = Arc::new(Gated {
             started,
             release: Mutex::new(Some(release)),
         });
-        (h, on_start, go)
+        let server =
+            rt.block_on(async { AdminServer::bind_with_keepalive(&path, h, keepalive).unwrap() });
+        GatedServer {
+            _dir: dir,
+            rt,
+            path,
+            server,
+            on_start,
+            go,
+        }
     }
 
     #[test]
     fn test_admin_request_without_progress_outlives_the_client_idle_timeout() {
         // Arrange: keepalives every 50 ms, a client that gives up after
         // 300 ms without a line, a request that runs for 1 s.
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let path = dir.path().join(SOCKET_NAME);
-        let (h, _on_start, go) = gated();
-        let keepalive = std::time::Duration::from_millis(50);
-        let _server =
-            rt.block_on(async { AdminServer::bind_with_keepalive(&path, h, keepalive).unwrap() });
+        let g = serve_gated(std::time::Duration::from_millis(50));
+        let (path, rt, go) = (g.path, g.rt, g.go);
         let client = AdminClient::probe(&path)
             .unwrap()
             .with_idle_timeout(std::time::Duration::from_millis(300));
@@ -236,11 +250,8 @@ mod tests {
     #[test]
     fn test_admin_close_waits_for_running_requests() {
         // Arrange: a request that runs until let go.
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let path = dir.path().join(SOCKET_NAME);
-        let (h, on_start, go) = gated();
-        let server = rt.block_on(async { AdminServer::bind(&path, h).unwrap() });
+        let g = serve_gated(server::KEEPALIVE);
+        let (path, rt, go, on_start, server) = (g.path, g.rt, g.go, g.on_start, g.server);
         let client = AdminClient::probe(&path).unwrap();
         let call = std::thread::spawn(move || {
             client.call("import", serde_json::json!({}), &mut |_, _, _| {})

@@ -56,6 +56,21 @@ async fn read(fs: &ImageFs, ino: u64, off: u64, len: u32) -> Vec<u8> {
     d.to_vec()
 }
 
+/// Image `base` (8 MiB, "golden" at 1 MiB), its snapshot `s1`, protected
+/// and cloned through the xattrs to `child`: the inodes of `base` and
+/// `base@s1`.
+async fn cloned_base(fs: &ImageFs) -> (u64, u64) {
+    let ino = image(fs, "base", 8 * MIB).await;
+    write(fs, ino, MIB, b"golden").await;
+    fs.setxattr(ino, "user.rbd.snap", b"s1").await.unwrap();
+    let snap = lookup(fs, "base@s1").await.unwrap().ino;
+    fs.setxattr(snap, "user.rbd.protected", b"1").await.unwrap();
+    fs.setxattr(snap, "user.rbd.clone", b"rbd/child")
+        .await
+        .unwrap();
+    (ino, snap)
+}
+
 fn errno<T: std::fmt::Debug>(r: FsResult<T>) -> i32 {
     r.expect_err("expected an error").errno()
 }
@@ -429,14 +444,7 @@ async fn test_bad_xattr_values_fail_and_change_nothing() {
 async fn test_clone_through_xattr_then_flatten_detaches_it() {
     // Arrange: a protected snapshot with data, cloned through the xattr.
     let fs = fs().await;
-    let ino = image(&fs, "base", 8 * MIB).await;
-    write(&fs, ino, MIB, b"golden").await;
-    fs.setxattr(ino, "user.rbd.snap", b"s1").await.unwrap();
-    let snap = lookup(&fs, "base@s1").await.unwrap().ino;
-    fs.setxattr(snap, "user.rbd.protected", b"1").await.unwrap();
-    fs.setxattr(snap, "user.rbd.clone", b"rbd/child")
-        .await
-        .unwrap();
+    let (_, snap) = cloned_base(&fs).await;
     let child = lookup(&fs, "child").await.unwrap().ino;
     let parent = fs.getxattr(child, "user.rbd.parent").await.unwrap();
     assert!(
@@ -548,14 +556,7 @@ async fn test_a_file_that_reads_data_it_does_not_hold_counts_one_block() {
     // Arrange: a head with data, snapshotted (so it holds nothing written
     // since), the snapshot protected and cloned; and an empty image.
     let fs = fs().await;
-    let ino = image(&fs, "base", 8 * MIB).await;
-    write(&fs, ino, MIB, b"golden").await;
-    fs.setxattr(ino, "user.rbd.snap", b"s1").await.unwrap();
-    let snap = lookup(&fs, "base@s1").await.unwrap().ino;
-    fs.setxattr(snap, "user.rbd.protected", b"1").await.unwrap();
-    fs.setxattr(snap, "user.rbd.clone", b"rbd/child")
-        .await
-        .unwrap();
+    let (ino, _) = cloned_base(&fs).await;
     let empty = image(&fs, "empty", 8 * MIB).await;
 
     // Act
