@@ -349,7 +349,14 @@ impl ImageCtx {
             .filter_map(|k| k.strip_prefix(COPYUP_INTENT_PREFIX))
             .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
             .collect();
-        self.pending_copyups.lock().extend(objs.iter().copied());
+        self.pending_copyups.lock().extend(objs);
+        self.settle_pending_copyups().await
+    }
+
+    /// Finish every copyup still pending here (one an I/O error stopped):
+    /// its plan follows the snapshots, so it must land before they change.
+    pub(crate) async fn settle_pending_copyups(&self) -> Result<()> {
+        let objs: Vec<u64> = self.pending_copyups.lock().iter().copied().collect();
         for objno in objs {
             let _obj = self.object_lock(objno).write().await;
             crate::rbd::io::copyup::settle(self, objno).await?;

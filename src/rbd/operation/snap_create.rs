@@ -34,6 +34,9 @@ async fn run(ctx: &ImageCtx, name: &str, spec: String) -> Result<()> {
     if hdr.snap_by_name(name).is_some() {
         return Err(RbdError::SnapExists(spec));
     }
+    // A copyup an I/O error left is finished as planned, before a new
+    // snapshot changes its plan.
+    ctx.settle_pending_copyups().await?;
     ctx.flush().await?;
     let snap = ctx
         .ioctx

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //!   CHECK (exists; not protected -> else EBUSY)
+//!     -> SETTLE_COPYUPS (finish those an I/O error left, planned with it)
 //!     -> SAVE_HEADER (record gone: new writes stop preserving data for it)
 //!     -> REMOVE_SNAP (object layer trims the clones kept only for it)
 //!     -> REMOVE_OBJECT_MAP
@@ -28,6 +29,7 @@ pub(crate) async fn run(ctx: &ImageCtx, name: &str) -> Result<()> {
     if rec.protected {
         return Err(RbdError::SnapProtected(name.to_string()));
     }
+    ctx.settle_pending_copyups().await?;
     let mut h = (*hdr).clone();
     h.snaps.retain(|s| s.id != rec.id);
     ctx.save_header(h).await?;
