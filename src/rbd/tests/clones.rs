@@ -26,6 +26,26 @@ fn pattern(tag: u8, len: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Image `p` (4 objects of `pattern(tag)`), cloned as `c`, whose object 1
+/// reads the parent whole at snapshot `c1` and half at `c2` (the clone shrank
+/// to 1.5 objects and grew back between them): the head of `c`.
+async fn clone_with_uneven_snapshots(rbd: &Arc<Rbd>, tag: u8) -> Arc<crate::rbd::Image> {
+    rbd.create("rbd", "p", 4 * OBJ, &opts()).await.unwrap();
+    rbd.open("rbd", "p", None)
+        .await
+        .unwrap()
+        .write(0, Bytes::from(pattern(tag, 4 * OBJ)))
+        .await
+        .unwrap();
+    snap_and_clone(rbd, "p", "c").await;
+    let c = rbd.open("rbd", "c", None).await.unwrap();
+    c.snap_create("c1").await.unwrap();
+    c.resize(OBJ + OBJ / 2, true, &NoProgress).await.unwrap();
+    c.resize(4 * OBJ, false, &NoProgress).await.unwrap();
+    c.snap_create("c2").await.unwrap();
+    c
+}
+
 /// Snapshot `name@s`, protect it and clone it as `child`.
 async fn snap_and_clone(rbd: &Arc<Rbd>, name: &str, child: &str) {
     let img = rbd.open("rbd", name, None).await.unwrap();
@@ -503,19 +523,7 @@ async fn crash_anywhere_with_uneven_snapshot_overlaps(what: Interrupted) {
     let mut k = 0;
     loop {
         let (rbd, mem, counting) = setup().await;
-        rbd.create("rbd", "p", 4 * OBJ, &opts()).await.unwrap();
-        rbd.open("rbd", "p", None)
-            .await
-            .unwrap()
-            .write(0, Bytes::from(pattern(14, 4 * OBJ)))
-            .await
-            .unwrap();
-        snap_and_clone(&rbd, "p", "c").await;
-        let c = rbd.open("rbd", "c", None).await.unwrap();
-        c.snap_create("c1").await.unwrap();
-        c.resize(OBJ + OBJ / 2, true, &NoProgress).await.unwrap();
-        c.resize(4 * OBJ, false, &NoProgress).await.unwrap();
-        c.snap_create("c2").await.unwrap();
+        let c = clone_with_uneven_snapshots(&rbd, 14).await;
         let want_c1 = pattern(14, 4 * OBJ);
         let mut want_c2 = pattern(14, 4 * OBJ);
         want_c2[(OBJ + OBJ / 2) as usize..].fill(0);
@@ -580,19 +588,7 @@ async fn test_reads_during_multi_write_copyup_see_before_or_after() {
     let rados = crate::rados::Rados::new(super::Counting::holding_copyups(mem, 1, 6));
     rados.pool_create("rbd", None).await.unwrap();
     let rbd = crate::rbd::Rbd::new(rados, test_config());
-    rbd.create("rbd", "p", 4 * OBJ, &opts()).await.unwrap();
-    rbd.open("rbd", "p", None)
-        .await
-        .unwrap()
-        .write(0, Bytes::from(pattern(15, 4 * OBJ)))
-        .await
-        .unwrap();
-    snap_and_clone(&rbd, "p", "c").await;
-    let c = rbd.open("rbd", "c", None).await.unwrap();
-    c.snap_create("c1").await.unwrap();
-    c.resize(OBJ + OBJ / 2, true, &NoProgress).await.unwrap();
-    c.resize(4 * OBJ, false, &NoProgress).await.unwrap();
-    c.snap_create("c2").await.unwrap();
+    let c = clone_with_uneven_snapshots(&rbd, 15).await;
     let mut before = pattern(15, 4 * OBJ)[OBJ as usize..2 * OBJ as usize].to_vec();
     before[(OBJ / 2) as usize..].fill(0);
     let mut after = before.clone();
@@ -750,19 +746,7 @@ async fn test_snap_rm_after_an_interrupted_copyup_keeps_the_other_snapshots_cont
         // Arrange: object 1 of the clone reads the parent whole at c1 and
         // half at c2 (it shrank and grew between them).
         let (rbd, _mem, counting) = setup().await;
-        rbd.create("rbd", "p", 4 * OBJ, &opts()).await.unwrap();
-        rbd.open("rbd", "p", None)
-            .await
-            .unwrap()
-            .write(0, Bytes::from(pattern(14, 4 * OBJ)))
-            .await
-            .unwrap();
-        snap_and_clone(&rbd, "p", "c").await;
-        let c = rbd.open("rbd", "c", None).await.unwrap();
-        c.snap_create("c1").await.unwrap();
-        c.resize(OBJ + OBJ / 2, true, &NoProgress).await.unwrap();
-        c.resize(4 * OBJ, false, &NoProgress).await.unwrap();
-        c.snap_create("c2").await.unwrap();
+        let c = clone_with_uneven_snapshots(&rbd, 14).await;
         let mut want_c2 = pattern(14, 4 * OBJ);
         want_c2[(OBJ + OBJ / 2) as usize..].fill(0);
 
