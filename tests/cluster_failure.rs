@@ -822,3 +822,65 @@ fn test_failure_a_create_again_never_empties_a_directory_it_did_not_make() {
     assert_eq!(c.osdmap().osds.len(), 3);
     c.shutdown().unwrap();
 }
+
+/// An object of `io`'s pool (of `pg_num` PGs) that maps to `osds`.
+fn object_on(c: &Cluster, io: &IoCtx, pg_num: u32, osds: [u32; 2]) -> String {
+    let map = c.osdmap();
+    let pool = &map.pool(io.pool_id()).unwrap().info;
+    (0..)
+        .map(|i| format!("o{i}"))
+        .find(|n| {
+            let mut up = map.pg_up_set(pool, rbdfs::osd::placement::object_pg(n, pg_num));
+            up.sort();
+            up == osds
+        })
+        .unwrap()
+}
+
+#[test]
+fn test_failure_a_pg_whose_last_holders_cannot_be_opened_waits_for_them() {
+    // Arrange: size 2, min_size 1, an object on osd.1 and osd.2, written on
+    // both, then written again and flushed while osd.2 is down. Then osd.1's
+    // store cannot be opened: osd.2 alone shows a copy, an older one.
+    let dir = tempfile::tempdir().unwrap();
+    let c = common::create_cluster(dir.path(), 3, ClusterConfig::default());
+    let io = common::rbd_pool(&c, 2, 1, 8);
+    let name = object_on(&c, &io, 8, [1, 2]);
+    write_full(&io, &name, Bytes::from_static(b"old")).unwrap();
+    c.set_osd_up(2, false).unwrap();
+    write_full(&io, &name, Bytes::from_static(b"new")).unwrap();
+    block_on(io.flush()).unwrap();
+    c.shutdown().unwrap();
+    let (osd1, away) = (dir.path().join("osd.1"), dir.path().join("osd.1.away"));
+    std::fs::rename(&osd1, &away).unwrap();
+
+    // Act
+    let c = Cluster::open(dir.path(), ClusterConfig::default()).unwrap();
+    let io = Rados::new(c.clone()).ioctx_by_id(io.pool_id());
+    let (io2, name2) = (io.clone(), name.clone());
+    let pending = common::spawn_op(async move { io2.read(&name2, SNAP_HEAD, 0, 3).await });
+
+    // Assert: the read waits; the PG says why; the old copy is never served.
+    common::wait_until(30, "the read is blocked", || c.blocked_ops() == 1);
+    let pgs = c.pg_list();
+    let waiting: Vec<_> = pgs.iter().filter(|p| p.state == "incomplete").collect();
+    assert_eq!(waiting.len(), 1, "{pgs:?}");
+    assert_eq!(waiting[0].waiting_for, Some(1));
+    let checks = c.status().checks;
+    assert!(
+        checks
+            .iter()
+            .any(|l| l.contains("incomplete") && l.contains("osd.1")),
+        "{checks:?}"
+    );
+    c.shutdown().unwrap();
+    let answered = pending.recv().unwrap();
+    assert!(answered.is_err(), "served {answered:?}");
+    // With osd.1 back, the flushed write is there.
+    std::fs::rename(&away, &osd1).unwrap();
+    let c = Cluster::open(dir.path(), ClusterConfig::default()).unwrap();
+    let io = Rados::new(c.clone()).ioctx_by_id(io.pool_id());
+    assert_eq!(read_whole(&io, &name), Bytes::from_static(b"new"));
+    common::assert_replicas_identical(&c);
+    c.shutdown().unwrap();
+}

@@ -50,6 +50,7 @@ use super::error::{OsdError, OsdResult};
 use super::osdmap::{OSDMAP_FILE, OsdId, OsdInfo, OsdMap, PendingTrim, PoolEntry};
 use super::peering::{mark_pending, peer_all};
 use super::pg::PgEvent;
+use super::pg_holders::PgHolders;
 use super::placement::object_pg;
 use super::store_open::{CloseFn, CrashFn, FailedStore, FileStoreOpener, StoreOpener};
 use super::tracker::{Admit, Gate, Leave, Reply};
@@ -358,7 +359,8 @@ impl Cluster {
         }
         map.epoch += 1;
         map.save(dir)?;
-        let mut shared = Shared::new(map.clone(), config.pg_log_max_entries.max(1));
+        let holders = PgHolders::load(dir)?;
+        let mut shared = Shared::new(map.clone(), config.pg_log_max_entries.max(1), holders);
         shared.recovery_max_bytes_per_sec = config.recovery_max_bytes_per_sec.filter(|r| *r > 0);
         let shared = Arc::new(shared);
         let (fail_tx, fail_rx) = std::sync::mpsc::channel();

@@ -12,6 +12,7 @@ use super::error::{OsdError, OsdResult, store_to_rados};
 use super::op_queue::{self, ShardedOpQueue};
 use super::osdmap::{OsdId, OsdMap};
 use super::pg::{ColdRead, Pg, PgEvent, check_store};
+use super::pg_holders::PgHolders;
 use super::pg_log::PgLog;
 use crate::rados::{ReadResult, SnapId};
 use crate::store::{ObjectKey, ObjectStore, StoreError, StoreResult, Transaction, TxOp};
@@ -57,10 +58,13 @@ pub(crate) struct Shared {
     pub queue_only: crate::sync::AtomicBool,
     /// The last recovery-rate sample: (when, objects recovered by then).
     pub rate_sample: Mutex<Option<(std::time::Instant, u64)>>,
+    /// Each PG's holders of every acknowledged write (saved in the
+    /// cluster directory before they change).
+    pub holders: PgHolders,
 }
 
 impl Shared {
-    pub fn new(map: OsdMap, pg_log_max_entries: usize) -> Self {
+    pub fn new(map: OsdMap, pg_log_max_entries: usize, holders: PgHolders) -> Self {
         Shared {
             map: RwLock::new(Arc::new(map)),
             pg_log_max_entries,
@@ -73,6 +77,7 @@ impl Shared {
             peering: crate::sync::AtomicBool::new(false),
             queue_only: crate::sync::AtomicBool::new(false),
             rate_sample: Mutex::new(None),
+            holders,
         }
     }
 

@@ -17,7 +17,7 @@ pub enum OsdError {
     NoCluster(PathBuf),
     #[error("cluster directory {0} already holds a cluster")]
     ClusterExists(PathBuf),
-    #[error("reading the OSD map {path}: {why}; the file is damaged, restore it from a backup")]
+    #[error("reading {path}: {why}; the file is damaged, restore it from a backup")]
     DecodingMap { path: PathBuf, why: String },
     #[error("{context}: {source}")]
     Io {

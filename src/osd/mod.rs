@@ -32,6 +32,7 @@ pub mod op_queue;
 pub mod osdmap;
 mod peering;
 mod pg;
+mod pg_holders;
 pub mod pg_log;
 pub mod placement;
 pub mod scrub;

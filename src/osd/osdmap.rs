@@ -156,22 +156,34 @@ impl OsdMap {
 
     /// Write the map atomically into `dir` (see the module doc).
     pub fn save(&self, dir: &Path) -> OsdResult<()> {
-        let path = dir.join(OSDMAP_FILE);
-        let tmp = dir.join(format!("{OSDMAP_FILE}.tmp"));
-        let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| OsdError::io("encoding the OSD map", std::io::Error::other(e)))?;
-        let ctx = |what: &str| format!("{what} {}", tmp.display());
-        let mut f = fs::File::create(&tmp).map_err(|e| OsdError::io(ctx("creating"), e))?;
-        f.write_all(&json)
-            .map_err(|e| OsdError::io(ctx("writing"), e))?;
-        f.sync_all().map_err(|e| OsdError::io(ctx("syncing"), e))?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(|e| OsdError::io(ctx("renaming"), e))?;
-        // The rename is durable only once the directory entry is.
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| OsdError::io(format!("syncing directory {}", dir.display()), e))
+        save_json(dir, OSDMAP_FILE, "the OSD map", self)
     }
+}
+
+/// Write `value` as JSON to `dir/file` atomically: a temporary file,
+/// fsynced, renamed over the old one, then the directory fsynced, so a
+/// crash leaves either the old or the new file.
+pub(crate) fn save_json<T: Serialize>(
+    dir: &Path,
+    file: &str,
+    what: &str,
+    value: &T,
+) -> OsdResult<()> {
+    let path = dir.join(file);
+    let tmp = dir.join(format!("{file}.tmp"));
+    let json = serde_json::to_vec_pretty(value)
+        .map_err(|e| OsdError::io(format!("encoding {what}"), std::io::Error::other(e)))?;
+    let ctx = |act: &str| format!("{act} {}", tmp.display());
+    let mut f = fs::File::create(&tmp).map_err(|e| OsdError::io(ctx("creating"), e))?;
+    f.write_all(&json)
+        .map_err(|e| OsdError::io(ctx("writing"), e))?;
+    f.sync_all().map_err(|e| OsdError::io(ctx("syncing"), e))?;
+    drop(f);
+    fs::rename(&tmp, &path).map_err(|e| OsdError::io(ctx("renaming"), e))?;
+    // The rename is durable only once the directory entry is.
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| OsdError::io(format!("syncing directory {}", dir.display()), e))
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 //! ```text
 //!  for each PG:  ensure every acting OSD has it (load or create)
 //!     │
-//!     ├─ newest copy only on a down OSD?  incomplete: refuse I/O until it
-//!     │    is back (serving an older copy would lose acknowledged writes)
+//!     ├─ newest copy only on a down OSD, or no OSD that served the PG
+//!     │    last (its holders) up with its copy?  incomplete: refuse I/O
+//!     │    until it is back (serving an older copy would lose
+//!     │    acknowledged writes; a store that cannot be opened shows none)
 //!     ├─ authoritative = up OSD (acting or stray) with the newest
 //!     │    last_update (the primary on a tie)
 //!     └─ each acting OSD behind it:
@@ -22,6 +24,11 @@
 //!     info := source's (last, so that a crash in between leaves the target
 //!     "behind" and recovery simply runs again)
 //! ```
+//!
+//! A PG whose serving OSDs leave out one of its recorded holders (which
+//! would then miss its writes) takes no op until the new holders are saved
+//! (`pg_holders`; one save for the PGs peered within 50 ms, or before a
+//! recovery); one served by all of them and more serves at once.
 //!
 //! Runs on the thread that changes the map. At a map change client I/O is
 //! held only while the map is swapped and every PG marked pending; then it
@@ -88,6 +95,7 @@ fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -> OsdRe
     let mut serving: BTreeMap<OsdId, BTreeSet<PgId>> = BTreeMap::new();
     let mut first_err = None;
     let mut backfills = Vec::new();
+    let mut batch = HolderBatch::default();
     for pool in &map.pools {
         for pg in 0..pool.info.pg_num {
             let id = PgId {
@@ -95,42 +103,59 @@ fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -> OsdRe
                 pg,
             };
             let acting = map.pg_acting(&pool.info, pg);
-            let peered = peer_pg(osds, map, id, &acting);
-            if let Ok(deferred) = &peered {
-                if !deferred.is_empty() {
-                    backfills.push((id, acting.clone(), deferred.clone()));
-                }
-            }
-            if let Err(e) = peered {
-                // One PG's failure must not stop the others: an acting OSD
-                // whose store fails is reported and goes down in the next
-                // epoch, which peers this PG again without it.
-                log::error!("peering pg {}.{:x}: {e}", id.pool, id.pg);
-                let mut blamed = false;
-                // A replica that cannot take the copy (full, failing) goes
-                // down like one that fails a write.
-                if let OsdError::Recovery { osd, .. } = &e {
-                    report_failure(osds, *osd, &e.to_string());
-                    blamed = true;
-                }
-                for &o in &acting {
-                    if let Some(Err(h)) = osds.get(o as usize).map(|x| x.store.check_health()) {
-                        report_failure(osds, o, &h.to_string());
-                        blamed = true;
-                    }
-                }
-                if !blamed {
-                    // Peer the rest anyway: a pending PG waits for the next
-                    // map change, every other PG should serve.
+            let peered = peer_pg(osds, map, id, &acting, &mut || {
+                if let Err(e) = batch.flush(osds, map, after_each) {
                     first_err.get_or_insert(e);
                 }
-                continue;
+            });
+            if let Ok(p) = &peered {
+                if !p.deferred.is_empty() {
+                    backfills.push((id, acting.clone(), p.deferred.clone()));
+                }
             }
-            after_each();
+            match peered {
+                Ok(p) => {
+                    let min_size = pool.info.min_size.max(1) as usize;
+                    batch.add(osds, map, p, min_size, after_each);
+                }
+                Err(e) => {
+                    // One PG's failure must not stop the others: an acting OSD
+                    // whose store fails is reported and goes down in the next
+                    // epoch, which peers this PG again without it.
+                    log::error!("peering pg {}.{:x}: {e}", id.pool, id.pg);
+                    let mut blamed = false;
+                    // A replica that cannot take the copy (full, failing) goes
+                    // down like one that fails a write.
+                    if let OsdError::Recovery { osd, .. } = &e {
+                        report_failure(osds, *osd, &e.to_string());
+                        blamed = true;
+                    }
+                    for &o in &acting {
+                        if let Some(Err(h)) = osds.get(o as usize).map(|x| x.store.check_health()) {
+                            report_failure(osds, o, &h.to_string());
+                            blamed = true;
+                        }
+                    }
+                    if !blamed {
+                        // Peer the rest anyway: a pending PG waits for the next
+                        // map change, every other PG should serve.
+                        first_err.get_or_insert(e);
+                    }
+                    continue;
+                }
+            }
+            if batch.is_old() {
+                if let Err(e) = batch.flush(osds, map, after_each) {
+                    first_err.get_or_insert(e);
+                }
+            }
             for o in acting {
                 serving.entry(o).or_default().insert(id);
             }
         }
+    }
+    if let Err(e) = batch.flush(osds, map, after_each) {
+        first_err.get_or_insert(e);
     }
     // PGs an OSD holds but no longer serves stop taking ops.
     for osd in osds {
@@ -149,7 +174,7 @@ fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -> OsdRe
             .store(false, crate::sync::Ordering::SeqCst);
     }
     for (id, acting, targets) in backfills {
-        if let Err(e) = backfill_live(osds, id, &acting, &targets) {
+        if let Err(e) = backfill_live(osds, map, id, &acting, &targets) {
             log::error!("backfilling pg {}.{:x}: {e}", id.pool, id.pg);
             if let OsdError::Recovery { osd, .. } = &e {
                 report_failure(osds, *osd, &e.to_string());
@@ -182,11 +207,36 @@ fn osd(osds: &[Arc<Osd>], id: OsdId) -> OsdResult<&Arc<Osd>> {
     osds.get(id as usize).ok_or(OsdError::NoSuchOsd(id))
 }
 
-/// Peer one PG; returns the acting OSDs whose copy is left to backfill while
-/// the others serve (see [`backfill_live`]).
-fn peer_pg(osds: &[Arc<Osd>], map: &OsdMap, id: PgId, acting: &[OsdId]) -> OsdResult<Vec<OsdId>> {
+/// A PG peered and ready to serve.
+struct Peered {
+    id: PgId,
+    acting: Vec<OsdId>,
+    /// The acting OSDs that serve it (the others are `deferred`).
+    serving: Vec<OsdId>,
+    /// The acting OSDs whose copy is left to backfill while the others
+    /// serve (see [`backfill_live`]).
+    deferred: Vec<OsdId>,
+    /// Incomplete: the down OSD it waits for.
+    incomplete: Option<OsdId>,
+}
+
+/// Peer one PG: bring its acting copies up to date, and say how it will
+/// serve ([`activate`] lets it).
+fn peer_pg(
+    osds: &[Arc<Osd>],
+    map: &OsdMap,
+    id: PgId,
+    acting: &[OsdId],
+    before_recovery: &mut dyn FnMut(),
+) -> OsdResult<Peered> {
     let Some(&primary) = acting.first() else {
-        return Ok(Vec::new());
+        return Ok(Peered {
+            id,
+            acting: Vec::new(),
+            serving: Vec::new(),
+            deferred: Vec::new(),
+            incomplete: None,
+        });
     };
     for &o in acting {
         osd(osds, o)?.ensure_pg(id)?;
@@ -221,11 +271,29 @@ fn peer_pg(osds: &[Arc<Osd>], map: &OsdMap, id: PgId, acting: &[OsdId]) -> OsdRe
         Some((_, v)) if v == newest => None,
         _ => copies.iter().find(|(_, c)| c.0 == newest).map(|(o, _)| *o),
     };
+    // A copy no store shows may be newer than every copy read: one of the
+    // OSDs that served the PG last (`pg_holders`) must be up and show its
+    // copy, else the PG waits for one of them.
+    let incomplete = incomplete.or_else(|| {
+        let holders: Vec<OsdId> = osds
+            .first()?
+            .shared
+            .holders
+            .get(id)?
+            .into_iter()
+            .filter(|o| map.osd(*o).is_some())
+            .collect();
+        if holders.iter().any(|o| copies.get(o).is_some_and(|c| c.1)) {
+            return None;
+        }
+        let down = holders.iter().find(|o| !map.osd(**o).is_some_and(|i| i.up));
+        down.or(holders.first()).copied()
+    });
     let mut deferred = Vec::new();
     if let Some(holder) = incomplete {
         log::warn!(
-            "pg {}.{:x} is incomplete: its newest copy ({newest}) is on osd.{holder}, which is down; \
-             I/O waits for it to come back",
+            "pg {}.{:x} is incomplete: its newest copy is on osd.{holder}, which is down \
+             (the newest copy read is {newest}); I/O waits for it to come back",
             id.pool,
             id.pg
         );
@@ -233,7 +301,16 @@ fn peer_pg(osds: &[Arc<Osd>], map: &OsdMap, id: PgId, acting: &[OsdId]) -> OsdRe
         let auth_osd = osd(osds, auth)?;
         let alog = match auth_osd.pg(id) {
             Some(pg) => pg.lock().log.clone(),
-            None => return Ok(Vec::new()),
+            // Gone since it was found: nothing serves until the next peering.
+            None => {
+                return Ok(Peered {
+                    id,
+                    acting: Vec::new(),
+                    serving: Vec::new(),
+                    deferred: Vec::new(),
+                    incomplete: None,
+                });
+            }
         };
         let min_size = map
             .pool(id.pool)
@@ -253,6 +330,8 @@ fn peer_pg(osds: &[Arc<Osd>], map: &OsdMap, id: PgId, acting: &[OsdId]) -> OsdRe
             if needs_backfill(since) && ready >= min_size {
                 deferred.push(o);
             } else {
+                // Recovery may take long: PGs peered before it serve first.
+                before_recovery();
                 recover(osd(osds, o)?, auth_osd, id)?;
             }
         }
@@ -262,15 +341,30 @@ fn peer_pg(osds: &[Arc<Osd>], map: &OsdMap, id: PgId, acting: &[OsdId]) -> OsdRe
         .copied()
         .filter(|o| !deferred.contains(o))
         .collect();
+    Ok(Peered {
+        id,
+        acting: acting.to_vec(),
+        serving,
+        deferred,
+        incomplete,
+    })
+}
+
+/// Let a peered PG serve (its holders recorded first, if they changed).
+fn activate(osds: &[Arc<Osd>], map: &OsdMap, p: &Peered) -> OsdResult<()> {
+    let Some(&primary) = p.acting.first() else {
+        return Ok(());
+    };
+    let id = p.id;
     {
         let mut temp = osd(osds, primary)?.shared.pg_temp.lock();
-        if deferred.is_empty() {
+        if p.deferred.is_empty() {
             temp.remove(&id);
         } else {
-            temp.insert(id, serving.clone());
+            temp.insert(id, p.serving.clone());
         }
     }
-    for &o in acting {
+    for &o in &p.acting {
         if let Some(pg) = osd(osds, o)?.pg(id) {
             let mut pg = pg.lock();
             debug_assert!(
@@ -280,18 +374,93 @@ fn peer_pg(osds: &[Arc<Osd>], map: &OsdMap, id: PgId, acting: &[OsdId]) -> OsdRe
                 id.pg,
                 pg.busy_summary()
             );
-            pg.acting = if deferred.contains(&o) {
+            pg.acting = if p.deferred.contains(&o) {
                 Vec::new()
             } else {
-                serving.clone()
+                p.serving.clone()
             };
             pg.epoch = map.epoch;
-            pg.incomplete = incomplete;
+            pg.incomplete = p.incomplete;
             pg.pending = false;
             pg.refusing = false;
         }
     }
-    Ok(deferred)
+    Ok(())
+}
+
+/// Peered PGs whose holders change, the ones that must wait to serve until
+/// the new holders are saved among them: one save for every PG peered within
+/// [`HolderBatch::MAX_AGE`] (or before a recovery), rather than one per PG.
+#[derive(Default)]
+struct HolderBatch {
+    /// New holders to save.
+    record: Vec<(PgId, Vec<OsdId>)>,
+    /// PGs that serve once they are saved.
+    waiting: Vec<Peered>,
+    since: Option<std::time::Instant>,
+}
+
+impl HolderBatch {
+    const MAX_AGE: std::time::Duration = std::time::Duration::from_millis(50);
+
+    /// Activate `p` now if its holders stay as recorded; else hold it for
+    /// the next [`Self::flush`]. A PG that takes no writes (incomplete, or
+    /// served by fewer than `min_size`) keeps its holders: every write is
+    /// still on each of them.
+    fn add(
+        &mut self,
+        osds: &[Arc<Osd>],
+        map: &OsdMap,
+        p: Peered,
+        min_size: usize,
+        after_each: &dyn Fn(),
+    ) {
+        let shared = match osds.first() {
+            Some(o) => &o.shared,
+            None => return,
+        };
+        let writable = p.incomplete.is_none() && p.serving.len() >= min_size;
+        let recorded = shared.holders.get(p.id);
+        if writable && recorded.as_ref() != Some(&p.serving) {
+            // Every recorded holder still serving: they get every write
+            // the PG takes, so it may serve before the new holders are
+            // saved. One left out would miss them: the PG waits.
+            let keeps_all = recorded.is_none_or(|r| r.iter().all(|o| p.serving.contains(o)));
+            self.since.get_or_insert_with(std::time::Instant::now);
+            self.record.push((p.id, p.serving.clone()));
+            if !keeps_all {
+                self.waiting.push(p);
+                return;
+            }
+        }
+        if let Err(e) = activate(osds, map, &p) {
+            log::error!("activating pg {}.{:x}: {e}", p.id.pool, p.id.pg);
+        }
+        after_each();
+    }
+
+    fn is_old(&self) -> bool {
+        self.since.is_some_and(|t| t.elapsed() >= Self::MAX_AGE)
+    }
+
+    /// Save the waiting PGs' holders, then let them serve. If the save
+    /// fails they stay pending (their clients wait for the next map change).
+    fn flush(&mut self, osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -> OsdResult<()> {
+        self.since = None;
+        let waiting = std::mem::take(&mut self.waiting);
+        let Some(first) = osds.first() else {
+            return Ok(());
+        };
+        first
+            .shared
+            .holders
+            .record(map, &std::mem::take(&mut self.record))?;
+        for p in &waiting {
+            activate(osds, map, p)?;
+            after_each();
+        }
+        Ok(())
+    }
 }
 
 /// Backfill `targets` while the rest of `acting` serves the PG (its
@@ -309,6 +478,7 @@ fn peer_pg(osds: &[Arc<Osd>], map: &OsdMap, id: PgId, acting: &[OsdId]) -> OsdRe
 /// next peering backfills it again.
 fn backfill_live(
     osds: &[Arc<Osd>],
+    map: &OsdMap,
     id: PgId,
     acting: &[OsdId],
     targets: &[OsdId],
@@ -359,6 +529,9 @@ fn backfill_live(
     }
     if caught_up.is_ok() {
         shared.pg_temp.lock().remove(&id);
+        // More holders than recorded: the recorded ones hold every write
+        // too, so this may come after the targets began to serve.
+        shared.holders.record(map, &[(id, acting.to_vec())])?;
     }
     caught_up
 }

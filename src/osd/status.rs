@@ -6,7 +6,7 @@
 //!
 //! ```text
 //!  no acting OSD up            down
-//!  newest copy on a down OSD   incomplete
+//!  newest copy on a down OSD   incomplete (waiting_for names it)
 //!  being recovered now         peering+recovering / peering+backfilling
 //!  backfilled while serving    active+undersized+degraded+backfilling
 //!  not peered under this map   peering  (its I/O waits; others serve)
@@ -49,6 +49,9 @@ pub struct PgStatus {
     pub inconsistent_objects: u64,
     /// Newest PG log version on the primary, `epoch'version`.
     pub last_update: String,
+    /// Incomplete: the down OSD whose copy it waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<OsdId>,
 }
 
 impl PgStatus {
@@ -192,6 +195,7 @@ impl Cluster {
                     degraded_objects: objects * size.saturating_sub(acting.len()) as u64,
                     inconsistent_objects: inconsistent,
                     last_update,
+                    waiting_for: incomplete,
                 });
             }
         }
@@ -241,6 +245,20 @@ impl Cluster {
             count(&|p| p.inconsistent_objects > 0),
             "pgs inconsistent (run a scrub with repair)",
         );
+        let mut waiting: BTreeMap<OsdId, usize> = BTreeMap::new();
+        for o in pgs.iter().filter_map(|p| p.waiting_for) {
+            *waiting.entry(o).or_default() += 1;
+        }
+        for (o, n) in waiting {
+            check(
+                Health::Err,
+                n,
+                &format!(
+                    "pgs incomplete: their newest copy is on osd.{o}; bring it back up \
+                     (a store that will not open: see the daemon's log)"
+                ),
+            );
+        }
         let blocked_ops = inner.blocked.load(Ordering::SeqCst);
         check(Health::Warn, blocked_ops, "client ops blocked");
         let c = &inner.shared.recovery;
