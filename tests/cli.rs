@@ -415,6 +415,28 @@ fn test_osd_out_add_and_pg_ls_json() {
 }
 
 #[test]
+fn test_osd_lost_needs_confirmation_and_a_down_osd() {
+    let s = Store::new();
+
+    let unconfirmed = s.fails(&["osd", "lost", "2"], libc::EPERM);
+    s.fails(
+        &["osd", "lost", "2", "--yes-i-really-mean-it"],
+        libc::EINVAL,
+    );
+    std::fs::rename(s.path().join("osd.2"), s.dir.path().join("osd.2.gone")).unwrap();
+    s.ok(&["osd", "lost", "2", "--yes-i-really-mean-it"]);
+
+    assert!(
+        unconfirmed.contains("--yes-i-really-mean-it"),
+        "{unconfirmed}"
+    );
+    let osds = s.json(&["osd", "ls"]);
+    assert_eq!(osds[2]["lost"], true, "{osds}");
+    assert_eq!(osds[1]["lost"], false, "{osds}");
+    assert!(s.ok(&["osd", "ls"]).contains("down (lost)"));
+}
+
+#[test]
 fn test_scrub_finds_flipped_byte_fails_then_repair_makes_it_clean() {
     let s = Store::new();
     let input = s.dir.path().join("input");

@@ -837,13 +837,15 @@ fn object_on(c: &Cluster, io: &IoCtx, pg_num: u32, osds: [u32; 2]) -> String {
         .unwrap()
 }
 
-#[test]
-fn test_failure_a_pg_whose_last_holders_cannot_be_opened_waits_for_them() {
-    // Arrange: size 2, min_size 1, an object on osd.1 and osd.2, written on
-    // both, then written again and flushed while osd.2 is down. Then osd.1's
-    // store cannot be opened: osd.2 alone shows a copy, an older one.
-    let dir = tempfile::tempdir().unwrap();
-    let c = common::create_cluster(dir.path(), 3, ClusterConfig::default());
+/// A closed cluster in `dir` (3 OSDs, a pool of size 2, min_size 1) with an
+/// object on osd.1 and osd.2, written on both, then written again and
+/// flushed while osd.2 was down; osd.1's store is then moved away (to the
+/// returned path), so osd.2 alone shows a copy, an older one. Returns the
+/// object, its pool and where osd.1's store went.
+fn newest_copy_only_on_an_unreadable_store(
+    dir: &Path,
+) -> (String, rbdfs::rados::PoolId, std::path::PathBuf) {
+    let c = common::create_cluster(dir, 3, ClusterConfig::default());
     let io = common::rbd_pool(&c, 2, 1, 8);
     let name = object_on(&c, &io, 8, [1, 2]);
     write_full(&io, &name, Bytes::from_static(b"old")).unwrap();
@@ -851,12 +853,19 @@ fn test_failure_a_pg_whose_last_holders_cannot_be_opened_waits_for_them() {
     write_full(&io, &name, Bytes::from_static(b"new")).unwrap();
     block_on(io.flush()).unwrap();
     c.shutdown().unwrap();
-    let (osd1, away) = (dir.path().join("osd.1"), dir.path().join("osd.1.away"));
-    std::fs::rename(&osd1, &away).unwrap();
+    let away = dir.join("osd.1.away");
+    std::fs::rename(dir.join("osd.1"), &away).unwrap();
+    (name, io.pool_id(), away)
+}
+
+#[test]
+fn test_failure_a_pg_whose_last_holders_cannot_be_opened_waits_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (name, pool, away) = newest_copy_only_on_an_unreadable_store(dir.path());
 
     // Act
     let c = Cluster::open(dir.path(), ClusterConfig::default()).unwrap();
-    let io = Rados::new(c.clone()).ioctx_by_id(io.pool_id());
+    let io = Rados::new(c.clone()).ioctx_by_id(pool);
     let (io2, name2) = (io.clone(), name.clone());
     let pending = common::spawn_op(async move { io2.read(&name2, SNAP_HEAD, 0, 3).await });
 
@@ -877,10 +886,39 @@ fn test_failure_a_pg_whose_last_holders_cannot_be_opened_waits_for_them() {
     let answered = pending.recv().unwrap();
     assert!(answered.is_err(), "served {answered:?}");
     // With osd.1 back, the flushed write is there.
-    std::fs::rename(&away, &osd1).unwrap();
+    std::fs::rename(&away, dir.path().join("osd.1")).unwrap();
     let c = Cluster::open(dir.path(), ClusterConfig::default()).unwrap();
-    let io = Rados::new(c.clone()).ioctx_by_id(io.pool_id());
+    let io = Rados::new(c.clone()).ioctx_by_id(pool);
     assert_eq!(read_whole(&io, &name), Bytes::from_static(b"new"));
     common::assert_replicas_identical(&c);
+    c.shutdown().unwrap();
+}
+
+#[test]
+fn test_failure_an_osd_marked_lost_is_no_longer_waited_for() {
+    // Arrange: the PG waits for osd.1, whose store is gone for good.
+    let dir = tempfile::tempdir().unwrap();
+    let (name, pool, _away) = newest_copy_only_on_an_unreadable_store(dir.path());
+    let c = Cluster::open(dir.path(), ClusterConfig::default()).unwrap();
+    let io = Rados::new(c.clone()).ioctx_by_id(pool);
+    let (io2, name2) = (io.clone(), name.clone());
+    let pending = common::spawn_op(async move { io2.read(&name2, SNAP_HEAD, 0, 3).await });
+    common::wait_until(30, "the read is blocked", || c.blocked_ops() == 1);
+
+    // Act
+    let up = c.mark_osd_lost(2).unwrap_err().to_string();
+    c.mark_osd_lost(1).unwrap();
+
+    // Assert: an up OSD is refused; the read is served the newest copy
+    // left, and so is a new write, on a cluster opened again too.
+    assert!(up.contains("only a down OSD"), "{up}");
+    assert_eq!(pending.recv().unwrap(), Ok(Bytes::from_static(b"old")));
+    assert!(c.pg_list().iter().all(|p| p.state.starts_with("active")));
+    write_full(&io, &name, Bytes::from_static(b"after")).unwrap();
+    c.shutdown().unwrap();
+    let c = Cluster::open(dir.path(), ClusterConfig::default()).unwrap();
+    assert!(c.osdmap().osd(1).unwrap().lost);
+    let io = Rados::new(c.clone()).ioctx_by_id(pool);
+    assert_eq!(read_whole(&io, &name), Bytes::from_static(b"after"));
     c.shutdown().unwrap();
 }

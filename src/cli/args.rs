@@ -109,6 +109,18 @@ pub enum OsdVerb {
     /// Remove an OSD that is down and out, once every PG is clean.
     #[command(alias = "remove")]
     Rm(OsdIdArg),
+    /// Declare a down OSD gone for good: PGs waiting for its copy serve the
+    /// newest copy left, and writes only it held are lost.
+    Lost(OsdLostArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OsdLostArgs {
+    /// OSD id (`N` of `osd.N`).
+    pub id: u32,
+    /// Confirm that writes only this OSD held may be lost for good.
+    #[arg(long = "yes-i-really-mean-it")]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

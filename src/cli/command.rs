@@ -117,6 +117,10 @@ pub enum Command {
     OsdRm {
         id: u32,
     },
+    OsdLost {
+        id: u32,
+        confirmed: bool,
+    },
     PgLs,
     Scrub {
         pool: Option<String>,
@@ -154,6 +158,7 @@ impl Command {
                 | Command::OsdUp { .. }
                 | Command::OsdAdd { .. }
                 | Command::OsdRm { .. }
+                | Command::OsdLost { .. }
                 | Command::PgLs
                 | Command::Scrub { .. }
         )
@@ -335,6 +340,9 @@ pub struct OsdRow {
     pub up: bool,
     #[serde(rename = "in")]
     pub in_: bool,
+    /// Marked lost (`osd lost`).
+    #[serde(default)]
+    pub lost: bool,
     pub path: String,
 }
 
@@ -505,6 +513,7 @@ fn osd_rows(cluster: &Cluster) -> Vec<OsdRow> {
             id: o.id,
             up: o.up,
             in_: o.in_,
+            lost: o.lost,
             path: o.path.display().to_string(),
         })
         .collect()
@@ -925,6 +934,19 @@ pub async fn execute(
             on_cluster(ctx, format!("removing osd.{id}"), move |c| c.remove_osd(id))
                 .await
                 .map(|_| Output::Nothing)
+        }
+        Command::OsdLost { id, confirmed } => {
+            if !confirmed {
+                return Err(CmdError::Errno {
+                    errno: libc::EPERM,
+                    message: format!(
+                        "marking osd.{id} lost gives up, for good, every write only it \
+                         holds; pass --yes-i-really-mean-it if you really do"
+                    ),
+                });
+            }
+            let id = *id;
+            mark_osd(ctx, id, "lost", move |c| c.mark_osd_lost(id)).await
         }
         Command::PgLs => on_cluster(ctx, "pg ls".into(), |c| Ok(c.pg_list()))
             .await

@@ -148,6 +148,10 @@ pub fn to_command(verb: &Verb) -> Result<Command, (i32, String)> {
                 path: absolute(&a.path.to_string_lossy()),
             },
             OsdVerb::Rm(a) => Command::OsdRm { id: a.id },
+            OsdVerb::Lost(a) => Command::OsdLost {
+                id: a.id,
+                confirmed: a.yes,
+            },
         },
         Verb::Pg(PgVerb::Ls) => Command::PgLs,
         Verb::Scrub(a) => Command::Scrub {

@@ -241,7 +241,12 @@ pub fn render(out: &Output, style: Style) -> String {
                 .map(|o| {
                     vec![
                         format!("osd.{}", o.id),
-                        if o.up { "up" } else { "down" }.into(),
+                        match (o.up, o.lost) {
+                            (true, _) => "up",
+                            (false, false) => "down",
+                            (false, true) => "down (lost)",
+                        }
+                        .into(),
                         if o.in_ { "in" } else { "out" }.into(),
                         o.path.clone(),
                     ]

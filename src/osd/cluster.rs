@@ -356,6 +356,8 @@ impl Cluster {
         }
         for o in &mut map.osds {
             o.up = opened[o.id as usize].1.is_some();
+            // A lost OSD whose store opens again is back.
+            o.lost &= !o.up;
         }
         map.epoch += 1;
         map.save(dir)?;
@@ -461,6 +463,7 @@ impl Cluster {
                 path: path.to_path_buf(),
                 up: true,
                 in_: true,
+                lost: false,
             });
             Ok(())
         })?;
@@ -559,7 +562,26 @@ impl Cluster {
             // Up again, it takes writes that only it may hold.
             self.inner.covered.lock().remove(&osd);
         }
-        self.update_osd(osd, |o| o.up = up)
+        self.update_osd(osd, |o| {
+            o.up = up;
+            o.lost &= !up;
+        })
+    }
+
+    /// Declare a down OSD gone for good, with whatever only it held: PGs
+    /// that wait for its copy (incomplete) serve the newest copy left, and
+    /// it no longer counts as holding any PG. It may then be taken out and
+    /// removed. Marked up again (or found at the next open), it is back.
+    pub fn mark_osd_lost(&self, osd: OsdId) -> OsdResult<()> {
+        let map = self.osdmap();
+        let info = map.osd(osd).ok_or(OsdError::NoSuchOsd(osd))?;
+        if info.up {
+            return Err(OsdError::InvalidArgument(format!(
+                "osd.{osd} is up; only a down OSD can be marked lost"
+            )));
+        }
+        log::warn!("osd.{osd} marked lost: writes only it held are given up");
+        self.update_osd(osd, |o| o.lost = true)
     }
 
     /// Mark an OSD in or out: out moves its PGs to other OSDs (backfilled).

@@ -35,6 +35,11 @@ pub struct OsdInfo {
     pub up: bool,
     /// Holding data: placement only considers OSDs that are in.
     pub in_: bool,
+    /// Declared gone for good by the operator (`osd lost`): peering no
+    /// longer waits for its copies, and PGs whose newest copy it held serve
+    /// the newest one left. Cleared when it comes up again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lost: bool,
 }
 
 /// A pool with its snapshot state.
@@ -80,6 +85,7 @@ impl OsdMap {
                 path,
                 up: true,
                 in_: true,
+                lost: false,
             })
             .collect();
         OsdMap {

@@ -245,8 +245,8 @@ fn peer_pg(
     // down ones from past intervals; here their PG info is at hand).
     let mut copies: BTreeMap<OsdId, (Eversion, bool)> = BTreeMap::new();
     for o in osds {
-        let Some(info) = map.osd(o.id) else {
-            continue; // removed from the cluster
+        let Some(info) = map.osd(o.id).filter(|i| !i.lost) else {
+            continue; // removed from the cluster, or lost
         };
         let found = match o.find_pg(id) {
             Ok(f) => f,
@@ -281,7 +281,7 @@ fn peer_pg(
             .holders
             .get(id)?
             .into_iter()
-            .filter(|o| map.osd(*o).is_some())
+            .filter(|o| map.osd(*o).is_some_and(|i| !i.lost))
             .collect();
         if holders.iter().any(|o| copies.get(o).is_some_and(|c| c.1)) {
             return None;
