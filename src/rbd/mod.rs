@@ -78,7 +78,13 @@ pub struct Rbd {
     /// the child is listed, and by an unprotect from its count of children
     /// until it is saved: an unprotect never misses a clone being made.
     pub(crate) clone_gate: tokio::sync::Mutex<()>,
+    /// Images being opened, by (pool id, image id): one open at a time per
+    /// image, so that two never both settle its copyups (see `open_ctx`).
+    opening: Mutex<HashMap<ImageKey, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// An image in this process: (pool id, image id).
+pub(crate) type ImageKey = (u64, String);
 
 /// Holds a name while an image is created under it (see `Rbd::name_guard`).
 pub(crate) struct NameGuard<'a> {
@@ -102,6 +108,7 @@ impl Rbd {
             layout_epoch: AtomicU64::new(0),
             client_id: image::new_client_id(),
             clone_gate: tokio::sync::Mutex::new(()),
+            opening: Mutex::new(HashMap::new()),
             naming: Mutex::new(HashSet::new()),
         })
     }
@@ -261,6 +268,14 @@ impl Rbd {
 
     pub(crate) fn registry(&self) -> &Mutex<HashMap<(u64, String), Weak<ImageCtx>>> {
         &self.open
+    }
+
+    /// The lock that lets one open of image `key` run at a time.
+    pub(crate) fn open_slot(&self, key: &ImageKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut slots = self.opening.lock();
+        // Slots no open holds any more (only the map has them) go.
+        slots.retain(|_, s| Arc::strong_count(s) > 1);
+        slots.entry(key.clone()).or_default().clone()
     }
 }
 

@@ -263,6 +263,9 @@ impl ImageCtx {
         loop {
             let epoch = self.rbd.layout_epoch();
             let view = ParentView::load(&self.rbd, link, 0).await?;
+            // Boxed: settling an ancestor loads chains again (its own, and
+            // its copyup's plan), through here.
+            Box::pin(self.settle_chain_copyups(&view)).await?;
             self.parent_names.lock().insert(
                 key.clone(),
                 (view.image_name.clone(), view.snap_name.clone()),
@@ -279,6 +282,47 @@ impl ImageCtx {
             c.1.insert(key, view.clone());
             return Ok(view);
         }
+    }
+
+    /// Finish the copyups a crash or an I/O error left in the ancestors of
+    /// `view`'s chain before the chain is used: between the writes of a
+    /// copyup, an ancestor's later snapshots read an earlier one's content.
+    /// One omap read per ancestor; one with intents is settled through its
+    /// context (its object locks, under its I/O gate), opened if need be.
+    async fn settle_chain_copyups(&self, view: &ParentView) -> Result<()> {
+        let mut cur = Some(view);
+        while let Some(v) = cur {
+            cur = v.up.as_ref().map(|(up, _)| &**up);
+            let oid = names::header_oid(&v.image_id);
+            let pending = v
+                .ioctx
+                .omap_get_all(&oid)
+                .await
+                .map_err(|e| RbdError::rados(&oid, e))?
+                .keys()
+                .any(|k| k.starts_with(COPYUP_INTENT_PREFIX));
+            if !pending {
+                continue;
+            }
+            let key = (v.ioctx.pool_id(), v.image_id.clone());
+            let open = self
+                .rbd
+                .registry()
+                .lock()
+                .get(&key)
+                .and_then(|w| w.upgrade());
+            let ctx = match open {
+                Some(ctx) => ctx,
+                None => {
+                    let pool = directory::pool_name(&self.rbd, key.0)
+                        .ok_or_else(|| RbdError::PoolNotFound(key.0.to_string()))?;
+                    open::open_ctx(&self.rbd, &pool, &v.image_name).await?
+                }
+            };
+            let _gate = ctx.io_gate.read().await;
+            ctx.settle_pending_copyups().await?;
+        }
+        Ok(())
     }
 
     /// The parent chain behind `link` if it is cached (no I/O).

@@ -21,6 +21,14 @@ pub async fn open_ctx(rbd: &Arc<Rbd>, pool: &str, name: &str) -> Result<Arc<Imag
     if let Some(ctx) = rbd.registry().lock().get(&key).and_then(|w| w.upgrade()) {
         return Ok(ctx);
     }
+    // One open of an image at a time: two would both settle the copyups a
+    // crash left, the later one from a plan the earlier one (and writes
+    // made through it since) already changed.
+    let slot = rbd.open_slot(&key);
+    let _one = slot.lock().await;
+    if let Some(ctx) = rbd.registry().lock().get(&key).and_then(|w| w.upgrade()) {
+        return Ok(ctx);
+    }
     let header = directory::read_header(&ioctx, &id).await?;
     let head_map = load_map(&ioctx, &id, SNAP_HEAD, header.size, header.order).await?;
     let mut snap_maps = HashMap::new();

@@ -35,8 +35,9 @@
 //! A copyup that needs more than one write before the user's (snapshots with
 //! different overlaps, or a head that differs from the newest run) records an
 //! intent in the header object's omap first and clears it last. A crash in
-//! between leaves the intent; `settle` (run at open, and before any I/O to an
-//! object with a pending intent) finishes the history: every writing step
+//! between leaves the intent; `settle` (run at open, before any I/O to an
+//! object with a pending intent, and before a child loads a chain through
+//! the image) finishes the history: every writing step
 //! raises the object's snapshot sequence to its own snap context's, strictly
 //! increasing, so the object's sequence tells which steps landed.
 

@@ -769,3 +769,90 @@ async fn test_snap_rm_after_an_interrupted_copyup_keeps_the_other_snapshots_cont
         k += 1;
     }
 }
+
+#[tokio::test]
+async fn test_clone_of_a_snapshot_reads_it_whole_after_a_crash_stopped_the_parents_copyup() {
+    // For every point a crash can stop a write into `c` whose copyup fills
+    // c1 and c2 with different content: after a restart, a clone of c@c2,
+    // opened without opening `c`, reads what c@c2 holds, never c1's content
+    // that `c`'s object 1 has between the copyup's writes.
+    let mut k = 0;
+    loop {
+        // Arrange: `g` clones c@c2, whose object 1 reads the parent half.
+        let (rbd, mem, counting) = setup().await;
+        let c = clone_with_uneven_snapshots(&rbd, 16).await;
+        c.snap_protect("c2").await.unwrap();
+        rbd.clone_image(&spec("c@c2"), &spec("g"), &opts())
+            .await
+            .unwrap();
+        let mut want = pattern(16, 4 * OBJ);
+        want[(OBJ + OBJ / 2) as usize..].fill(0);
+
+        // Act
+        counting.crash_after(k);
+        let written = c.write(OBJ + 10, Bytes::from_static(b"w")).await;
+        counting.crash_after(-1);
+        drop(c);
+        let (rbd, _c) = reopen(&mem, test_config());
+        let g = rbd.open("rbd", "g", None).await.unwrap();
+        let got = g.read(0, 4 * OBJ).await.unwrap();
+
+        // Assert
+        if got != want[..] {
+            let first = got.iter().zip(want.iter()).position(|(a, b)| a != b);
+            panic!("crash after {k} requests: g differs at {first:?}");
+        }
+        if written.is_ok() {
+            break;
+        }
+        k += 1;
+    }
+}
+
+/// A store where a crash stopped a write into `c` (of
+/// `clone_with_uneven_snapshots`) between its copyup's writes: its header
+/// holds the copyup's intent.
+async fn store_with_a_crashed_copyup() -> Arc<dyn crate::rados::RadosBackend> {
+    for k in 0.. {
+        let (rbd, mem, counting) = setup().await;
+        let c = clone_with_uneven_snapshots(&rbd, 16).await;
+        counting.crash_after(k);
+        let written = c.write(OBJ + 10, Bytes::from_static(b"w")).await;
+        counting.crash_after(-1);
+        assert!(written.is_err(), "no crash point left an intent");
+        let header = crate::rbd::image::names::header_oid(c.id());
+        let omap = rbd
+            .rados()
+            .ioctx("rbd")
+            .unwrap()
+            .omap_get_all(&header)
+            .await;
+        if omap.unwrap().keys().any(|k| k.starts_with("copyup.")) {
+            return mem;
+        }
+    }
+    unreachable!()
+}
+
+#[tokio::test]
+async fn test_two_opens_at_once_settle_a_crashed_copyup_once() {
+    // Arrange: the same crashed copyup, twice, each store yielding before
+    // every operation so that opens at once interleave.
+    let reopen = |store| {
+        let counting = super::Counting::with_yields(store, 2, 0);
+        let rados = crate::rados::Rados::new(counting.clone());
+        (Rbd::new(rados, test_config()), counting)
+    };
+    let (one, counting_one) = reopen(store_with_a_crashed_copyup().await);
+    let (two, counting_two) = reopen(store_with_a_crashed_copyup().await);
+
+    // Act: one open on the first store, two at once on the second.
+    let _c = one.open("rbd", "c", None).await.unwrap();
+    let (a, b) = tokio::join!(two.open("rbd", "c", None), two.open("rbd", "c", None));
+
+    // Assert: settling writes; the second open waited for the first and
+    // found nothing left to settle.
+    let (_a, _b) = (a.unwrap(), b.unwrap());
+    assert!(counting_one.get("write") > 0);
+    assert_eq!(counting_two.get("write"), counting_one.get("write"));
+}
