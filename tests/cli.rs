@@ -112,11 +112,21 @@ fn test_create_ls_info_json_shape() {
             .any(|f| f == "layering")
     );
     assert!(info.get("parent").is_none());
+    // A new image was last read and written when it was created.
+    assert_eq!(info["access_timestamp"], info["create_timestamp"]);
+    assert_eq!(info["modify_timestamp"], info["create_timestamp"]);
     let text = s.ok(&["info", "parent"]);
     assert!(
         text.starts_with("rbd image 'parent':\n\tsize 1 GiB in 256 objects\n"),
         "{text}"
     );
+    for line in [
+        "create_timestamp: ",
+        "access_timestamp: ",
+        "modify_timestamp: ",
+    ] {
+        assert!(text.contains(&format!("\t{line}")), "{text}");
+    }
 }
 
 #[test]

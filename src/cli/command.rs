@@ -285,6 +285,8 @@ pub struct InfoOut {
     pub op_features: Vec<String>,
     pub flags: Vec<String>,
     pub create_timestamp: String,
+    pub access_timestamp: String,
+    pub modify_timestamp: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub parent: Option<ParentOut>,
     /// Only for a snapshot: `"true"`/`"false"` (a string, as `rbd` prints it).
@@ -769,6 +771,8 @@ pub async fn execute(
                 op_features: Vec::new(),
                 flags: Vec::new(),
                 create_timestamp: fmt_time(i.create_timestamp),
+                access_timestamp: fmt_time(i.access_timestamp),
+                modify_timestamp: fmt_time(i.modify_timestamp),
                 parent: i.parent.as_ref().map(parent_out),
                 protected: i.protected.map(|p| p.to_string()),
             })))

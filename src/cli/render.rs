@@ -59,7 +59,8 @@ fn info_text(i: &InfoOut) -> String {
     let mut s = format!(
         "rbd image '{}':\n\tsize {} in {} objects\n\torder {} ({} objects)\n\
          \tsnapshot_count: {}\n\tid: {}\n\tblock_name_prefix: {}\n\tformat: {}\n\
-         \tfeatures: {}\n\top_features: \n\tflags: \n\tcreate_timestamp: {}\n",
+         \tfeatures: {}\n\top_features: \n\tflags: \n\tcreate_timestamp: {}\n\
+         \taccess_timestamp: {}\n\tmodify_timestamp: {}\n",
         i.name,
         format_size(i.size),
         i.objects,
@@ -71,6 +72,8 @@ fn info_text(i: &InfoOut) -> String {
         i.format,
         i.features.join(", "),
         i.create_timestamp,
+        i.access_timestamp,
+        i.modify_timestamp,
     );
     if let Some(p) = &i.parent {
         s.push_str(&format!(

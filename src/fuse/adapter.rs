@@ -128,10 +128,10 @@ fn file_attr(a: &Attr) -> FileAttr {
         ino: INodeNo(a.ino),
         size: a.size,
         blocks: a.blocks,
-        atime: a.mtime,
+        atime: a.atime,
         mtime: a.mtime,
         ctime: a.mtime,
-        crtime: a.mtime,
+        crtime: a.crtime,
         kind: match a.kind {
             Kind::Dir => FileType::Directory,
             Kind::File => FileType::RegularFile,

@@ -105,7 +105,10 @@ pub struct Attr {
     pub blksize: u32,
     pub uid: u32,
     pub gid: u32,
+    pub atime: SystemTime,
     pub mtime: SystemTime,
+    /// Creation time (`statx`'s birth time).
+    pub crtime: SystemTime,
 }
 
 /// One directory entry.
@@ -408,7 +411,9 @@ impl ImageFs {
             blksize: 4096,
             uid: self.opts.uid,
             gid: self.opts.gid,
+            atime: self.started,
             mtime: self.started,
+            crtime: self.started,
         }
     }
 
@@ -431,6 +436,8 @@ impl ImageFs {
         {
             blocks = 1;
         }
+        let (created, accessed, modified) = image.timestamps();
+        let at = |secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
         Ok(Attr {
             ino,
             kind: Kind::File,
@@ -441,7 +448,9 @@ impl ImageFs {
             blksize: u32::try_from(image.object_size()).unwrap_or(1 << 22),
             uid: self.opts.uid,
             gid: self.opts.gid,
-            mtime: self.started,
+            atime: at(accessed),
+            mtime: at(modified),
+            crtime: at(created),
         })
     }
 

@@ -100,6 +100,54 @@ async fn test_readdir_lists_images_and_snapshots_made_behind_the_mount() {
 }
 
 #[tokio::test]
+async fn test_a_files_times_are_its_images_stamps() {
+    // Arrange: an image whose saved stamps say it was last read at 1000
+    // and written at 2000, and a snapshot of it.
+    let fs = fs().await;
+    let rbd = fs.rbd().clone();
+    rbd.create("rbd", "vm", MIB, &Default::default())
+        .await
+        .unwrap();
+    let img = rbd.open("rbd", "vm", None).await.unwrap();
+    img.snap_create("s").await.unwrap();
+    let created = img.info().await.unwrap().create_timestamp;
+    let secs = |n: u64| Bytes::copy_from_slice(&n.to_le_bytes());
+    let entries = [
+        ("access_timestamp", secs(1000)),
+        ("modify_timestamp", secs(2000)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let header = crate::rbd::image::names::header_oid(img.id());
+    rbd.rados()
+        .ioctx("rbd")
+        .unwrap()
+        .operate_write(
+            &header,
+            &crate::rados::SnapContext::empty(),
+            vec![crate::rados::WriteOp::OmapSet { entries }],
+        )
+        .await
+        .unwrap();
+    drop(img);
+    let at = |n: u64| std::time::UNIX_EPOCH + Duration::from_secs(n);
+
+    // Act
+    let before = lookup(&fs, "vm").await.unwrap();
+    let snap = lookup(&fs, "vm@s").await.unwrap();
+    write(&fs, before.ino, 0, b"x").await;
+    let after = fs.getattr(before.ino).await.unwrap();
+
+    // Assert
+    assert_eq!((before.atime, before.mtime), (at(1000), at(2000)));
+    assert_eq!(before.crtime, at(created));
+    assert!(after.mtime >= at(created), "{:?}", after.mtime);
+    assert_eq!(snap.mtime, snap.crtime);
+    assert!(snap.crtime >= at(created));
+}
+
+#[tokio::test]
 async fn test_create_then_truncate_sizes_the_image() {
     let fs = fs().await;
 

@@ -319,6 +319,22 @@ impl Image {
         self.ctx.info(self.snap_id())
     }
 
+    /// (created, last read, last written), in seconds since the epoch: the
+    /// head's stamps (each up to `atime/mtime_update_interval` behind), or
+    /// for a snapshot view its creation time, three times.
+    pub fn timestamps(&self) -> (u64, u64, u64) {
+        use image::stamps::Stamp;
+        let h = self.ctx.header();
+        match self.snap.as_ref().and_then(|(id, _)| h.snap_by_id(*id)) {
+            Some(s) => (s.timestamp, s.timestamp, s.timestamp),
+            None => (
+                h.create_timestamp,
+                self.ctx.stamps.get(Stamp::Access),
+                self.ctx.stamps.get(Stamp::Modify),
+            ),
+        }
+    }
+
     /// Size in bytes (of the snapshot, for a snapshot view).
     pub fn size(&self) -> u64 {
         self.ctx.size_at(self.snap_id())

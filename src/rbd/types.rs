@@ -74,6 +74,12 @@ pub struct RbdConfig {
     /// How long a forwarded management request waits for the lock owner before
     /// it is sent again (`rbd_request_timed_out_seconds`).
     pub request_timeout: Duration,
+    /// `rbd_atime_update_interval`: the access stamp is saved at most this
+    /// often (0: never).
+    pub atime_update_interval: Duration,
+    /// `rbd_mtime_update_interval`: the modification stamp is saved at
+    /// most this often (0: never).
+    pub mtime_update_interval: Duration,
 }
 
 impl Default for RbdConfig {
@@ -85,6 +91,8 @@ impl Default for RbdConfig {
             default_order: 22,
             default_features: Features::DEFAULT,
             request_timeout: Duration::from_secs(30),
+            atime_update_interval: Duration::from_secs(60),
+            mtime_update_interval: Duration::from_secs(60),
         }
     }
 }
@@ -150,6 +158,10 @@ pub struct ImageInfo {
     pub features: Vec<String>,
     /// Seconds since the Unix epoch.
     pub create_timestamp: u64,
+    /// Last read of the head, within `atime_update_interval`.
+    pub access_timestamp: u64,
+    /// Last write of the head, within `mtime_update_interval`.
+    pub modify_timestamp: u64,
     pub parent: Option<ParentInfo>,
     /// For a snapshot view: whether the snapshot is protected.
     pub protected: Option<bool>,

@@ -10,6 +10,7 @@ pub mod names;
 pub mod open;
 pub mod remove;
 pub mod rename;
+pub(crate) mod stamps;
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -87,6 +88,8 @@ pub struct ImageCtx {
     copyup_generation: AtomicU64,
     /// Serialises growths by writes past the end (`Image::grow_to`).
     pub(crate) grow: tokio::sync::Mutex<()>,
+    /// When the head was last read and written (see `stamps`).
+    pub(crate) stamps: stamps::Stamps,
 }
 
 /// Prefix of the copyup-intent keys in the header object's omap.
@@ -105,6 +108,7 @@ impl ImageCtx {
         } = l;
         let epoch = rbd.layout_epoch();
         let client = rbd.client_id();
+        let stamps = stamps::Stamps::new(header.create_timestamp);
         Self {
             rbd,
             ioctx,
@@ -124,6 +128,7 @@ impl ImageCtx {
             pending_copyups: Mutex::new(std::collections::HashSet::new()),
             copyup_generation: AtomicU64::new(0),
             grow: tokio::sync::Mutex::new(()),
+            stamps,
         }
     }
 
@@ -380,7 +385,8 @@ impl ImageCtx {
         Ok(())
     }
 
-    /// Load the copyup intents a crash left behind and finish those copyups.
+    /// Load the copyup intents a crash left behind and finish those
+    /// copyups; load the access and modification stamps.
     pub(crate) async fn settle_copyups(&self) -> Result<()> {
         let oid = names::header_oid(&self.id);
         let keys = self
@@ -388,6 +394,7 @@ impl ImageCtx {
             .omap_get_all(&oid)
             .await
             .map_err(|e| RbdError::rados(&oid, e))?;
+        self.stamps.load(&keys);
         let objs: Vec<u64> = keys
             .keys()
             .filter_map(|k| k.strip_prefix(COPYUP_INTENT_PREFIX))
@@ -515,6 +522,8 @@ impl ImageCtx {
                 .map(str::to_string)
                 .collect(),
             create_timestamp: h.create_timestamp,
+            access_timestamp: self.stamps.get(stamps::Stamp::Access),
+            modify_timestamp: self.stamps.get(stamps::Stamp::Modify),
             parent: self.parent_info(snap),
             protected: rec.map(|s| s.protected),
         })

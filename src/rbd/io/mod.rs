@@ -17,6 +17,7 @@ use futures::future::try_join_all;
 use crate::rados::{RadosError, SNAP_HEAD, SnapId, WriteOp};
 use crate::rbd::error::{RbdError, Result};
 use crate::rbd::image::header::{Header, ParentLink};
+use crate::rbd::image::stamps::Stamp;
 use crate::rbd::image::{ImageCtx, names};
 use crate::rbd::object_map::{EXISTS, NONEXISTENT};
 use read_parent::pad;
@@ -68,8 +69,8 @@ fn size_checked(ctx: &ImageCtx, hdr: &Header, snap: SnapId) -> Result<u64> {
 }
 
 /// Read `[off, off + len)` of the head or of snapshot `snap`, cut at the end.
-/// `may_copy_up`: a read-write open of a clone with `clone_copy_on_read` copies
-/// up what it reads from the parent.
+/// `may_copy_up`, a read-write open: it stamps the head's access time, and a
+/// clone with `clone_copy_on_read` copies up what it reads from the parent.
 pub async fn read(
     ctx: &ImageCtx,
     snap: SnapId,
@@ -84,6 +85,9 @@ pub async fn read(
         return Ok(Bytes::new());
     }
     let len = len.min(size - off);
+    if may_copy_up && snap == SNAP_HEAD {
+        ctx.stamp(Stamp::Access).await;
+    }
     let extents = striper::map_extent(hdr.order, off, len);
     let parts = try_join_all(
         extents
@@ -196,6 +200,7 @@ pub async fn write(ctx: &ImageCtx, off: u64, data: Bytes) -> Result<()> {
         )
     }))
     .await?;
+    ctx.stamp(Stamp::Modify).await;
     Ok(())
 }
 
@@ -233,6 +238,7 @@ pub async fn discard(ctx: &ImageCtx, off: u64, len: u64, _zero: bool) -> Result<
         write_object(ctx, &hdr, e.objno, op)
     }))
     .await?;
+    ctx.stamp(Stamp::Modify).await;
     Ok(())
 }
 

@@ -18,6 +18,7 @@ use bytes::Bytes;
 
 use crate::rados::{RadosError, ReadOp, ReadResult, SNAP_HEAD, SnapId, WriteOp};
 use crate::rbd::error::{RbdError, Result};
+use crate::rbd::image::stamps::Stamp;
 use crate::rbd::image::{ImageCtx, names};
 use crate::rbd::object_map::EXISTS;
 use crate::sync::Arc;
@@ -62,7 +63,10 @@ pub(crate) fn write(ctx: &Arc<ImageCtx>, off: u64, data: Bytes, then: Then<()>) 
     let Ok(stripe) = ctx.object_lock(e.objno).clone().try_read_owned() else {
         return then(None);
     };
-    if ctx.head_state(e.objno) != EXISTS || ctx.copyup_pending(e.objno) {
+    if ctx.head_state(e.objno) != EXISTS
+        || ctx.copyup_pending(e.objno)
+        || ctx.stamp_due(Stamp::Modify)
+    {
         return then(None);
     }
     let has_parent = hdr.parent.is_some() || hdr.snaps.iter().any(|s| s.parent.is_some());
@@ -124,6 +128,9 @@ pub(crate) fn read(
     let Some(e) = single_extent(hdr.order, off, len) else {
         return then(None);
     };
+    if may_copy_up && snap == SNAP_HEAD && ctx.stamp_due(Stamp::Access) {
+        return then(None);
+    }
     let link = if snap == SNAP_HEAD {
         hdr.parent.as_ref()
     } else {

@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use super::model::{read_either, write_either};
 use super::{TEST_ORDER, assert_bytes, reopen, setup, test_config};
 use crate::rbd::{CancelToken, CreateOptions, ImageSpec, NoProgress, RbdError};
 
@@ -827,4 +828,73 @@ async fn test_image_writes_to_one_existing_object_overlap() {
     want.extend_from_slice(&[0u8; 512]);
     want.extend_from_slice(&[3u8; 512]);
     assert_bytes(&img.read(0, 1536).await.unwrap(), &want);
+}
+
+#[tokio::test]
+async fn test_reads_and_writes_of_the_head_stamp_its_access_and_modify_times() {
+    // Arrange: an image with data and a snapshot, whose saved stamps are
+    // old, opened again.
+    let (rbd, mem, _c) = setup().await;
+    rbd.create("rbd", "a", 4 * OBJ, &opts()).await.unwrap();
+    let img = rbd.open("rbd", "a", None).await.unwrap();
+    let created = img.info().await.unwrap().create_timestamp;
+    assert_eq!(img.timestamps(), (created, created, created));
+    img.write(0, Bytes::from(vec![1u8; OBJ as usize]))
+        .await
+        .unwrap();
+    img.snap_create("s").await.unwrap();
+    img.write(0, Bytes::from(vec![2u8; OBJ as usize]))
+        .await
+        .unwrap();
+    let header = crate::rbd::image::names::header_oid(img.id());
+    let old = Bytes::copy_from_slice(&1000u64.to_le_bytes());
+    let entries = [("access_timestamp", &old), ("modify_timestamp", &old)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let ioctx = rbd.rados().ioctx("rbd").unwrap();
+    ioctx
+        .operate_write(
+            &header,
+            &crate::rados::SnapContext::empty(),
+            vec![crate::rados::WriteOp::OmapSet { entries }],
+        )
+        .await
+        .unwrap();
+    drop(img);
+    let (rbd, _c) = reopen(&mem, test_config());
+    let t0 = crate::rbd::image::now_secs();
+
+    // Act: reads of the snapshot and of a read-only open, then a read and
+    // a write of the head, each as the FUSE adapter issues them.
+    let snap = rbd.open("rbd", "a", Some("s")).await.unwrap();
+    read_either(&snap, 0, 4096, true).await.unwrap();
+    let ro = rbd.open_read_only("rbd", "a").await.unwrap();
+    read_either(&ro, 0, 4096, true).await.unwrap();
+    let untouched = ro.timestamps();
+    let head = rbd.open("rbd", "a", None).await.unwrap();
+    read_either(&head, 0, 4096, true).await.unwrap();
+    write_either(&head, 10, Bytes::from_static(b"x"), true)
+        .await
+        .unwrap();
+
+    // Assert: only the head's read and write stamp it, and the stamps are
+    // saved.
+    assert_eq!(untouched, (created, 1000, 1000));
+    let (_, accessed, modified) = head.timestamps();
+    assert!(accessed >= t0 && modified >= t0, "{:?}", head.timestamps());
+    drop((snap, ro, head));
+    let (rbd, _c) = reopen(&mem, test_config());
+    let info = rbd
+        .open("rbd", "a", None)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap();
+    assert_eq!(info.create_timestamp, created);
+    assert_eq!(
+        (info.access_timestamp, info.modify_timestamp),
+        (accessed, modified)
+    );
 }

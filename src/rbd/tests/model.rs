@@ -584,7 +584,12 @@ async fn apply(sut: &mut Sut, m: &mut Model, op: &Op) {
 
 /// A write as the FUSE adapter issues it: with `now`, `Image::write_now`
 /// first, and `write` where that hands it back.
-async fn write_either(h: &Image, off: u64, data: Bytes, now: bool) -> Result<(), RbdError> {
+pub(super) async fn write_either(
+    h: &Image,
+    off: u64,
+    data: Bytes,
+    now: bool,
+) -> Result<(), RbdError> {
     if now {
         let (tx, rx) = tokio::sync::oneshot::channel();
         h.write_now(off, data.clone(), Box::new(move |r| drop(tx.send(r))));
@@ -596,7 +601,12 @@ async fn write_either(h: &Image, off: u64, data: Bytes, now: bool) -> Result<(),
 }
 
 /// A read as [`write_either`] writes.
-async fn read_either(h: &Image, off: u64, len: u64, now: bool) -> Result<Bytes, RbdError> {
+pub(super) async fn read_either(
+    h: &Image,
+    off: u64,
+    len: u64,
+    now: bool,
+) -> Result<Bytes, RbdError> {
     if now {
         let (tx, rx) = tokio::sync::oneshot::channel();
         h.read_now(off, len, Box::new(move |r| drop(tx.send(r))));
