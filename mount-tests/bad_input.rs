@@ -168,3 +168,71 @@ fn test_unlink_or_cli_rm_of_an_attached_image_is_ebusy_and_keeps_it() {
     w.detach(&dev);
     assert!(std::fs::read(&vm).unwrap()[..1 << 20] == pattern(2, 1 << 20)[..]);
 }
+
+/// `dd` of `mib` MiB of random bytes into `file` with direct I/O, each
+/// write synced; its output.
+fn dd_into(file: &Path, mib: u64) -> std::process::Output {
+    crate::harness::output(
+        "dd",
+        &[
+            "if=/dev/urandom".to_string(),
+            format!("of={}", file.display()),
+            "bs=1M".to_string(),
+            format!("count={mib}"),
+            "oflag=direct".to_string(),
+            "conv=notrunc,fsync".to_string(),
+        ],
+    )
+}
+
+#[test]
+fn test_a_full_store_refuses_writes_and_can_still_be_cleaned_up() {
+    // Arrange: a store on a 256 MiB file system, and an image written until
+    // the store is full (three replicas, each keeping 64 MiB free).
+    let mut w = World::on_small_disk(256);
+    let vm = w.path("rbd/vm");
+    run("truncate", &["-s".as_ref(), "1G".as_ref(), vm.as_os_str()]);
+    let filled = dd_into(&vm, 400);
+    let why = String::from_utf8_lossy(&filled.stderr).into_owned();
+
+    // Act: a hole punched, a shrink, then the image removed; a new image
+    // is written.
+    let punched = crate::harness::output(
+        "fallocate",
+        &[
+            "--punch-hole".as_ref(),
+            "-o".as_ref(),
+            "0".as_ref(),
+            "-l".as_ref(),
+            "8M".as_ref(),
+            vm.as_os_str(),
+        ],
+    );
+    let shrunk =
+        crate::harness::output("truncate", &["-s".as_ref(), "16M".as_ref(), vm.as_os_str()]);
+    let removed = std::fs::remove_file(&vm);
+    let vm2 = w.path("rbd/vm2");
+    run("truncate", &["-s".as_ref(), "1G".as_ref(), vm2.as_os_str()]);
+    let again = dd_into(&vm2, 16);
+
+    // Assert
+    assert!(!filled.status.success(), "400 MiB fit in the store");
+    assert!(why.contains("No space left on device"), "{why}");
+    assert!(
+        punched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&punched.stderr)
+    );
+    assert!(
+        shrunk.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shrunk.stderr)
+    );
+    removed.expect("removing the image from a full store");
+    assert!(
+        again.status.success(),
+        "writing after the removal: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    w.stop_daemon();
+}

@@ -146,6 +146,9 @@ pub struct World {
     mount_args: Vec<String>,
     loops: Vec<String>,
     mounts: Vec<PathBuf>,
+    /// The file system the store is on, when it has one of its own
+    /// (unmounted once the daemon is gone).
+    store_disk: Option<PathBuf>,
 }
 
 impl World {
@@ -156,12 +159,51 @@ impl World {
 
     /// [`World::new`], with extra arguments to `rbdfs mount`.
     pub fn with_mount_args(args: &[&str]) -> Self {
+        Self::build(args, None)
+    }
+
+    /// [`World::new`], the store on an ext4 file system of its own of `mib`
+    /// MiB (on a loop device), so that it can fill up.
+    pub fn on_small_disk(mib: u64) -> Self {
+        Self::build(&[], Some(mib))
+    }
+
+    fn build(args: &[&str], disk_mib: Option<u64>) -> Self {
         require_environment();
         let dir = tempfile::Builder::new()
             .prefix("rbdfs-mt-")
             .tempdir()
             .expect("create a temporary directory");
-        let store = dir.path().join("store");
+        let mut store = dir.path().join("store");
+        let mut store_disk = None;
+        if let Some(mib) = disk_mib {
+            let image = dir.path().join("disk.img");
+            let at = dir.path().join("disk");
+            std::fs::create_dir(&at).expect("create the disk's mount point");
+            run(
+                "truncate",
+                &[
+                    OsStr::new("-s"),
+                    format!("{mib}M").as_ref(),
+                    image.as_os_str(),
+                ],
+            );
+            run(
+                "mkfs.ext4",
+                &[OsStr::new("-q"), "-F".as_ref(), image.as_os_str()],
+            );
+            run(
+                "mount",
+                &[
+                    OsStr::new("-o"),
+                    "loop".as_ref(),
+                    image.as_os_str(),
+                    at.as_os_str(),
+                ],
+            );
+            store = at.join("store");
+            store_disk = Some(at);
+        }
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("create the mount point");
         let mut w = World {
@@ -172,6 +214,7 @@ impl World {
             mount_args: args.iter().map(|a| a.to_string()).collect(),
             loops: Vec::new(),
             mounts: Vec::new(),
+            store_disk,
         };
         w.start_daemon();
         w
@@ -412,6 +455,12 @@ impl Drop for World {
         }
         if is_mounted(&self.mnt) {
             let _ = output("umount", &[OsStr::new("-l"), self.mnt.as_os_str()]);
+        }
+        // Mounted with `-o loop`: the loop device goes with it.
+        if let Some(d) = self.store_disk.take() {
+            if !output("umount", &[&d]).status.success() {
+                let _ = output("umount", &[OsStr::new("-l"), d.as_os_str()]);
+            }
         }
     }
 }

@@ -368,6 +368,7 @@ fn ensure_exists(head: &ObjectKey, st: &mut ObjState, t: &mut Vec<TxOp>) {
 
 fn apply_step(head: &ObjectKey, st: &mut ObjState, t: &mut Vec<TxOp>, op: &WriteOp) -> Result<()> {
     match op {
+        WriteOp::FullTry => {}
         WriteOp::AssertExists => {
             if !st.exists {
                 return Err(RadosError::NotFound);
@@ -933,6 +934,7 @@ impl Pg {
                 let txn = Transaction {
                     ops: plan.ops,
                     commit_first: in_place,
+                    full_try: WriteOp::may_use_reserve(&ops),
                 };
                 self.submit(osd, txn, vec![entry], vec![(name, plan.state)], reply);
             }
@@ -990,7 +992,12 @@ impl Pg {
         if entries.is_empty() {
             return reply.send(Ok(()));
         }
-        self.submit(osd, Transaction::from(ops), entries, updates, reply);
+        // A trim only frees space: it may use the stores' reserve.
+        let txn = Transaction {
+            full_try: true,
+            ..Transaction::from(ops)
+        };
+        self.submit(osd, txn, entries, updates, reply);
     }
 
     /// Log, queue locally, replicate, and track a write until it is applied

@@ -267,6 +267,7 @@ fn check_extent(off: u64, len: u64) -> Result<u64> {
 
 fn apply_write(obj: &mut Object, op: &WriteOp) -> Result<()> {
     match op {
+        WriteOp::FullTry => {}
         WriteOp::AssertExists => {
             obj.head.as_ref().ok_or(RadosError::NotFound)?;
         }

@@ -103,9 +103,34 @@ pub enum WriteOp {
     CmpXattr { name: String, value: Bytes },
     /// Guard: fail the whole operation with `NotFound` unless the object exists.
     AssertExists,
+    /// Changes nothing: lets the operation use most of the free space the
+    /// stores keep in reserve, as Ceph's `FULL_TRY` flag does. For the
+    /// bookkeeping of operations that free space (an image's removal, a
+    /// discard, a shrink, a snapshot's removal), so that a full cluster can
+    /// still be cleaned up. Operations that only remove or cut data have it
+    /// without asking.
+    FullTry,
 }
 
 impl WriteOp {
+    /// True when an operation of these steps may use the stores' reserve:
+    /// it asks ([`WriteOp::FullTry`]), or it only removes or cuts.
+    pub fn may_use_reserve(ops: &[WriteOp]) -> bool {
+        let frees = |op: &WriteOp| {
+            matches!(
+                op,
+                WriteOp::Remove
+                    | WriteOp::Truncate { .. }
+                    | WriteOp::Zero { .. }
+                    | WriteOp::RmXattr { .. }
+                    | WriteOp::OmapRmKeys { .. }
+                    | WriteOp::OmapClear
+            )
+        };
+        ops.contains(&WriteOp::FullTry)
+            || (ops.iter().any(frees) && ops.iter().all(|op| frees(op) || op.is_guard()))
+    }
+
     /// True for steps that only check state and change nothing.
     pub fn is_guard(&self) -> bool {
         matches!(self, WriteOp::CmpXattr { .. } | WriteOp::AssertExists)

@@ -163,32 +163,39 @@ impl ObjectMap {
 
     /// Store the whole map in `oid` (atomic replace).
     pub async fn save(&self, ioctx: &IoCtx, oid: &str) -> Result<()> {
+        self.save_with(ioctx, oid, Vec::new()).await
+    }
+
+    /// [`ObjectMap::save`] for an operation that frees space (a shrink): it
+    /// may use the stores' reserve (`WriteOp::FullTry`).
+    pub async fn save_freeing(&self, ioctx: &IoCtx, oid: &str) -> Result<()> {
+        self.save_with(ioctx, oid, vec![WriteOp::FullTry]).await
+    }
+
+    async fn save_with(&self, ioctx: &IoCtx, oid: &str, mut ops: Vec<WriteOp>) -> Result<()> {
+        ops.push(WriteOp::WriteFull {
+            data: Bytes::from(self.encode()),
+        });
         ioctx
-            .operate_write(
-                oid,
-                &SnapContext::empty(),
-                vec![WriteOp::WriteFull {
-                    data: Bytes::from(self.encode()),
-                }],
-            )
+            .operate_write(oid, &SnapContext::empty(), ops)
             .await
             .map_err(|e| RbdError::rados(oid, e))
     }
 
-    /// Store one object's state in `oid` (a one-byte write).
+    /// Store one object's state in `oid` (a one-byte write). Any state but
+    /// `EXISTS` is the bookkeeping of data going away (a discard, a trim, a
+    /// snapshot's copy-on-write settling): it may use the stores' reserve.
     pub async fn save_state(ioctx: &IoCtx, oid: &str, objno: u64, state: u8) -> Result<()> {
+        let mut ops = vec![WriteOp::AssertExists];
+        if state != EXISTS {
+            ops.push(WriteOp::FullTry);
+        }
+        ops.push(WriteOp::Write {
+            off: HEADER_LEN + objno,
+            data: Bytes::copy_from_slice(&[state]),
+        });
         ioctx
-            .operate_write(
-                oid,
-                &SnapContext::empty(),
-                vec![
-                    WriteOp::AssertExists,
-                    WriteOp::Write {
-                        off: HEADER_LEN + objno,
-                        data: Bytes::copy_from_slice(&[state]),
-                    },
-                ],
-            )
+            .operate_write(oid, &SnapContext::empty(), ops)
             .await
             .map_err(|e| RbdError::rados(oid, e))
     }

@@ -1197,14 +1197,23 @@ impl Inner {
     }
 
     /// Let `need` more bytes through, or refuse them when fewer than
-    /// `min_free_bytes` would stay free. The free figure is read, compared
+    /// `min_free_bytes` (with `full_try`, an eighth of it) would stay free. The free figure is read, compared
     /// and counted down under one lock, so concurrent writers cannot both
     /// take the last space. A refusal against a standing figure is checked
     /// again against a fresh one: the count-down also counts bytes that take
     /// no new blocks (overwrites, a recycled journal segment).
-    fn claim_space(&self, need: u64) -> StoreResult<()> {
-        let want = need.saturating_add(self.cfg.min_free_bytes);
+    fn claim_space(&self, need: u64, full_try: bool) -> StoreResult<()> {
+        // A full-try transaction may go down to an eighth of the reserve.
+        let reserve = if full_try {
+            self.cfg.min_free_bytes / 8
+        } else {
+            self.cfg.min_free_bytes
+        };
+        let want = need.saturating_add(reserve);
         let refuse = |avail| {
+            // A checkpoint deletes the files removals dropped and trims the
+            // journal: a later try may find the space.
+            self.request_checkpoint();
             Err(StoreError::NoSpace {
                 path: self.root.display().to_string(),
                 need: want,
@@ -1229,6 +1238,16 @@ impl Inner {
         }
         free.take(need);
         Ok(())
+    }
+
+    /// Whether the free space last measured is under twice the reserve.
+    fn short_of_space(&self) -> bool {
+        let low = self.cfg.min_free_bytes.saturating_mul(2);
+        if let Some(avail) = self.cfg.fake_available_bytes {
+            return avail < low;
+        }
+        let free = self.free.lock();
+        free.measured.is_some() && free.avail < low
     }
 
     /// Checkpoint. Crash safety, step by step:
@@ -2130,7 +2149,7 @@ impl Inner {
             })
             .sum();
         if want > 0 {
-            self.claim_space(want)?;
+            self.claim_space(want, txn.full_try)?;
         }
         for op in &txn.ops {
             let TxOp::Write { key, off, data } = op else {
@@ -2157,7 +2176,7 @@ impl Inner {
                 Some(to)
                     if !self.closed.load(Ordering::Acquire)
                         && self
-                            .claim_space(data.len() as u64 + IN_PLACE_RECORD_ROOM)
+                            .claim_space(data.len() as u64 + IN_PLACE_RECORD_ROOM, txn.full_try)
                             .is_ok() =>
                 {
                     self.overwrite_in_place(key, to, *off, data)?
@@ -2278,7 +2297,7 @@ impl Inner {
         let mut s = self.submit.lock();
         let checked = check_collections(&s.colls, &txn).and_then(|after| {
             if let Some(need) = need {
-                self.claim_space(need)?;
+                self.claim_space(need, txn.full_try)?;
             }
             Ok(after)
         });
@@ -2345,6 +2364,11 @@ impl Inner {
             };
             let marks = self.replay_marks(&steps);
             let r = apply_txn(&mut ctx, &self.meta, seq, &steps);
+            // Files dropped are deleted at the next checkpoint: soon, when
+            // space is short, so that removing data gives the space back.
+            if !ctx.doomed.is_empty() && self.short_of_space() {
+                self.request_checkpoint();
+            }
             // Under the gate, so a checkpoint's table copy and doomed list agree.
             self.doomed
                 .lock()

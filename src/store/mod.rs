@@ -109,6 +109,11 @@ pub struct Transaction {
     /// the journal lost. Set it when such bytes would contradict metadata
     /// that stays, e.g. an overwrite that invalidates a stored data digest.
     pub commit_first: bool,
+    /// May use the free space a store keeps in reserve (most of it), as
+    /// Ceph's `FULL_TRY` ops may: for transactions that free space or keep
+    /// the books of an operation that does (removing an image, a snapshot
+    /// trim, a discard), so that a full store can still be cleaned up.
+    pub full_try: bool,
 }
 
 impl From<Vec<TxOp>> for Transaction {
@@ -116,6 +121,7 @@ impl From<Vec<TxOp>> for Transaction {
         Transaction {
             ops,
             commit_first: false,
+            full_try: false,
         }
     }
 }

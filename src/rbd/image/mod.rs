@@ -156,15 +156,22 @@ impl ImageCtx {
 
     /// Persist `hdr` (atomic replace of the header object), then publish it.
     pub(crate) async fn save_header(&self, hdr: Header) -> Result<()> {
+        self.save_header_with(hdr, Vec::new()).await
+    }
+
+    /// [`ImageCtx::save_header`] for an operation that frees space (a
+    /// snapshot's removal, a shrink): it may use the stores' reserve.
+    pub(crate) async fn save_header_freeing(&self, hdr: Header) -> Result<()> {
+        self.save_header_with(hdr, vec![WriteOp::FullTry]).await
+    }
+
+    async fn save_header_with(&self, hdr: Header, mut ops: Vec<WriteOp>) -> Result<()> {
         let oid = names::header_oid(&self.id);
+        ops.push(WriteOp::WriteFull {
+            data: Bytes::from(hdr.encode()),
+        });
         self.ioctx
-            .operate_write(
-                &oid,
-                &SnapContext::empty(),
-                vec![WriteOp::WriteFull {
-                    data: Bytes::from(hdr.encode()),
-                }],
-            )
+            .operate_write(&oid, &SnapContext::empty(), ops)
             .await
             .map_err(|e| RbdError::rados(&oid, e))?;
         *self.header.write() = Arc::new(hdr);

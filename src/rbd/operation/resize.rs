@@ -67,7 +67,7 @@ pub(crate) async fn run(
         if let Some(p) = h.parent.as_mut() {
             p.overlap = size;
         }
-        ctx.save_header(h).await?;
+        ctx.save_header_freeing(h).await?;
         ctx.invalidate_chains();
     }
 
@@ -119,10 +119,10 @@ pub(crate) async fn run(
     // SAVE_HEADER, SAVE_OBJECT_MAP
     let mut h = (*hdr).clone();
     h.size = size;
-    ctx.save_header(h).await?;
+    ctx.save_header_freeing(h).await?;
     let mut m = ctx.head_map.lock().clone();
     m.resize(new_count);
-    m.save(&ctx.ioctx, &map_oid).await?;
+    m.save_freeing(&ctx.ioctx, &map_oid).await?;
     *ctx.head_map.lock() = m;
     progress.update(total.max(1), total.max(1));
     Ok(())

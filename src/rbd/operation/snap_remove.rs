@@ -32,7 +32,7 @@ pub(crate) async fn run(ctx: &ImageCtx, name: &str) -> Result<()> {
     ctx.settle_pending_copyups().await?;
     let mut h = (*hdr).clone();
     h.snaps.retain(|s| s.id != rec.id);
-    ctx.save_header(h).await?;
+    ctx.save_header_freeing(h).await?;
     match ctx.ioctx.snap_remove(rec.id).await {
         Ok(()) | Err(RadosError::NotFound) => {}
         Err(e) => return Err(RbdError::rados(names::header_oid(ctx.id()), e)),
