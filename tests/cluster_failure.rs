@@ -922,3 +922,28 @@ fn test_failure_an_osd_marked_lost_is_no_longer_waited_for() {
     assert_eq!(read_whole(&io, &name), Bytes::from_static(b"after"));
     c.shutdown().unwrap();
 }
+
+#[test]
+fn test_failure_an_osd_lost_that_comes_back_brings_back_nothing_given_up() {
+    // Arrange: osd.1 alone held the newest write to `name`; it was marked
+    // lost (the older copy on osd.2 serves), then its store opens again.
+    let dir = tempfile::tempdir().unwrap();
+    let (name, pool, away) = newest_copy_only_on_an_unreadable_store(dir.path());
+    let c = Cluster::open(dir.path(), ClusterConfig::default()).unwrap();
+    c.mark_osd_lost(1).unwrap();
+    let io = Rados::new(c.clone()).ioctx_by_id(pool);
+    assert_eq!(read_whole(&io, &name), Bytes::from_static(b"old"));
+    c.shutdown().unwrap();
+    std::fs::rename(&away, dir.path().join("osd.1")).unwrap();
+
+    // Act
+    let c = Cluster::open(dir.path(), ClusterConfig::default()).unwrap();
+
+    // Assert: osd.1 is back, and what was given up stays given up, on
+    // every copy.
+    assert!(!c.osdmap().osd(1).unwrap().lost);
+    let io = Rados::new(c.clone()).ioctx_by_id(pool);
+    assert_eq!(read_whole(&io, &name), Bytes::from_static(b"old"));
+    common::assert_replicas_identical(&c);
+    c.shutdown().unwrap();
+}

@@ -573,15 +573,21 @@ impl Cluster {
     /// it no longer counts as holding any PG. It may then be taken out and
     /// removed. Marked up again (or found at the next open), it is back.
     pub fn mark_osd_lost(&self, osd: OsdId) -> OsdResult<()> {
-        let map = self.osdmap();
-        let info = map.osd(osd).ok_or(OsdError::NoSuchOsd(osd))?;
-        if info.up {
-            return Err(OsdError::InvalidArgument(format!(
-                "osd.{osd} is up; only a down OSD can be marked lost"
-            )));
-        }
-        log::warn!("osd.{osd} marked lost: writes only it held are given up");
-        self.update_osd(osd, |o| o.lost = true)
+        log::warn!("marking osd.{osd} lost: writes only it held are given up");
+        // Checked in the map change, so an `osd up` cannot slip in between.
+        self.update_osd_checked(osd, |o| {
+            if o.up {
+                return Err(OsdError::InvalidArgument(format!(
+                    "osd.{osd} is up; only a down OSD can be marked lost"
+                )));
+            }
+            o.lost = true;
+            Ok(())
+        })?;
+        // Given up: a flush no longer fails for what its store never
+        // committed.
+        self.inner.covered.lock().insert(osd);
+        Ok(())
     }
 
     /// Mark an OSD in or out: out moves its PGs to other OSDs (backfilled).
@@ -591,13 +597,26 @@ impl Cluster {
 
     /// Change one OSD's entry in a new map epoch, then retry owed trims.
     fn update_osd(&self, osd: OsdId, f: impl FnOnce(&mut OsdInfo)) -> OsdResult<()> {
+        self.update_osd_checked(osd, |o| {
+            f(o);
+            Ok(())
+        })
+    }
+
+    /// [`Cluster::update_osd`] with a change that may refuse (nothing
+    /// changes then).
+    fn update_osd_checked(
+        &self,
+        osd: OsdId,
+        f: impl FnOnce(&mut OsdInfo) -> OsdResult<()>,
+    ) -> OsdResult<()> {
         self.inner.change_map(true, |m| {
             let o = m
                 .osds
                 .iter_mut()
                 .find(|o| o.id == osd)
                 .ok_or(OsdError::NoSuchOsd(osd))?;
-            f(o);
+            f(o)?;
             Ok(())
         })?;
         self.inner.retry_pending_trims()

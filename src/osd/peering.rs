@@ -104,8 +104,10 @@ fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -> OsdRe
             };
             let acting = map.pg_acting(&pool.info, pg);
             let peered = peer_pg(osds, map, id, &acting, &mut || {
-                if let Err(e) = batch.flush(osds, map, after_each) {
-                    first_err.get_or_insert(e);
+                if batch.has_waiting() {
+                    if let Err(e) = batch.flush(osds, map, after_each) {
+                        first_err.get_or_insert(e);
+                    }
                 }
             });
             if let Ok(p) = &peered {
@@ -262,33 +264,32 @@ fn peer_pg(
         }
     }
     let newest = copies.values().map(|c| c.0).max().unwrap_or_default();
-    let auth = copies
-        .iter()
-        .filter(|(_, c)| c.1)
-        .max_by_key(|(o, c)| (c.0, **o == primary))
-        .map(|(o, c)| (*o, c.0));
-    let incomplete = match auth {
-        Some((_, v)) if v == newest => None,
-        _ => copies.iter().find(|(_, c)| c.0 == newest).map(|(o, _)| *o),
-    };
-    // A copy no store shows may be newer than every copy read: one of the
-    // OSDs that served the PG last (`pg_holders`) must be up and show its
-    // copy, else the PG waits for one of them.
-    let incomplete = incomplete.or_else(|| {
-        let holders: Vec<OsdId> = osds
-            .first()?
-            .shared
-            .holders
-            .get(id)?
-            .into_iter()
-            .filter(|o| map.osd(*o).is_some_and(|i| !i.lost))
-            .collect();
-        if holders.iter().any(|o| copies.get(o).is_some_and(|c| c.1)) {
-            return None;
+    let holders = osds
+        .first()
+        .and_then(|o| o.shared.holders.get(id))
+        .map(|h| {
+            h.into_iter()
+                .filter(|o| map.osd(*o).is_some_and(|i| !i.lost))
+                .collect::<Vec<_>>()
+        })
+        .filter(|h| !h.is_empty());
+    let (auth, incomplete) = match holders {
+        Some(h) => choose_by_holders(map, &copies, &h, primary),
+        None => {
+            // No record (a store made before there was one): the newest
+            // copy read is the PG's, and must be on an up OSD.
+            let auth = copies
+                .iter()
+                .filter(|(_, c)| c.1)
+                .max_by_key(|(o, c)| (c.0, **o == primary))
+                .map(|(o, c)| (*o, c.0));
+            let incomplete = match auth {
+                Some((_, v)) if v == newest => None,
+                _ => copies.iter().find(|(_, c)| c.0 == newest).map(|(o, _)| *o),
+            };
+            (auth, incomplete)
         }
-        let down = holders.iter().find(|o| !map.osd(**o).is_some_and(|i| i.up));
-        down.or(holders.first()).copied()
-    });
+    };
     let mut deferred = Vec::new();
     if let Some(holder) = incomplete {
         log::warn!(
@@ -348,6 +349,42 @@ fn peer_pg(
         deferred,
         incomplete,
     })
+}
+
+/// The authoritative copy of a PG, or the OSD it must wait for, from its
+/// recorded holders (`pg_holders`), each of which holds every write the PG
+/// acknowledged. The newest copy of a holder that can be read (up or down)
+/// is the PG's history; an up OSD with that same version serves as the
+/// authority (a holder, then the primary, first). A copy newer than it
+/// holds only writes never acknowledged, or given up with an `osd lost`:
+/// it is not the authority, and recovery backfills it. A holder whose copy
+/// is empty while another copy is not was made again empty (its store
+/// re-made): it holds nothing.
+fn choose_by_holders(
+    map: &OsdMap,
+    copies: &BTreeMap<OsdId, (Eversion, bool)>,
+    holders: &[OsdId],
+    primary: OsdId,
+) -> (Option<(OsdId, Eversion)>, Option<OsdId>) {
+    let newest = copies.values().map(|c| c.0).max().unwrap_or_default();
+    let held = holders
+        .iter()
+        .filter_map(|o| copies.get(o).map(|c| (*o, c.0)))
+        .filter(|(_, v)| *v != Eversion::default() || newest == Eversion::default())
+        .max_by_key(|(_, v)| *v);
+    let Some((holder, hv)) = held else {
+        let down = holders.iter().find(|o| !map.osd(**o).is_some_and(|i| i.up));
+        return (None, down.or(holders.first()).copied());
+    };
+    let auth = copies
+        .iter()
+        .filter(|(_, c)| c.1 && c.0 == hv)
+        .max_by_key(|(o, _)| (holders.contains(o), **o == primary))
+        .map(|(o, c)| (*o, c.0));
+    match auth {
+        Some(a) => (Some(a), None),
+        None => (None, Some(holder)),
+    }
 }
 
 /// Let a peered PG serve (its holders recorded first, if they changed).
@@ -424,8 +461,9 @@ impl HolderBatch {
         if writable && recorded.as_ref() != Some(&p.serving) {
             // Every recorded holder still serving: they get every write
             // the PG takes, so it may serve before the new holders are
-            // saved. One left out would miss them: the PG waits.
-            let keeps_all = recorded.is_none_or(|r| r.iter().all(|o| p.serving.contains(o)));
+            // saved. One left out would miss them, and with no record yet
+            // nothing says who holds what: the PG waits.
+            let keeps_all = recorded.is_some_and(|r| r.iter().all(|o| p.serving.contains(o)));
             self.since.get_or_insert_with(std::time::Instant::now);
             self.record.push((p.id, p.serving.clone()));
             if !keeps_all {
@@ -437,6 +475,10 @@ impl HolderBatch {
             log::error!("activating pg {}.{:x}: {e}", p.id.pool, p.id.pg);
         }
         after_each();
+    }
+
+    fn has_waiting(&self) -> bool {
+        !self.waiting.is_empty()
     }
 
     fn is_old(&self) -> bool {
@@ -492,6 +534,11 @@ fn backfill_live(
     let Some(spg) = source.pg(id) else {
         return Ok(());
     };
+    // Not serving (its new holders could not be saved): it waits for the
+    // next map change, which peers it again.
+    if spg.lock().pending {
+        return Ok(());
+    }
     let shared = &source.shared;
     let mut began = Vec::new();
     for &t in targets {

@@ -240,9 +240,13 @@ impl PgLog {
         m
     }
 
-    /// Entries newer than `v`, if the log still covers them all.
+    /// Entries newer than `v`, if `v` is in this history (its tail or one
+    /// of its entries) and the log still covers them all. A copy at a `v`
+    /// this log never had (writes never acknowledged, or given up) is not
+    /// a prefix of it: only a backfill makes it one.
     pub fn entries_after(&self, v: Eversion) -> Option<impl Iterator<Item = &PgLogEntry>> {
-        (v >= self.info.log_tail).then(|| self.entries.iter().filter(move |e| e.version > v))
+        let known = v == self.info.log_tail || self.entries.iter().any(|e| e.version == v);
+        known.then(|| self.entries.iter().filter(move |e| e.version > v))
     }
 }
 
@@ -329,6 +333,30 @@ mod tests {
         assert_eq!(delta.rm, vec![entry(1).key(), entry(2).key()]);
         assert!(log.entries_after(entry(1).version).is_none());
         assert_eq!(log.entries_after(entry(3).version).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn test_pg_log_covers_only_versions_of_its_own_history() {
+        // Arrange: entries 1..=5, the last two written in epoch 3 (another
+        // interval), tail at 2.
+        let mut log = PgLog::default();
+        let mut entries: Vec<PgLogEntry> = (1..=5).map(entry).collect();
+        for e in &mut entries[3..] {
+            e.version.epoch = 3;
+        }
+        log.append(entries.clone(), 3);
+        // What a replica that diverged in epoch 2 may hold.
+        let diverged = Eversion {
+            epoch: 2,
+            version: 4,
+        };
+
+        // Act / Assert: versions of this history are covered; one between
+        // two of its entries, or past the last, never was in it.
+        assert_eq!(log.entries_after(entry(2).version).unwrap().count(), 3);
+        assert_eq!(log.entries_after(entries[4].version).unwrap().count(), 0);
+        assert!(log.entries_after(diverged).is_none());
+        assert!(log.entries_after(entry(9).version).is_none());
     }
 
     #[test]
