@@ -285,7 +285,9 @@ pub struct InfoOut {
     pub op_features: Vec<String>,
     pub flags: Vec<String>,
     pub create_timestamp: String,
+    #[serde(default)]
     pub access_timestamp: String,
+    #[serde(default)]
     pub modify_timestamp: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub parent: Option<ParentOut>,
@@ -1114,7 +1116,15 @@ async fn export(
     progress: &dyn ProgressSink,
 ) -> Result<Output, CmdError> {
     let spec = parse_spec(spec)?;
-    let image = open(ctx, &spec).await?;
+    // Read-only, as `rbd export` opens it: nothing copies up, no stamp moves.
+    let image = match &spec.snap {
+        Some(_) => open(ctx, &spec).await?,
+        None => ctx
+            .rbd
+            .open_read_only(&spec.pool, &spec.image)
+            .await
+            .map_err(rbd_err(format!("error opening image {spec}")))?,
+    };
     let mut out: Box<dyn Write + Send> = if path == "-" {
         if ctx.fs.is_some() {
             return Err(CmdError::Errno {

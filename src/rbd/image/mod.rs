@@ -328,7 +328,9 @@ impl ImageCtx {
                 None => {
                     let pool = directory::pool_name(&self.rbd, key.0)
                         .ok_or_else(|| RbdError::PoolNotFound(key.0.to_string()))?;
-                    open::open_ctx(&self.rbd, &pool, &v.image_name).await?
+                    // By id: the name the chain was loaded with may since
+                    // have gone to another image.
+                    open::open_ctx_by_id(&self.rbd, &pool, &v.image_id).await?
                 }
             };
             let _gate = ctx.io_gate.read().await;
@@ -365,7 +367,7 @@ impl ImageCtx {
             .operate_write(
                 &oid,
                 &SnapContext::empty(),
-                vec![WriteOp::OmapSet { entries }],
+                vec![WriteOp::AssertExists, WriteOp::OmapSet { entries }],
             )
             .await
             .map_err(|e| RbdError::rados(&oid, e))?;

@@ -17,6 +17,25 @@ pub async fn open_ctx(rbd: &Arc<Rbd>, pool: &str, name: &str) -> Result<Arc<Imag
     crate::rbd::spec::ImageSpec::new(pool, name).validate()?;
     let ioctx = directory::pool_ioctx(rbd, pool)?;
     let id = directory::listed_image_id(&ioctx, pool, name).await?;
+    open_listed(rbd, pool, ioctx, id, name.to_string()).await
+}
+
+/// The context of image `id` of `pool`, whatever its name is now.
+pub(crate) async fn open_ctx_by_id(rbd: &Arc<Rbd>, pool: &str, id: &str) -> Result<Arc<ImageCtx>> {
+    let ioctx = directory::pool_ioctx(rbd, pool)?;
+    let name = directory::image_name(&ioctx, id)
+        .await?
+        .ok_or_else(|| RbdError::ImageNotFound(format!("{pool}/(id {id})")))?;
+    open_listed(rbd, pool, ioctx, id.to_string(), name).await
+}
+
+async fn open_listed(
+    rbd: &Arc<Rbd>,
+    pool: &str,
+    ioctx: crate::rados::IoCtx,
+    id: String,
+    name: String,
+) -> Result<Arc<ImageCtx>> {
     let key = (ioctx.pool_id(), id.clone());
     if let Some(ctx) = rbd.registry().lock().get(&key).and_then(|w| w.upgrade()) {
         return Ok(ctx);
@@ -44,7 +63,7 @@ pub async fn open_ctx(rbd: &Arc<Rbd>, pool: &str, name: &str) -> Result<Arc<Imag
             ioctx,
             pool: pool.to_string(),
             id,
-            name: name.to_string(),
+            name,
             header,
             head_map,
             snap_maps,

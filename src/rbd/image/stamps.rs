@@ -99,8 +99,10 @@ impl ImageCtx {
     }
 
     /// Save `which` as now if it is due; of requests at once, one saves and
-    /// the others go on. Not saved (the store failing) is logged, not
-    /// returned: the I/O it rides on decides the answer.
+    /// the others go on. The save runs on its own task, and the request
+    /// waits for it at most [`SAVE_PATIENCE`]: a header whose PG is busy
+    /// must not hold up data I/O. A save that fails (the store failing, the
+    /// image gone) is logged and tried again by a later request.
     pub(crate) async fn stamp(&self, which: Stamp) {
         if !self.stamp_due(which) {
             return;
@@ -120,16 +122,25 @@ impl ImageCtx {
             which.key().to_string(),
             Bytes::copy_from_slice(&now.to_le_bytes()),
         )]);
-        let saved = self
-            .ioctx
-            .operate_write(
-                &oid,
-                &SnapContext::empty(),
-                vec![WriteOp::OmapSet { entries }],
-            )
-            .await;
-        if let Err(e) = saved {
-            log::warn!("image {}: saving its {}: {e}", self.spec(), which.key());
+        let ioctx = self.ioctx.clone();
+        let spec = self.spec();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            // Never creates a header that was removed meanwhile.
+            let ops = vec![WriteOp::AssertExists, WriteOp::OmapSet { entries }];
+            let saved = ioctx.operate_write(&oid, &SnapContext::empty(), ops).await;
+            if let Err(e) = &saved {
+                log::warn!("image {spec}: saving its {}: {e}", which.key());
+            }
+            let _ = tx.send(saved.is_ok());
+        });
+        let saved = tokio::time::timeout(SAVE_PATIENCE, rx).await;
+        if let Ok(Ok(false)) = saved {
+            // Not saved: the next request due tries again.
+            let _ = cell.compare_exchange(now, last, Ordering::SeqCst, Ordering::SeqCst);
         }
     }
 }
+
+/// How long a read or write waits for the stamp it saves.
+const SAVE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);

@@ -809,6 +809,45 @@ async fn test_clone_of_a_snapshot_reads_it_whole_after_a_crash_stopped_the_paren
     }
 }
 
+#[tokio::test]
+async fn test_an_open_clone_never_reads_its_parents_copyup_an_io_error_stopped() {
+    // For every point an I/O error can stop a write into `c` whose copyup
+    // fills c1 and c2 with different content: `g`, a clone of c@c2 already
+    // open with its chain loaded, then reads what c@c2 holds (its cached
+    // maps of `c` predate the copyup, so it reads through to `p`; a chain
+    // loaded again settles the copyup first).
+    let mut k = 0;
+    loop {
+        // Arrange
+        let (rbd, _mem, counting) = setup().await;
+        let c = clone_with_uneven_snapshots(&rbd, 16).await;
+        c.snap_protect("c2").await.unwrap();
+        rbd.clone_image(&spec("c@c2"), &spec("g"), &opts())
+            .await
+            .unwrap();
+        let g = rbd.open("rbd", "g", None).await.unwrap();
+        let mut want = pattern(16, 4 * OBJ);
+        want[(OBJ + OBJ / 2) as usize..].fill(0);
+        assert_bytes(&g.read(0, 4 * OBJ).await.unwrap(), &want);
+
+        // Act
+        counting.crash_after(k);
+        let written = c.write(OBJ + 10, Bytes::from_static(b"w")).await;
+        counting.crash_after(-1);
+        let got = g.read(0, 4 * OBJ).await.unwrap();
+
+        // Assert
+        if got != want[..] {
+            let first = got.iter().zip(want.iter()).position(|(a, b)| a != b);
+            panic!("error after {k} requests: g differs at {first:?}");
+        }
+        if written.is_ok() {
+            break;
+        }
+        k += 1;
+    }
+}
+
 /// A store where a crash stopped a write into `c` (of
 /// `clone_with_uneven_snapshots`) between its copyup's writes: its header
 /// holds the copyup's intent.
