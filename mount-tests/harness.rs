@@ -69,6 +69,7 @@ pub fn require_environment() {
         "getfattr",
         "fio",
         "fstrim",
+        "fallocate",
         "fsfreeze",
         "setpriv",
     ] {
