@@ -858,19 +858,34 @@ fn newest_copy_only_on_an_unreadable_store(
     (name, io.pool_id(), away)
 }
 
+/// The cluster in `dir` opened, with a read of `name`'s first 3 bytes sent
+/// and waiting (its PG incomplete); the read's answer arrives on the channel.
+fn open_with_a_read_of(
+    dir: &Path,
+    pool: rbdfs::rados::PoolId,
+    name: &str,
+) -> (
+    Arc<Cluster>,
+    IoCtx,
+    std::sync::mpsc::Receiver<rbdfs::rados::Result<Bytes>>,
+) {
+    let c = Cluster::open(dir, ClusterConfig::default()).unwrap();
+    let io = Rados::new(c.clone()).ioctx_by_id(pool);
+    let (io2, name2) = (io.clone(), name.to_string());
+    let pending = common::spawn_op(async move { io2.read(&name2, SNAP_HEAD, 0, 3).await });
+    common::wait_until(30, "the read is blocked", || c.blocked_ops() == 1);
+    (c, io, pending)
+}
+
 #[test]
 fn test_failure_a_pg_whose_last_holders_cannot_be_opened_waits_for_them() {
     let dir = tempfile::tempdir().unwrap();
     let (name, pool, away) = newest_copy_only_on_an_unreadable_store(dir.path());
 
     // Act
-    let c = Cluster::open(dir.path(), ClusterConfig::default()).unwrap();
-    let io = Rados::new(c.clone()).ioctx_by_id(pool);
-    let (io2, name2) = (io.clone(), name.clone());
-    let pending = common::spawn_op(async move { io2.read(&name2, SNAP_HEAD, 0, 3).await });
+    let (c, _io, pending) = open_with_a_read_of(dir.path(), pool, &name);
 
     // Assert: the read waits; the PG says why; the old copy is never served.
-    common::wait_until(30, "the read is blocked", || c.blocked_ops() == 1);
     let pgs = c.pg_list();
     let waiting: Vec<_> = pgs.iter().filter(|p| p.state == "incomplete").collect();
     assert_eq!(waiting.len(), 1, "{pgs:?}");
@@ -899,11 +914,7 @@ fn test_failure_an_osd_marked_lost_is_no_longer_waited_for() {
     // Arrange: the PG waits for osd.1, whose store is gone for good.
     let dir = tempfile::tempdir().unwrap();
     let (name, pool, _away) = newest_copy_only_on_an_unreadable_store(dir.path());
-    let c = Cluster::open(dir.path(), ClusterConfig::default()).unwrap();
-    let io = Rados::new(c.clone()).ioctx_by_id(pool);
-    let (io2, name2) = (io.clone(), name.clone());
-    let pending = common::spawn_op(async move { io2.read(&name2, SNAP_HEAD, 0, 3).await });
-    common::wait_until(30, "the read is blocked", || c.blocked_ops() == 1);
+    let (c, io, pending) = open_with_a_read_of(dir.path(), pool, &name);
 
     // Act
     let up = c.mark_osd_lost(2).unwrap_err().to_string();

@@ -111,25 +111,8 @@ async fn test_a_files_times_are_its_images_stamps() {
     let img = rbd.open("rbd", "vm", None).await.unwrap();
     img.snap_create("s").await.unwrap();
     let created = img.info().await.unwrap().create_timestamp;
-    let secs = |n: u64| Bytes::copy_from_slice(&n.to_le_bytes());
-    let entries = [
-        ("access_timestamp", secs(1000)),
-        ("modify_timestamp", secs(2000)),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let header = crate::rbd::image::names::header_oid(img.id());
-    rbd.rados()
-        .ioctx("rbd")
-        .unwrap()
-        .operate_write(
-            &header,
-            &crate::rados::SnapContext::empty(),
-            vec![crate::rados::WriteOp::OmapSet { entries }],
-        )
-        .await
-        .unwrap();
+    let ioctx = rbd.rados().ioctx("rbd").unwrap();
+    crate::rbd::image::stamps::save_for_test(&ioctx, img.id(), 1000, 2000).await;
     drop(img);
     let at = |n: u64| std::time::UNIX_EPOCH + Duration::from_secs(n);
 

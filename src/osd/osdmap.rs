@@ -192,6 +192,25 @@ pub(crate) fn save_json<T: Serialize>(
         .map_err(|e| OsdError::io(format!("syncing directory {}", dir.display()), e))
 }
 
+/// Tests: a map of OSDs at `paths` with pool 1, `rbd` (size 2, min_size 1,
+/// `pg_num` PGs).
+#[cfg(test)]
+pub(crate) fn test_map(paths: &[&str], pg_num: u32) -> OsdMap {
+    let mut map = OsdMap::new(paths.iter().map(PathBuf::from).collect());
+    map.pools.push(PoolEntry {
+        info: PoolInfo {
+            id: 1,
+            name: "rbd".into(),
+            size: 2,
+            min_size: 1,
+            pg_num,
+        },
+        snap_seq: 0,
+        removed_snaps: BTreeSet::new(),
+    });
+    map
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,18 +218,9 @@ mod tests {
     #[test]
     fn test_osdmap_save_then_load_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let mut map = OsdMap::new(vec!["osd.0".into(), "/elsewhere/osd.1".into()]);
-        map.pools.push(PoolEntry {
-            info: PoolInfo {
-                id: 1,
-                name: "rbd".into(),
-                size: 2,
-                min_size: 1,
-                pg_num: 8,
-            },
-            snap_seq: 4,
-            removed_snaps: [2, 3].into(),
-        });
+        let mut map = test_map(&["osd.0", "/elsewhere/osd.1"], 8);
+        map.pools[0].snap_seq = 4;
+        map.pools[0].removed_snaps = [2, 3].into();
 
         map.save(dir.path()).unwrap();
 

@@ -222,6 +222,19 @@ struct Peered {
     incomplete: Option<OsdId>,
 }
 
+impl Peered {
+    /// A PG no OSD serves (none acting): activating it changes nothing.
+    fn serving_nothing(id: PgId) -> Self {
+        Peered {
+            id,
+            acting: Vec::new(),
+            serving: Vec::new(),
+            deferred: Vec::new(),
+            incomplete: None,
+        }
+    }
+}
+
 /// Peer one PG: bring its acting copies up to date, and say how it will
 /// serve ([`activate`] lets it).
 fn peer_pg(
@@ -232,13 +245,7 @@ fn peer_pg(
     before_recovery: &mut dyn FnMut(),
 ) -> OsdResult<Peered> {
     let Some(&primary) = acting.first() else {
-        return Ok(Peered {
-            id,
-            acting: Vec::new(),
-            serving: Vec::new(),
-            deferred: Vec::new(),
-            incomplete: None,
-        });
+        return Ok(Peered::serving_nothing(id));
     };
     for &o in acting {
         osd(osds, o)?.ensure_pg(id)?;
@@ -303,15 +310,7 @@ fn peer_pg(
         let alog = match auth_osd.pg(id) {
             Some(pg) => pg.lock().log.clone(),
             // Gone since it was found: nothing serves until the next peering.
-            None => {
-                return Ok(Peered {
-                    id,
-                    acting: Vec::new(),
-                    serving: Vec::new(),
-                    deferred: Vec::new(),
-                    incomplete: None,
-                });
-            }
+            None => return Ok(Peered::serving_nothing(id)),
         };
         let min_size = map
             .pool(id.pool)

@@ -130,23 +130,9 @@ fn decode(bytes: &[u8]) -> Result<BTreeMap<PgId, Vec<OsdId>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::osd::osdmap::PoolEntry;
-    use crate::rados::PoolInfo;
 
     fn map_with_pool(pg_num: u32) -> OsdMap {
-        let mut map = OsdMap::new(vec!["osd.0".into(), "osd.1".into()]);
-        map.pools.push(PoolEntry {
-            info: PoolInfo {
-                id: 1,
-                name: "rbd".into(),
-                size: 2,
-                min_size: 1,
-                pg_num,
-            },
-            snap_seq: 0,
-            removed_snaps: Default::default(),
-        });
-        map
+        crate::osd::osdmap::test_map(&["osd.0", "osd.1"], pg_num)
     }
 
     #[test]

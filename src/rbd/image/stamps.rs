@@ -144,3 +144,21 @@ impl ImageCtx {
 
 /// How long a read or write waits for the stamp it saves.
 const SAVE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Tests: make image `id` of `ioctx`'s pool look last read at `access` and
+/// written at `modify` to the next open (its saved stamps).
+#[cfg(test)]
+pub(crate) async fn save_for_test(ioctx: &crate::rados::IoCtx, id: &str, access: u64, modify: u64) {
+    let entries = [(ACCESS_KEY, access), (MODIFY_KEY, modify)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Bytes::copy_from_slice(&v.to_le_bytes())))
+        .collect();
+    ioctx
+        .operate_write(
+            &names::header_oid(id),
+            &SnapContext::empty(),
+            vec![WriteOp::OmapSet { entries }],
+        )
+        .await
+        .unwrap();
+}

@@ -846,21 +846,8 @@ async fn test_reads_and_writes_of_the_head_stamp_its_access_and_modify_times() {
     img.write(0, Bytes::from(vec![2u8; OBJ as usize]))
         .await
         .unwrap();
-    let header = crate::rbd::image::names::header_oid(img.id());
-    let old = Bytes::copy_from_slice(&1000u64.to_le_bytes());
-    let entries = [("access_timestamp", &old), ("modify_timestamp", &old)]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
     let ioctx = rbd.rados().ioctx("rbd").unwrap();
-    ioctx
-        .operate_write(
-            &header,
-            &crate::rados::SnapContext::empty(),
-            vec![crate::rados::WriteOp::OmapSet { entries }],
-        )
-        .await
-        .unwrap();
+    crate::rbd::image::stamps::save_for_test(&ioctx, img.id(), 1000, 1000).await;
     drop(img);
     let (rbd, _c) = reopen(&mem, test_config());
     let t0 = crate::rbd::image::now_secs();

@@ -46,6 +46,20 @@ async fn clone_with_uneven_snapshots(rbd: &Arc<Rbd>, tag: u8) -> Arc<crate::rbd:
     c
 }
 
+/// [`clone_with_uneven_snapshots`] with c@c2 protected and cloned as `g`:
+/// the head of `c`, and what `g` reads (object 1 half the parent's, the rest
+/// zeros past it).
+async fn clone_of_uneven_c2(rbd: &Arc<Rbd>) -> (Arc<crate::rbd::Image>, Vec<u8>) {
+    let c = clone_with_uneven_snapshots(rbd, 16).await;
+    c.snap_protect("c2").await.unwrap();
+    rbd.clone_image(&spec("c@c2"), &spec("g"), &opts())
+        .await
+        .unwrap();
+    let mut want = pattern(16, 4 * OBJ);
+    want[(OBJ + OBJ / 2) as usize..].fill(0);
+    (c, want)
+}
+
 /// Snapshot `name@s`, protect it and clone it as `child`.
 async fn snap_and_clone(rbd: &Arc<Rbd>, name: &str, child: &str) {
     let img = rbd.open("rbd", name, None).await.unwrap();
@@ -780,13 +794,7 @@ async fn test_clone_of_a_snapshot_reads_it_whole_after_a_crash_stopped_the_paren
     loop {
         // Arrange: `g` clones c@c2, whose object 1 reads the parent half.
         let (rbd, mem, counting) = setup().await;
-        let c = clone_with_uneven_snapshots(&rbd, 16).await;
-        c.snap_protect("c2").await.unwrap();
-        rbd.clone_image(&spec("c@c2"), &spec("g"), &opts())
-            .await
-            .unwrap();
-        let mut want = pattern(16, 4 * OBJ);
-        want[(OBJ + OBJ / 2) as usize..].fill(0);
+        let (c, want) = clone_of_uneven_c2(&rbd).await;
 
         // Act
         counting.crash_after(k);
@@ -820,14 +828,8 @@ async fn test_an_open_clone_never_reads_its_parents_copyup_an_io_error_stopped()
     loop {
         // Arrange
         let (rbd, _mem, counting) = setup().await;
-        let c = clone_with_uneven_snapshots(&rbd, 16).await;
-        c.snap_protect("c2").await.unwrap();
-        rbd.clone_image(&spec("c@c2"), &spec("g"), &opts())
-            .await
-            .unwrap();
+        let (c, want) = clone_of_uneven_c2(&rbd).await;
         let g = rbd.open("rbd", "g", None).await.unwrap();
-        let mut want = pattern(16, 4 * OBJ);
-        want[(OBJ + OBJ / 2) as usize..].fill(0);
         assert_bytes(&g.read(0, 4 * OBJ).await.unwrap(), &want);
 
         // Act
