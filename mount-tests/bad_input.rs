@@ -2,6 +2,7 @@
 //! nothing.
 
 use std::ffi::CString;
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -169,20 +170,35 @@ fn test_unlink_or_cli_rm_of_an_attached_image_is_ebusy_and_keeps_it() {
     assert!(std::fs::read(&vm).unwrap()[..1 << 20] == pattern(2, 1 << 20)[..]);
 }
 
+/// `prog args...`, given at most two minutes: a store that stopped serving
+/// fails the test instead of hanging it.
+fn bounded(prog: &str, args: &[&OsStr]) -> std::process::Output {
+    let mut all: Vec<&OsStr> = vec!["120".as_ref(), prog.as_ref()];
+    all.extend_from_slice(args);
+    crate::harness::output("timeout", &all)
+}
+
 /// `dd` of `mib` MiB of random bytes into `file` with direct I/O, each
 /// write synced; its output.
 fn dd_into(file: &Path, mib: u64) -> std::process::Output {
-    crate::harness::output(
+    let of = format!("of={}", file.display());
+    let count = format!("count={mib}");
+    bounded(
         "dd",
         &[
-            "if=/dev/urandom".to_string(),
-            format!("of={}", file.display()),
-            "bs=1M".to_string(),
-            format!("count={mib}"),
-            "oflag=direct".to_string(),
-            "conv=notrunc,fsync".to_string(),
+            "if=/dev/urandom".as_ref(),
+            of.as_ref(),
+            "bs=1M".as_ref(),
+            count.as_ref(),
+            "oflag=direct".as_ref(),
+            "conv=notrunc,fsync".as_ref(),
         ],
     )
+}
+
+/// Its stderr, for a failure message.
+fn err(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]
@@ -193,46 +209,45 @@ fn test_a_full_store_refuses_writes_and_can_still_be_cleaned_up() {
     let vm = w.path("rbd/vm");
     run("truncate", &["-s".as_ref(), "1G".as_ref(), vm.as_os_str()]);
     let filled = dd_into(&vm, 400);
-    let why = String::from_utf8_lossy(&filled.stderr).into_owned();
 
     // Act: a hole punched, a shrink, then the image removed; a new image
     // is written.
-    let punched = crate::harness::output(
+    let (o, l) = ("-o".as_ref(), "-l".as_ref());
+    let punched = bounded(
         "fallocate",
         &[
             "--punch-hole".as_ref(),
-            "-o".as_ref(),
+            o,
             "0".as_ref(),
-            "-l".as_ref(),
+            l,
             "8M".as_ref(),
             vm.as_os_str(),
         ],
     );
-    let shrunk =
-        crate::harness::output("truncate", &["-s".as_ref(), "16M".as_ref(), vm.as_os_str()]);
-    let removed = std::fs::remove_file(&vm);
+    let shrunk = bounded("truncate", &["-s".as_ref(), "16M".as_ref(), vm.as_os_str()]);
+    let removed = bounded("rm", &[vm.as_os_str()]);
     let vm2 = w.path("rbd/vm2");
-    run("truncate", &["-s".as_ref(), "1G".as_ref(), vm2.as_os_str()]);
+    let created = bounded("truncate", &["-s".as_ref(), "1G".as_ref(), vm2.as_os_str()]);
     let again = dd_into(&vm2, 16);
 
-    // Assert
+    // Assert: the fill failed for lack of space, and no OSD went down for
+    // it; everything after worked.
     assert!(!filled.status.success(), "400 MiB fit in the store");
-    assert!(why.contains("No space left on device"), "{why}");
     assert!(
-        punched.status.success(),
+        err(&filled).contains("No space left on device"),
         "{}",
-        String::from_utf8_lossy(&punched.stderr)
+        err(&filled)
     );
-    assert!(
-        shrunk.status.success(),
-        "{}",
-        String::from_utf8_lossy(&shrunk.stderr)
-    );
-    removed.expect("removing the image from a full store");
-    assert!(
-        again.status.success(),
-        "writing after the removal: {}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    let osds = w.cli(&["osd", "ls", "--format", "json"]);
+    assert!(!osds.contains("\"up\":false"), "{osds}");
+    for (what, o) in [
+        ("punching a hole", &punched),
+        ("shrinking", &shrunk),
+        ("removing the image", &removed),
+        ("creating another", &created),
+        ("writing it", &again),
+    ] {
+        assert!(o.status.success(), "{what} on a full store: {}", err(o));
+    }
     w.stop_daemon();
 }

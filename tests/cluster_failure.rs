@@ -359,7 +359,10 @@ impl rbdfs::osd::StoreOpener for TightOpener {
     fn open(&self, path: &Path) -> rbdfs::store::StoreResult<rbdfs::osd::OpenedStore> {
         let mut config = rbdfs::store::StoreConfig::default();
         if path.ends_with("osd.2") {
-            config.fake_available_bytes = Some(config.min_free_bytes + self.room);
+            // No reserve, so that it takes no more as a replica than as a
+            // primary.
+            config.min_free_bytes = 0;
+            config.fake_available_bytes = Some(self.room);
         }
         rbdfs::osd::FileStoreOpener { config }.open(path)
     }

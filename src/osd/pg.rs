@@ -935,6 +935,7 @@ impl Pg {
                     ops: plan.ops,
                     commit_first: in_place,
                     full_try: WriteOp::may_use_reserve(&ops),
+                    replica: false,
                 };
                 self.submit(osd, txn, vec![entry], vec![(name, plan.state)], reply);
             }
@@ -1102,7 +1103,10 @@ impl Pg {
         }
         let undo = self.log.append(entries, osd.shared.pg_log_max_entries).undo;
         let queued = osd.store.queue_transaction(
-            txn,
+            Transaction {
+                replica: true,
+                ..txn
+            },
             committed(osd, osd.id),
             applied(&primary, osd.id, self.id, tid),
         );

@@ -1197,15 +1197,19 @@ impl Inner {
     }
 
     /// Let `need` more bytes through, or refuse them when fewer than
-    /// `min_free_bytes` (with `full_try`, an eighth of it) would stay free. The free figure is read, compared
+    /// `min_free_bytes` (less for full-try and replica transactions, see
+    /// [`Transaction`]) would stay free. The free figure is read, compared
     /// and counted down under one lock, so concurrent writers cannot both
     /// take the last space. A refusal against a standing figure is checked
     /// again against a fresh one: the count-down also counts bytes that take
     /// no new blocks (overwrites, a recycled journal segment).
-    fn claim_space(&self, need: u64, full_try: bool) -> StoreResult<()> {
-        // A full-try transaction may go down to an eighth of the reserve.
-        let reserve = if full_try {
+    fn claim_space(&self, need: u64, txn: &Transaction) -> StoreResult<()> {
+        // A full-try transaction may go down to an eighth of the reserve, a
+        // replica's to half of it.
+        let reserve = if txn.full_try {
             self.cfg.min_free_bytes / 8
+        } else if txn.replica {
+            self.cfg.min_free_bytes / 2
         } else {
             self.cfg.min_free_bytes
         };
@@ -2149,7 +2153,7 @@ impl Inner {
             })
             .sum();
         if want > 0 {
-            self.claim_space(want, txn.full_try)?;
+            self.claim_space(want, txn)?;
         }
         for op in &txn.ops {
             let TxOp::Write { key, off, data } = op else {
@@ -2176,7 +2180,7 @@ impl Inner {
                 Some(to)
                     if !self.closed.load(Ordering::Acquire)
                         && self
-                            .claim_space(data.len() as u64 + IN_PLACE_RECORD_ROOM, txn.full_try)
+                            .claim_space(data.len() as u64 + IN_PLACE_RECORD_ROOM, txn)
                             .is_ok() =>
                 {
                     self.overwrite_in_place(key, to, *off, data)?
@@ -2297,7 +2301,7 @@ impl Inner {
         let mut s = self.submit.lock();
         let checked = check_collections(&s.colls, &txn).and_then(|after| {
             if let Some(need) = need {
-                self.claim_space(need, txn.full_try)?;
+                self.claim_space(need, &txn)?;
             }
             Ok(after)
         });

@@ -114,6 +114,12 @@ pub struct Transaction {
     /// the books of an operation that does (removing an image, a snapshot
     /// trim, a discard), so that a full store can still be cleaned up.
     pub full_try: bool,
+    /// A replica's copy of a transaction its primary's store took: it may
+    /// use half the reserve. On stores that share a file system (the
+    /// default layout), the primary's store then refuses first, with
+    /// nothing applied anywhere, rather than a replica after the primary
+    /// applied it (a replica that refuses goes down, as one that fails).
+    pub replica: bool,
 }
 
 impl From<Vec<TxOp>> for Transaction {
@@ -122,6 +128,7 @@ impl From<Vec<TxOp>> for Transaction {
             ops,
             commit_first: false,
             full_try: false,
+            replica: false,
         }
     }
 }

@@ -1505,6 +1505,36 @@ fn in_place_write_over_committed_journaled_step_is_synced_before_its_record(smal
 }
 
 #[test]
+fn test_replica_and_full_try_transactions_may_use_part_of_the_reserve() {
+    // Arrange: 40 MiB available, against a reserve of 64: a plain write is
+    // refused; a replica's may use half the reserve, a full-try one seven
+    // eighths of it.
+    let (_d, s) = new_store_with(StoreConfig {
+        fake_available_bytes: Some(40 << 20),
+        ..StoreConfig::default()
+    });
+    let txn = |name: &str, replica: bool, full_try: bool| Transaction {
+        replica,
+        full_try,
+        ..Transaction::from(vec![write(name, 0, b"data")])
+    };
+
+    // Act
+    let plain = s.queue_transaction(txn("a", false, false), nop(), nop());
+    let replica = s.queue_transaction(txn("b", true, false), nop(), nop());
+    let full_try = s.queue_transaction(txn("c", false, true), nop(), nop());
+
+    // Assert
+    assert!(
+        matches!(plain, Err(StoreError::NoSpace { .. })),
+        "{plain:?}"
+    );
+    replica.unwrap();
+    full_try.unwrap();
+    assert!(!s.exists(&key("a")) && s.exists(&key("b")) && s.exists(&key("c")));
+}
+
+#[test]
 fn test_large_overwrite_without_room_is_refused_and_changes_nothing() {
     // Arrange: a checkpointed 64 KiB object (eligible to be overwritten in
     // place), then a store with only the reserve left.
