@@ -8,8 +8,10 @@
 //!     │    last (its holders) up with its copy?  incomplete: refuse I/O
 //!     │    until it is back (serving an older copy would lose
 //!     │    acknowledged writes; a store that cannot be opened shows none)
-//!     ├─ authoritative = up OSD (acting or stray) with the newest
-//!     │    last_update (the primary on a tie)
+//!     ├─ authoritative = up OSD (acting or stray) at the newest
+//!     │    last_update a holder shows (no record yet: the newest read);
+//!     │    a holder, then the primary, on a tie; a copy newer than that
+//!     │    holds only writes never acknowledged (or given up): backfilled
 //!     └─ each acting OSD behind it:
 //!          its log position covered by the authoritative log?
 //!             yes: log recovery now (copy the objects named in the
