@@ -178,20 +178,45 @@ fn bounded(prog: &str, args: &[&OsStr]) -> std::process::Output {
     crate::harness::output("timeout", &all)
 }
 
-/// `dd` of `mib` MiB of random bytes into `file` with direct I/O, each
-/// write synced; its output.
-fn dd_into(file: &Path, mib: u64) -> std::process::Output {
+/// `dd` of `mib` MiB of random bytes into `file` from `at_mib` MiB on,
+/// with direct I/O, each write synced; its output.
+fn dd_into(file: &Path, at_mib: u64, mib: u64) -> std::process::Output {
+    dd_blocks(file, "1M", at_mib, mib)
+}
+
+/// `dd` of `count` blocks of `bs` random bytes into `file` from block `at`
+/// on, with direct I/O, each write synced; its output.
+fn dd_blocks(file: &Path, bs: &str, at: u64, count: u64) -> std::process::Output {
     let of = format!("of={}", file.display());
-    let count = format!("count={mib}");
+    let bs = format!("bs={bs}");
+    let seek = format!("seek={at}");
+    let count = format!("count={count}");
     bounded(
         "dd",
         &[
             "if=/dev/urandom".as_ref(),
             of.as_ref(),
-            "bs=1M".as_ref(),
+            bs.as_ref(),
+            seek.as_ref(),
             count.as_ref(),
             "oflag=direct".as_ref(),
             "conv=notrunc,fsync".as_ref(),
+        ],
+    )
+}
+
+/// `fallocate --punch-hole` of `len` at `off` (both as fallocate reads them).
+fn punch(file: &Path, off: &str, len: &str) -> std::process::Output {
+    let (o, l) = ("-o".as_ref(), "-l".as_ref());
+    bounded(
+        "fallocate",
+        &[
+            "--punch-hole".as_ref(),
+            o,
+            off.as_ref(),
+            l,
+            len.as_ref(),
+            file.as_os_str(),
         ],
     )
 }
@@ -204,43 +229,70 @@ fn err(o: &std::process::Output) -> String {
 #[test]
 fn test_a_full_store_refuses_writes_and_can_still_be_cleaned_up() {
     // Arrange: a store on a 256 MiB file system, and an image written until
-    // the store is full (three replicas, each keeping 64 MiB free).
+    // the store is full (three replicas, each keeping 64 MiB free); 8 MiB of
+    // it near its end were written before a snapshot, since removed.
     let mut w = World::on_small_disk(256);
     let vm = w.path("rbd/vm");
     run("truncate", &["-s".as_ref(), "1G".as_ref(), vm.as_os_str()]);
-    let filled = dd_into(&vm, 400);
-
-    // Act: a hole punched, a shrink, then the image removed; a new image
-    // is written.
-    let (o, l) = ("-o".as_ref(), "-l".as_ref());
-    let punched = bounded(
-        "fallocate",
-        &[
-            "--punch-hole".as_ref(),
-            o,
-            "0".as_ref(),
-            l,
-            "8M".as_ref(),
-            vm.as_os_str(),
-        ],
+    let early = dd_into(&vm, 900, 8);
+    assert!(early.status.success(), "{}", err(&early));
+    w.cli(&["snap", "create", "rbd/vm@s"]);
+    w.cli(&["snap", "rm", "rbd/vm@s"]);
+    let filled = dd_into(&vm, 0, 400);
+    // Then the file system filled further from outside, to 60 MiB free:
+    // below every OSD's reserve, so no write of any size fits.
+    let disk = w.store.parent().expect("the store's disk").to_path_buf();
+    let df = run(
+        "df",
+        &["--output=avail".as_ref(), "-B1".as_ref(), disk.as_os_str()],
     );
+    let avail: u64 = df
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df");
+    // (The stores, each counting only its own claims, may already have
+    // gone below it together.)
+    let extra = avail.saturating_sub(60 << 20);
+    if extra > 0 {
+        let (filler, len) = (disk.join("filler"), extra.to_string());
+        run(
+            "fallocate",
+            &["-l".as_ref(), len.as_ref(), filler.as_os_str()],
+        );
+    }
+    // The stores measure free space again within 50 ms: until then a small
+    // write may still pass on the figure from before the filler.
+    let filled_small = (0..200)
+        .map(|i| dd_blocks(&vm, "512", (700 << 11) + i, 1))
+        .find(|o| !o.status.success())
+        .expect("a small write failed once the disk was full");
+
+    // Act: holes punched (first part of an object written before the
+    // snapshot, which frees nothing, then whole objects), a shrink, then the
+    // image removed; a new image is written.
+    let punched_part = punch(&vm, "901M", "1M");
+    let punched = punch(&vm, "0", "8M");
     let shrunk = bounded("truncate", &["-s".as_ref(), "16M".as_ref(), vm.as_os_str()]);
     let removed = bounded("rm", &[vm.as_os_str()]);
     let vm2 = w.path("rbd/vm2");
     let created = bounded("truncate", &["-s".as_ref(), "1G".as_ref(), vm2.as_os_str()]);
-    let again = dd_into(&vm2, 16);
+    let again = dd_into(&vm2, 0, 16);
 
     // Assert: the fill failed for lack of space, and no OSD went down for
     // it; everything after worked.
-    assert!(!filled.status.success(), "400 MiB fit in the store");
-    assert!(
-        err(&filled).contains("No space left on device"),
-        "{}",
-        err(&filled)
-    );
+    for fill in [&filled, &filled_small] {
+        assert!(!fill.status.success(), "the store took it all");
+        assert!(
+            err(fill).contains("No space left on device"),
+            "{}",
+            err(fill)
+        );
+    }
     let osds = w.cli(&["osd", "ls", "--format", "json"]);
     assert!(!osds.contains("\"up\":false"), "{osds}");
     for (what, o) in [
+        ("punching part of an object", &punched_part),
         ("punching a hole", &punched),
         ("shrinking", &shrunk),
         ("removing the image", &removed),

@@ -934,7 +934,9 @@ impl Pg {
                 let txn = Transaction {
                     ops: plan.ops,
                     commit_first: in_place,
-                    full_try: WriteOp::may_use_reserve(&ops),
+                    // Not when it copies the object for a snapshot first:
+                    // that takes space rather than giving it back.
+                    full_try: WriteOp::may_use_reserve(&ops) && plan.clone.is_none(),
                     replica: false,
                 };
                 self.submit(osd, txn, vec![entry], vec![(name, plan.state)], reply);

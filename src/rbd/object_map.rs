@@ -182,12 +182,18 @@ impl ObjectMap {
             .map_err(|e| RbdError::rados(oid, e))
     }
 
-    /// Store one object's state in `oid` (a one-byte write). Any state but
-    /// `EXISTS` is the bookkeeping of data going away (a discard, a trim, a
-    /// snapshot's copy-on-write settling): it may use the stores' reserve.
-    pub async fn save_state(ioctx: &IoCtx, oid: &str, objno: u64, state: u8) -> Result<()> {
+    /// Store one object's state in `oid` (a one-byte write). With
+    /// `freeing`, the bookkeeping of data going away (a discard, a trim): it
+    /// may use the stores' reserve.
+    pub async fn save_state(
+        ioctx: &IoCtx,
+        oid: &str,
+        objno: u64,
+        state: u8,
+        freeing: bool,
+    ) -> Result<()> {
         let mut ops = vec![WriteOp::AssertExists];
-        if state != EXISTS {
+        if freeing {
             ops.push(WriteOp::FullTry);
         }
         ops.push(WriteOp::Write {

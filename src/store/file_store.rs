@@ -390,6 +390,10 @@ struct Inner {
     /// In-place records since the last checkpoint began (see
     /// [`IN_PLACE_PER_CHECKPOINT`]).
     in_place_since_checkpoint: AtomicU64,
+    /// Bytes of the last metadata snapshot written: a checkpoint writes the
+    /// next one before it deletes anything, so a full store must keep room
+    /// for it.
+    snapshot_bytes: AtomicU64,
     fds: FdCache,
     free: Mutex<FreeSpace>,
     failed: AtomicBool,
@@ -559,6 +563,7 @@ impl FileStore {
             unsynced: Mutex::new(UnsyncedFiles::default()),
             undo,
             in_place_since_checkpoint: AtomicU64::new(0),
+            snapshot_bytes: AtomicU64::new(0),
             fds: FdCache::new(),
             free: Mutex::new(FreeSpace::default()),
             failed: AtomicBool::new(false),
@@ -1204,20 +1209,29 @@ impl Inner {
     /// again against a fresh one: the count-down also counts bytes that take
     /// no new blocks (overwrites, a recycled journal segment).
     fn claim_space(&self, need: u64, txn: &Transaction) -> StoreResult<()> {
-        // A full-try transaction may go down to an eighth of the reserve, a
-        // replica's to half of it.
+        // A full-try transaction may go down to an eighth of the reserve,
+        // but not below room for two metadata snapshots, which a checkpoint
+        // writes before it deletes anything. A replica's copy of a
+        // transaction needs half what its primary's did, so that on a shared
+        // file system the primary refuses first.
+        let min = self.cfg.min_free_bytes;
+        let snapshots = self
+            .snapshot_bytes
+            .load(Ordering::Relaxed)
+            .saturating_mul(2);
         let reserve = if txn.full_try {
-            self.cfg.min_free_bytes / 8
-        } else if txn.replica {
-            self.cfg.min_free_bytes / 2
+            (min / 8).max(snapshots.min(min))
         } else {
-            self.cfg.min_free_bytes
+            min
         };
+        let reserve = if txn.replica { reserve / 2 } else { reserve };
         let want = need.saturating_add(reserve);
         let refuse = |avail| {
-            // A checkpoint deletes the files removals dropped and trims the
-            // journal: a later try may find the space.
-            self.request_checkpoint();
+            // A checkpoint deletes the files removals dropped: a later try
+            // may find the space.
+            if !self.doomed.lock().is_empty() {
+                self.request_checkpoint();
+            }
             Err(StoreError::NoSpace {
                 path: self.root.display().to_string(),
                 need: want,
@@ -1231,6 +1245,11 @@ impl Inner {
         let failed = |e| StoreError::io(format!("statfs {}", self.root.display()), e);
         let mut free = self.free.lock();
         let now = Instant::now();
+        // Into the reserve, only against a fresh figure: the stores that
+        // share a file system each count only their own claims.
+        if txn.full_try {
+            free.measured = None;
+        }
         let mut avail = free.get(now, measure).map_err(failed)?;
         // Not measured just now: measure.
         if avail < want && free.measured != Some(now) {
@@ -1317,6 +1336,8 @@ impl Inner {
         // The copy may hold part of a transaction whose apply failed.
         self.not_failed()?;
         write_atomic(&self.root, SNAPSHOT, &snap).map_err(io_err(&ctx))?;
+        self.snapshot_bytes
+            .store(snap.len() as u64, Ordering::Relaxed);
         crashed()?;
         // 6. the snapshot no longer names the doomed files and no record
         //    replay could still apply (seq > S) dropped them, so they go. A

@@ -114,8 +114,9 @@ pub struct Transaction {
     /// the books of an operation that does (removing an image, a snapshot
     /// trim, a discard), so that a full store can still be cleaned up.
     pub full_try: bool,
-    /// A replica's copy of a transaction its primary's store took: it may
-    /// use half the reserve. On stores that share a file system (the
+    /// A replica's copy of a transaction its primary's store took: it needs
+    /// half the reserve its primary's needed (half of all of it, or of a
+    /// full-try's part). On stores that share a file system (the
     /// default layout), the primary's store then refuses first, with
     /// nothing applied anywhere, rather than a replica after the primary
     /// applied it (a replica that refuses goes down, as one that fails).

@@ -21,7 +21,7 @@ use crate::rados::{IoCtx, SNAP_HEAD, SnapContext, SnapId, WriteOp};
 use crate::rbd::error::{RbdError, Result};
 use crate::rbd::io::read_parent::ParentView;
 use crate::rbd::io::striper;
-use crate::rbd::object_map::{NONEXISTENT, ObjectMap};
+use crate::rbd::object_map::{EXISTS, NONEXISTENT, ObjectMap};
 use crate::rbd::spec::ImageSpec;
 use crate::rbd::types::{DuEntry, DuInfo, Features, ImageInfo, ParentInfo, SnapInfo};
 use crate::rbd::{Rbd, exclusive_lock::ExclusiveLock};
@@ -234,8 +234,21 @@ impl ImageCtx {
             || self.snap_maps.lock().values().any(|m| m.exists(objno))
     }
 
-    /// Mark `objno` in the head map (persisted, then in memory).
+    /// Mark `objno` in the head map (persisted, then in memory). Any state
+    /// but `EXISTS` is the bookkeeping of data going away: it may use the
+    /// stores' reserve (see [`ObjectMap::save_state`]).
     pub(crate) async fn set_head_state(&self, objno: u64, state: u8) -> Result<()> {
+        self.set_head_state_for(objno, state, state != EXISTS).await
+    }
+
+    /// [`ImageCtx::set_head_state`], saying whether the change is the
+    /// bookkeeping of data going away (an `EXISTS` before a discard is).
+    pub(crate) async fn set_head_state_for(
+        &self,
+        objno: u64,
+        state: u8,
+        freeing: bool,
+    ) -> Result<()> {
         {
             let m = self.head_map.lock();
             if objno >= m.len() || m.state(objno) == state {
@@ -243,7 +256,7 @@ impl ImageCtx {
             }
         }
         let oid = names::object_map_oid(&self.id, SNAP_HEAD);
-        ObjectMap::save_state(&self.ioctx, &oid, objno, state).await?;
+        ObjectMap::save_state(&self.ioctx, &oid, objno, state, freeing).await?;
         self.head_map.lock().set(objno, state);
         Ok(())
     }
@@ -259,7 +272,7 @@ impl ImageCtx {
             return Ok(());
         }
         let oid = names::object_map_oid(&self.id, snap);
-        ObjectMap::save_state(&self.ioctx, &oid, objno, state).await?;
+        ObjectMap::save_state(&self.ioctx, &oid, objno, state, state != EXISTS).await?;
         if let Some(m) = self.snap_maps.lock().get_mut(&snap) {
             m.set(objno, state);
         }

@@ -278,8 +278,10 @@ pub(crate) async fn write_object(
     copyup::settle(ctx, objno).await?;
     if ctx.map_exists(SNAP_HEAD, objno) {
         if !matches!(op, ObjectWrite::Remove) {
-            // EXISTS_CLEAN -> EXISTS: the object changes after the snapshot.
-            ctx.set_head_state(objno, EXISTS).await?;
+            // EXISTS_CLEAN -> EXISTS: the object changes after the snapshot
+            // (as bookkeeping of a discard, it may use the reserve).
+            let freeing = !matches!(op, ObjectWrite::Write { .. });
+            ctx.set_head_state_for(objno, EXISTS, freeing).await?;
         }
         let mut ops = op.to_ops();
         if has_parent && !matches!(op, ObjectWrite::Remove) {

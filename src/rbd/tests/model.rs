@@ -543,7 +543,7 @@ async fn apply(sut: &mut Sut, m: &mut Model, op: &Op) {
             }
             let oid = names::object_map_oid(h.id(), snap);
             let ioctx = sut.rbd.rados().ioctx("rbd").unwrap();
-            ObjectMap::save_state(&ioctx, &oid, obj as u64 % count, EXISTS)
+            ObjectMap::save_state(&ioctx, &oid, obj as u64 % count, EXISTS, false)
                 .await
                 .unwrap();
             drop(h);

@@ -1506,32 +1506,42 @@ fn in_place_write_over_committed_journaled_step_is_synced_before_its_record(smal
 
 #[test]
 fn test_replica_and_full_try_transactions_may_use_part_of_the_reserve() {
-    // Arrange: 40 MiB available, against a reserve of 64: a plain write is
-    // refused; a replica's may use half the reserve, a full-try one seven
-    // eighths of it.
-    let (_d, s) = new_store_with(StoreConfig {
-        fake_available_bytes: Some(40 << 20),
-        ..StoreConfig::default()
-    });
-    let txn = |name: &str, replica: bool, full_try: bool| Transaction {
+    // Arrange: stores with 40 and with 6 MiB available, against a reserve
+    // of 64: a replica's transaction needs half the reserve its primary's
+    // does, a full-try one an eighth of it (a replica's copy a sixteenth).
+    let store = |mib: u64| {
+        new_store_with(StoreConfig {
+            fake_available_bytes: Some(mib << 20),
+            ..StoreConfig::default()
+        })
+    };
+    let ((_d1, roomy), (_d2, tight)) = (store(40), store(6));
+    let txn = |replica: bool, full_try: bool| Transaction {
         replica,
         full_try,
-        ..Transaction::from(vec![write(name, 0, b"data")])
+        ..Transaction::from(vec![write("o", 0, b"data")])
+    };
+    let fits = |s: &FileStore, replica, full_try| match s.queue_transaction(
+        txn(replica, full_try),
+        nop(),
+        nop(),
+    ) {
+        Ok(()) => true,
+        Err(StoreError::NoSpace { .. }) => false,
+        Err(e) => panic!("{e}"),
     };
 
     // Act
-    let plain = s.queue_transaction(txn("a", false, false), nop(), nop());
-    let replica = s.queue_transaction(txn("b", true, false), nop(), nop());
-    let full_try = s.queue_transaction(txn("c", false, true), nop(), nop());
+    let at_40 = [
+        fits(&roomy, false, false),
+        fits(&roomy, true, false),
+        fits(&roomy, false, true),
+    ];
+    let at_6 = [fits(&tight, false, true), fits(&tight, true, true)];
 
     // Assert
-    assert!(
-        matches!(plain, Err(StoreError::NoSpace { .. })),
-        "{plain:?}"
-    );
-    replica.unwrap();
-    full_try.unwrap();
-    assert!(!s.exists(&key("a")) && s.exists(&key("b")) && s.exists(&key("c")));
+    assert_eq!(at_40, [false, true, true]);
+    assert_eq!(at_6, [false, true]);
 }
 
 #[test]
