@@ -62,6 +62,14 @@ pub struct Plan {
     snap_limits: Vec<(SnapId, u64)>,
 }
 
+impl Plan {
+    /// Whether no snapshot of the image needs the parent's data of the
+    /// object: then only the head would get it.
+    pub fn only_head_needs_it(&self) -> bool {
+        self.snap_limits.iter().all(|(_, lim)| *lim == 0)
+    }
+}
+
 /// Bytes of object `objno` (starting at `start`) that `link` covers.
 fn limit(link: &Option<ParentLink>, start: u64, osz: u64) -> u64 {
     link.as_ref()

@@ -301,6 +301,17 @@ pub(crate) async fn write_object(
         }
     }
     if has_parent && let Some(plan) = copyup::plan(ctx, hdr, objno).await? {
+        if matches!(op, ObjectWrite::TruncateTo(0)) && plan.only_head_needs_it() {
+            // A whole-object discard that only the head would have read the
+            // parent for: an empty object hides the parent, with nothing
+            // copied up only to be cut (as `fstrim` of a fresh clone does).
+            ctx.set_head_state_for(objno, EXISTS, true).await?;
+            return ctx
+                .ioctx
+                .operate_write(&oid, &snapc, op.to_ops())
+                .await
+                .map_err(|e| RbdError::rados(oid, e));
+        }
         return copyup::execute(ctx, hdr, objno, plan, op.to_ops()).await;
     }
     match op {

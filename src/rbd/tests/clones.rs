@@ -698,6 +698,37 @@ async fn test_discard_past_the_heads_overlap_inside_a_snapshots_overlap() {
 }
 
 #[tokio::test]
+async fn test_whole_object_discard_of_a_fresh_clone_copies_nothing_up() {
+    // Arrange: a fresh clone of a parent with data in both objects.
+    let (rbd, _mem, counting) = setup().await;
+    rbd.create("rbd", "p", 2 * OBJ, &opts()).await.unwrap();
+    let p = rbd.open("rbd", "p", None).await.unwrap();
+    p.write(0, Bytes::from(pattern(7, 2 * OBJ))).await.unwrap();
+    snap_and_clone(&rbd, "p", "c").await;
+    let c = rbd.open("rbd", "c", None).await.unwrap();
+    let parent_reads = counting.get("read:rbd_data");
+
+    // Act: discard all of object 1 (fstrim, blkdiscard), then part of 0.
+    c.discard(OBJ, OBJ).await.unwrap();
+    let after_whole = counting.get("read:rbd_data");
+    c.discard(0, 100).await.unwrap();
+
+    // Assert: object 1 reads zeros and was not read from the parent;
+    // object 0 was copied up, then cut; the parent is as it was.
+    assert_eq!(after_whole, parent_reads, "object 1 was copied up");
+    assert!(
+        counting.get("read:rbd_data") > after_whole,
+        "object 0 was not"
+    );
+    let mut want = pattern(7, 2 * OBJ);
+    want[..100].fill(0);
+    want[OBJ as usize..].fill(0);
+    assert_bytes(&c.read(0, 2 * OBJ).await.unwrap(), &want);
+    let ps = rbd.open("rbd", "p", Some("s")).await.unwrap();
+    assert_bytes(&ps.read(0, 2 * OBJ).await.unwrap(), &pattern(7, 2 * OBJ));
+}
+
+#[tokio::test]
 async fn test_rollback_to_a_larger_snapshot_interrupted_anywhere_leaves_no_stale_data() {
     // Shrunk to a whole object, and into the middle of the next one.
     for keep in [0, 100] {
