@@ -289,9 +289,7 @@ impl Cluster {
             }
         }
         let note = |listed: &str| {
-            std::fs::write(&marker, listed)
-                .and_then(|()| File::open(&marker)?.sync_all())
-                .and_then(|()| File::open(dir)?.sync_all())
+            crate::store::data::write_atomic(dir, CREATING_FILE, listed.as_bytes())
                 .map_err(io(format!("writing {}", marker.display())))
         };
         let mut listed = String::new();
@@ -314,7 +312,7 @@ impl Cluster {
         }
         OsdMap::new(paths).save(dir)?;
         std::fs::remove_file(&marker)
-            .and_then(|()| File::open(dir)?.sync_all())
+            .and_then(|()| crate::store::data::fsync_dir(dir))
             .map_err(io(format!("removing {}", marker.display())))
     }
 

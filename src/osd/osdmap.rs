@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -166,30 +165,18 @@ impl OsdMap {
     }
 }
 
-/// Write `value` as JSON to `dir/file` atomically: a temporary file,
-/// fsynced, renamed over the old one, then the directory fsynced, so a
-/// crash leaves either the old or the new file.
+/// Write `value` as JSON to `dir/file` atomically (see
+/// [`crate::store::data::write_atomic`]).
 pub(crate) fn save_json<T: Serialize>(
     dir: &Path,
     file: &str,
     what: &str,
     value: &T,
 ) -> OsdResult<()> {
-    let path = dir.join(file);
-    let tmp = dir.join(format!("{file}.tmp"));
     let json = serde_json::to_vec_pretty(value)
         .map_err(|e| OsdError::io(format!("encoding {what}"), std::io::Error::other(e)))?;
-    let ctx = |act: &str| format!("{act} {}", tmp.display());
-    let mut f = fs::File::create(&tmp).map_err(|e| OsdError::io(ctx("creating"), e))?;
-    f.write_all(&json)
-        .map_err(|e| OsdError::io(ctx("writing"), e))?;
-    f.sync_all().map_err(|e| OsdError::io(ctx("syncing"), e))?;
-    drop(f);
-    fs::rename(&tmp, &path).map_err(|e| OsdError::io(ctx("renaming"), e))?;
-    // The rename is durable only once the directory entry is.
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| OsdError::io(format!("syncing directory {}", dir.display()), e))
+    crate::store::data::write_atomic(dir, file, &json)
+        .map_err(|e| OsdError::io(format!("saving {what} in {}", dir.join(file).display()), e))
 }
 
 /// Tests: a map of OSDs at `paths` with pool 1, `rbd` (size 2, min_size 1,

@@ -215,8 +215,6 @@ fn osd(osds: &[Arc<Osd>], id: OsdId) -> OsdResult<&Arc<Osd>> {
 struct Peered {
     id: PgId,
     acting: Vec<OsdId>,
-    /// The acting OSDs that serve it (the others are `deferred`).
-    serving: Vec<OsdId>,
     /// The acting OSDs whose copy is left to backfill while the others
     /// serve (see [`backfill_live`]).
     deferred: Vec<OsdId>,
@@ -230,11 +228,20 @@ impl Peered {
         Peered {
             id,
             acting: Vec::new(),
-            serving: Vec::new(),
             deferred: Vec::new(),
             incomplete: None,
         }
     }
+
+    /// The acting OSDs that serve it: all but the `deferred` ones.
+    fn serving(&self) -> Vec<OsdId> {
+        without(&self.acting, &self.deferred)
+    }
+}
+
+/// `osds` less `out`, in order.
+fn without(osds: &[OsdId], out: &[OsdId]) -> Vec<OsdId> {
+    osds.iter().copied().filter(|o| !out.contains(o)).collect()
 }
 
 /// Peer one PG: bring its acting copies up to date, and say how it will
@@ -338,15 +345,9 @@ fn peer_pg(
             }
         }
     }
-    let serving: Vec<OsdId> = acting
-        .iter()
-        .copied()
-        .filter(|o| !deferred.contains(o))
-        .collect();
     Ok(Peered {
         id,
         acting: acting.to_vec(),
-        serving,
         deferred,
         incomplete,
     })
@@ -394,12 +395,13 @@ fn activate(osds: &[Arc<Osd>], map: &OsdMap, p: &Peered) -> OsdResult<()> {
         return Ok(());
     };
     let id = p.id;
+    let serving = p.serving();
     {
         let mut temp = osd(osds, primary)?.shared.pg_temp.lock();
         if p.deferred.is_empty() {
             temp.remove(&id);
         } else {
-            temp.insert(id, p.serving.clone());
+            temp.insert(id, serving.clone());
         }
     }
     for &o in &p.acting {
@@ -415,7 +417,7 @@ fn activate(osds: &[Arc<Osd>], map: &OsdMap, p: &Peered) -> OsdResult<()> {
             pg.acting = if p.deferred.contains(&o) {
                 Vec::new()
             } else {
-                p.serving.clone()
+                serving.clone()
             };
             pg.epoch = map.epoch;
             pg.incomplete = p.incomplete;
@@ -457,16 +459,17 @@ impl HolderBatch {
             Some(o) => &o.shared,
             None => return,
         };
-        let writable = p.incomplete.is_none() && p.serving.len() >= min_size;
+        let serving = p.serving();
+        let writable = p.incomplete.is_none() && serving.len() >= min_size;
         let recorded = shared.holders.get(p.id);
-        if writable && recorded.as_ref() != Some(&p.serving) {
+        if writable && recorded.as_ref() != Some(&serving) {
             // Every recorded holder still serving: they get every write
             // the PG takes, so it may serve before the new holders are
             // saved. One left out would miss them, and with no record yet
             // nothing says who holds what: the PG waits.
-            let keeps_all = recorded.is_some_and(|r| r.iter().all(|o| p.serving.contains(o)));
+            let keeps_all = recorded.is_some_and(|r| r.iter().all(|o| serving.contains(o)));
             self.since.get_or_insert_with(std::time::Instant::now);
-            self.record.push((p.id, p.serving.clone()));
+            self.record.push((p.id, serving));
             if !keeps_all {
                 self.waiting.push(p);
                 return;
@@ -526,11 +529,7 @@ fn backfill_live(
     acting: &[OsdId],
     targets: &[OsdId],
 ) -> OsdResult<()> {
-    let serving: Vec<OsdId> = acting
-        .iter()
-        .copied()
-        .filter(|o| !targets.contains(o))
-        .collect();
+    let serving = without(acting, targets);
     let source = osd(osds, serving[0])?;
     let Some(spg) = source.pg(id) else {
         return Ok(());

@@ -336,6 +336,19 @@ fn copy_range_rw(src: &File, dst: &File, off: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Write `bytes` to `dir/name` atomically: a temporary file, fsynced,
+/// renamed over the old one, then the directory fsynced, so a crash leaves
+/// either the old or the new file.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let f = open_rw(&tmp)?;
+    f.set_len(0)?;
+    f.write_all_at(bytes, 0)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    fsync_dir(dir)
+}
+
 /// fsync a directory so entries created, renamed or removed in it are durable.
 pub fn fsync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()

@@ -461,17 +461,6 @@ fn key_str(k: &ObjectKey) -> String {
     format!("{}.{:x}/{}@{:x}", k.coll.pool, k.coll.pg, k.name, k.snap)
 }
 
-/// Write `bytes` to `root/name` atomically: temp file, fsync, rename, fsync dir.
-fn write_atomic(root: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let tmp = root.join(format!("{name}.tmp"));
-    let f = data::open_rw(&tmp)?;
-    f.set_len(0)?;
-    f.write_all_at(bytes, 0)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, root.join(name))?;
-    fsync_dir(root)
-}
-
 impl FileStore {
     /// Create an empty store in `path`, which must be new or an empty directory.
     pub fn mkfs(path: &Path) -> StoreResult<()> {
@@ -494,7 +483,7 @@ impl FileStore {
             std::fs::create_dir_all(obj_dir(path, i)).map_err(io_err(&ctx))?;
         }
         fsync_dir(&path.join(data::OBJECTS_DIR)).map_err(io_err(&ctx))?;
-        write_atomic(path, SNAPSHOT, &MetaTable::default().encode()).map_err(io_err(&ctx))?;
+        data::write_atomic(path, SNAPSHOT, &MetaTable::default().encode()).map_err(io_err(&ctx))?;
         journal::create_segment(path, 1).map_err(io_err(&ctx))?;
         // The superblock goes last: a directory without one is not a store.
         write_superblock(path)
@@ -767,7 +756,7 @@ fn write_superblock(path: &Path) -> StoreResult<()> {
         version: FORMAT_VERSION,
     })
     .map_err(|e| StoreError::io(&ctx, io::Error::other(e)))?;
-    write_atomic(path, SUPERBLOCK, &sb).map_err(io_err(&ctx))
+    data::write_atomic(path, SUPERBLOCK, &sb).map_err(io_err(&ctx))
 }
 
 /// The store's format version (one this build opens).
@@ -979,7 +968,7 @@ fn checkpoint_at_open(
 ) -> StoreResult<JournalWriter> {
     let ctx = format!("checkpointing {}", path.display());
     data::syncfs(root_dir).map_err(io_err(&ctx))?;
-    write_atomic(path, SNAPSHOT, &meta.encode()).map_err(io_err(&ctx))?;
+    data::write_atomic(path, SNAPSHOT, &meta.encode()).map_err(io_err(&ctx))?;
     for (_, seg) in journal::list_segments(path).map_err(io_err(&ctx))? {
         data::remove_file(&seg).map_err(io_err(&ctx))?;
     }
@@ -1335,7 +1324,7 @@ impl Inner {
         crashed()?;
         // The copy may hold part of a transaction whose apply failed.
         self.not_failed()?;
-        write_atomic(&self.root, SNAPSHOT, &snap).map_err(io_err(&ctx))?;
+        data::write_atomic(&self.root, SNAPSHOT, &snap).map_err(io_err(&ctx))?;
         self.snapshot_bytes
             .store(snap.len() as u64, Ordering::Relaxed);
         crashed()?;

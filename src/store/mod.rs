@@ -301,7 +301,7 @@ pub trait ObjectStore: Send + Sync + 'static {
 }
 
 mod codec;
-mod data;
+pub(crate) mod data;
 mod file_store;
 mod journal;
 mod meta;

@@ -6,9 +6,10 @@
 //! As librbd does, each is saved at most once per its update interval
 //! (`rbd_atime_update_interval`, `rbd_mtime_update_interval`: 60 s; 0 never
 //! updates). The first read or write of the head that finds its stamp that
-//! old saves it before it is answered (the fast path hands such a request to
-//! the async path), so the cost is one small omap write per image per
-//! interval, and a stamp is at most one interval behind. An image that never
+//! old saves it, waiting at most a second for the save before it is answered
+//! (the fast path hands such a request to the async path), so the cost is
+//! one small omap write per image per interval, and a stamp is at most one
+//! interval behind. An image that never
 //! had one shows its creation time. Snapshot views and read-only opens leave
 //! both alone.
 
@@ -104,13 +105,10 @@ impl ImageCtx {
     /// must not hold up data I/O. A save that fails (the store failing, the
     /// image gone) is logged and tried again by a later request.
     pub(crate) async fn stamp(&self, which: Stamp) {
-        if !self.stamp_due(which) {
-            return;
-        }
         let cell = self.stamps.cell(which);
         let last = cell.load(Ordering::SeqCst);
         let now = now_secs();
-        let claimed = now >= last.saturating_add(self.stamp_interval(which))
+        let claimed = self.stamp_due(which)
             && cell
                 .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok();
