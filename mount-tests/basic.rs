@@ -602,3 +602,57 @@ fn test_signals_while_the_store_closes_are_heard_and_a_second_exits() {
     w.start_daemon();
     assert!(w.path("rbd").is_dir());
 }
+
+#[test]
+fn test_status_lists_who_holds_an_image_open_loop_devices_included() {
+    // Arrange: an image with a snapshot, neither open.
+    let mut w = World::new();
+    let img = w.path("rbd/img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    w.cli(&["snap", "create", "rbd/img@s"]);
+    let watchers = |w: &World| -> serde_json::Value {
+        let out = w.cli(&["status", "rbd/img", "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("status json");
+        v["watchers"].clone()
+    };
+    let idle = watchers(&w);
+    let idle_text = w.cli(&["status", "rbd/img"]);
+
+    // Act: a loop device on the head, the snapshot open here.
+    let dev = w.losetup(&img, &[]);
+    let snap = std::fs::File::open(w.path("rbd/img@s")).unwrap();
+    let busy = watchers(&w);
+    let busy_text = w.cli(&["status", "rbd/img"]);
+    drop(snap);
+    w.detach(&dev);
+
+    // Assert: losetup has exited; the loop device holds its handle.
+    assert_eq!(idle, serde_json::json!([]), "idle: {idle}");
+    assert!(idle_text.contains("Watchers: none"), "{idle_text}");
+    let list = busy.as_array().expect("watchers array");
+    assert_eq!(list.len(), 2, "{busy}");
+    let head = list.iter().find(|x| x["file"] == "rbd/img").expect("head");
+    assert_eq!(head["loop_device"], serde_json::json!(dev), "{busy}");
+    assert_eq!(head["writable"], true);
+    assert_eq!(head["process"], "losetup");
+    assert_eq!(head["running"], false);
+    let reader = list
+        .iter()
+        .find(|x| x["file"] == "rbd/img@s")
+        .expect("snap");
+    assert_eq!(reader["pid"], std::process::id(), "{busy}");
+    assert_eq!(reader["running"], true);
+    assert_eq!(reader["writable"], false);
+    assert!(reader.get("loop_device").is_none(), "{busy}");
+    assert!(
+        busy_text.contains(&format!("watcher={dev} rbd/img read-write, set up by pid")),
+        "{busy_text}"
+    );
+    // FUSE sends a release after the last close returns: wait for it.
+    crate::harness::wait_until("the handles to be released", || {
+        watchers(&w) == serde_json::json!([])
+    });
+}

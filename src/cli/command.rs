@@ -4,12 +4,14 @@
 //! ([`Output`]) that `cli::render` prints as text or JSON.
 
 use std::io::{Read, Write};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::fuse::FsError;
-use crate::fuse::fs::ImageFs;
+use crate::fuse::fs::{ImageFs, OpenFile, Opener};
 use crate::fuse::jobs::JobState;
+use crate::fuse::loops::{self, LoopDevice};
 use crate::osd::{Cluster, ClusterStatus, OsdError, PgStatus, ScrubReport};
 use crate::rados::RadosError;
 use crate::rbd::{
@@ -327,14 +329,76 @@ pub struct StatusOut {
     pub daemon_pid: Option<u32>,
     pub mountpoint: Option<String>,
     pub pools: Vec<PoolRow>,
-    /// For `status IMAGE`: whether the daemon has it open (a watcher).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub image: Option<String>,
+    /// For `status IMAGE`: the mount's file handles open on it or its
+    /// snapshots (none without a mount).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub watchers: Option<Vec<Watcher>>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub flatten: Option<String>,
     /// For `status` of the store: the cluster summary (like `ceph -s`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cluster: Option<Box<ClusterStatus>>,
+}
+
+/// A file handle open on an image or one of its snapshots, as `rbd status`
+/// lists an image's watchers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watcher {
+    /// `pool/image` or `pool/image@snap`.
+    pub file: String,
+    pub writable: bool,
+    /// The loop device attached to the file through this handle.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub loop_device: Option<String>,
+    /// The process that opened it (for a loop device, usually `losetup`).
+    pub pid: u32,
+    pub process: String,
+    /// Whether that process still runs.
+    pub running: bool,
+}
+
+/// The watchers of an image from its open files: each loop device attached
+/// to one of them (a file under `mnt`) is told by the handle it holds, one
+/// of the same file and access, preferably one whose opener has exited
+/// (`losetup` exits once the device is set up).
+fn watchers(
+    open: Vec<OpenFile>,
+    loops: &[LoopDevice],
+    mnt: &Path,
+    running: impl Fn(&Opener) -> bool,
+) -> Vec<Watcher> {
+    let mut out: Vec<Watcher> = open
+        .into_iter()
+        .map(|f| Watcher {
+            running: running(&f.opener),
+            file: f.file,
+            writable: f.writable,
+            loop_device: None,
+            pid: f.opener.pid,
+            process: f.opener.process,
+        })
+        .collect();
+    for l in loops {
+        let holds = |w: &Watcher| {
+            w.loop_device.is_none() && w.writable != l.read_only && mnt.join(&w.file) == l.backing
+        };
+        let pick = out
+            .iter()
+            .position(|w| holds(w) && !w.running)
+            .or_else(|| out.iter().position(holds));
+        if let Some(i) = pick {
+            out[i].loop_device = Some(l.device.clone());
+        }
+    }
+    out
+}
+
+/// Whether the process that opened a file still runs (and is the same one,
+/// not a new process with its pid).
+fn still_running(o: &Opener) -> bool {
+    o.pid != 0 && Opener::of_pid(o.pid) == *o
 }
 
 /// One line of `osd ls`.
@@ -985,7 +1049,7 @@ pub async fn execute(
                 .rados()
                 .pool_list()
                 .map_err(rados_err("listing pools failed"))?;
-            let (image, flatten) = match spec {
+            let (image, flatten, watching) = match spec {
                 Some(s) => {
                     let spec = parse_head(s)?;
                     open(ctx, &spec).await?;
@@ -993,9 +1057,18 @@ pub async fn execute(
                         Some(fs) => Some(fs.flatten_state(&spec).await?.to_string()),
                         None => None,
                     };
-                    (Some(spec.to_string()), flatten)
+                    let watching = match (&ctx.fs, &ctx.mountpoint) {
+                        (Some(fs), Some(mnt)) => watchers(
+                            fs.open_files(&spec.pool, &spec.image),
+                            &loops::attached(),
+                            Path::new(mnt),
+                            still_running,
+                        ),
+                        _ => Vec::new(),
+                    };
+                    (Some(spec.to_string()), flatten, Some(watching))
                 }
-                None => (None, None),
+                None => (None, None, None),
             };
             let cluster = match (spec, &ctx.cluster) {
                 (None, Some(c)) => {
@@ -1021,6 +1094,7 @@ pub async fn execute(
                     })
                     .collect(),
                 image,
+                watchers: watching,
                 flatten,
                 cluster,
             }))
@@ -1267,6 +1341,76 @@ async fn import_data(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_watchers_tell_a_loop_device_by_the_handle_it_holds() {
+        // Arrange: rbd/img open read-write by fio (running) and by losetup
+        // (exited); its snapshot open read-only by a running process only.
+        let opened = |file: &str, writable: bool, pid: u32, process: &str| OpenFile {
+            file: file.into(),
+            writable,
+            opener: Opener {
+                pid,
+                process: process.into(),
+            },
+        };
+        let open = vec![
+            opened("rbd/img", true, 10, "fio"),
+            opened("rbd/img", true, 11, "losetup"),
+            opened("rbd/img@s", false, 12, "qemu"),
+            opened("rbd/other", true, 13, "losetup"),
+        ];
+        let attached = |device: &str, backing: &str, read_only: bool| LoopDevice {
+            device: device.into(),
+            backing: backing.into(),
+            read_only,
+        };
+        let loops = [
+            attached("/dev/loop0", "/mnt/rbd/img", false),
+            attached("/dev/loop1", "/mnt/rbd/img@s", true),
+            // Another mount's file of the same name, and a plain file.
+            attached("/dev/loop2", "/elsewhere/rbd/img", false),
+            attached("/dev/loop3", "/var/tmp/disk.img", false),
+        ];
+
+        // Act
+        let ws = watchers(open, &loops, Path::new("/mnt"), |o| o.pid != 11);
+
+        // Assert: loop0 is losetup's handle, not fio's; loop1 has only the
+        // running reader's to be told by; nothing else is a loop device.
+        let devices: Vec<(u32, Option<&str>, bool)> = ws
+            .iter()
+            .map(|w| (w.pid, w.loop_device.as_deref(), w.running))
+            .collect();
+        assert_eq!(
+            devices,
+            vec![
+                (10, None, true),
+                (11, Some("/dev/loop0"), false),
+                (12, Some("/dev/loop1"), true),
+                (13, None, true),
+            ]
+        );
+    }
+
+    #[test]
+    fn test_still_running_tells_our_process_from_a_reused_pid() {
+        let me = Opener::of_pid(std::process::id());
+        let renamed = Opener {
+            process: format!("{}-not", me.process),
+            ..me.clone()
+        };
+
+        // SAFETY: gettid has no preconditions.
+        let thread = std::thread::spawn(|| Opener::of_pid(unsafe { libc::gettid() } as u32));
+        let from_thread = thread.join().unwrap();
+
+        assert!(still_running(&me));
+        assert!(!still_running(&renamed));
+        assert!(!still_running(&Opener::of_pid(0)));
+        // FUSE names a request's thread: the watcher is its process.
+        assert_eq!(from_thread, me);
+    }
 
     #[test]
     fn test_command_serialises_with_verb_tag() {

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::command::{InfoOut, Output};
+use super::command::{InfoOut, Output, Watcher};
 use super::size::format_size;
 
 /// Text or JSON.
@@ -323,12 +323,17 @@ pub fn render(out: &Output, style: Style) -> String {
                 ));
             }
             if let Some(i) = &s.image {
-                let w = if s.daemon_pid.is_some() {
-                    "the mount's daemon"
-                } else {
-                    "none"
-                };
-                t.push_str(&format!("image {i}: watchers: {w}\n"));
+                t.push_str(&format!("image {i}\n"));
+            }
+            match s.watchers.as_deref() {
+                None => {}
+                Some([]) => t.push_str("Watchers: none\n"),
+                Some(ws) => {
+                    t.push_str("Watchers:\n");
+                    for w in ws {
+                        t.push_str(&format!("\twatcher={}\n", watcher_line(w)));
+                    }
+                }
             }
             if let Some(f) = &s.flatten {
                 t.push_str(&format!("flatten: {f}\n"));
@@ -339,6 +344,24 @@ pub fn render(out: &Output, style: Style) -> String {
             }
             t
         }
+    }
+}
+
+/// One watcher of `status IMAGE`: what holds the file open, the file, how.
+fn watcher_line(w: &Watcher) -> String {
+    let access = if w.writable {
+        "read-write"
+    } else {
+        "read-only"
+    };
+    let process = match (w.process.as_str(), w.running) {
+        ("", _) => format!("pid {}", w.pid),
+        (name, true) => format!("pid {} ({name})", w.pid),
+        (name, false) => format!("pid {} ({name}, exited)", w.pid),
+    };
+    match &w.loop_device {
+        Some(dev) => format!("{dev} {} {access}, set up by {process}", w.file),
+        None => format!("{process} {} {access}", w.file),
     }
 }
 

@@ -18,7 +18,7 @@ use fuser::{
 };
 
 use super::errno::FsError;
-use super::fs::{Attr, FsResult, ImageFs, Kind};
+use super::fs::{Attr, FsResult, ImageFs, Kind, Opener};
 use crate::cli::command::MountChanges;
 use crate::rbd::ImageSpec;
 use crate::sync::Arc;
@@ -376,10 +376,11 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (fs, direct_io) = (self.fs.clone(), self.direct_io);
+        let pid = req.pid();
         self.rt.spawn(async move {
-            match fs.open(ino.0, flags.0).await {
+            match fs.open(ino.0, flags.0, Opener::of_pid(pid)).await {
                 Ok(fh) => reply.opened(FileHandle(fh), open_flags(flags.0, direct_io)),
                 Err(e) => {
                     log_err("open", &e);
@@ -586,7 +587,7 @@ impl Filesystem for FuseAdapter {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         _mode: u32,
@@ -595,9 +596,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         let (fs, direct_io) = (self.fs.clone(), self.direct_io);
-        let name = name.to_owned();
+        let (name, pid) = (name.to_owned(), req.pid());
         self.rt.spawn(async move {
-            match fs.create(parent.0, &name, flags).await {
+            match fs.create(parent.0, &name, flags, Opener::of_pid(pid)).await {
                 Ok((a, fh)) => reply.created(
                     &TTL,
                     &file_attr(&a),

@@ -215,6 +215,49 @@ impl Inodes {
 struct Handle {
     image: Arc<Image>,
     writable: bool,
+    opener: Opener,
+}
+
+/// The process that opened a file handle, as the kernel named it then.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Opener {
+    pub pid: u32,
+    /// Its name (`/proc/PID/comm`) at the open; empty when unknown.
+    pub process: String,
+}
+
+impl Opener {
+    /// The process of thread `tid`, as FUSE names a request's sender (0:
+    /// the kernel, or unknown).
+    pub fn of_pid(tid: u32) -> Opener {
+        if tid == 0 {
+            return Opener {
+                pid: 0,
+                process: String::new(),
+            };
+        }
+        let tgid = std::fs::read_to_string(format!("/proc/{tid}/status"))
+            .ok()
+            .and_then(|status| {
+                let line = status.lines().find(|l| l.starts_with("Tgid:"))?;
+                line["Tgid:".len()..].trim().parse().ok()
+            })
+            .unwrap_or(tid);
+        let process = std::fs::read_to_string(format!("/proc/{tgid}/comm"))
+            .map(|c| c.trim_end().to_string())
+            .unwrap_or_default();
+        Opener { pid: tgid, process }
+    }
+}
+
+/// A file handle open on an image or one of its snapshots: one of the
+/// image's watchers in `rbdfs status IMAGE`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OpenFile {
+    /// `pool/image` or `pool/image@snap`.
+    pub file: String,
+    pub writable: bool,
+    pub opener: Opener,
 }
 
 /// An image of `size` bytes is possible (else EFBIG, as for a file that
@@ -363,6 +406,28 @@ impl ImageFs {
 
     fn ino(&self, node: Node) -> u64 {
         self.inodes.lock().ino(node)
+    }
+
+    /// The file handles open on the image `pool/image`, its head or any of
+    /// its snapshots, in the order they were opened.
+    pub fn open_files(&self, pool: &str, image: &str) -> Vec<OpenFile> {
+        let handles = self.handles.lock();
+        let mut open: Vec<(u64, OpenFile)> = handles
+            .iter()
+            .filter_map(|(fh, h)| {
+                let spec = h.image.spec();
+                (spec.pool == pool && spec.image == image).then(|| {
+                    let file = OpenFile {
+                        file: spec.to_string(),
+                        writable: h.writable,
+                        opener: h.opener.clone(),
+                    };
+                    (*fh, file)
+                })
+            })
+            .collect();
+        open.sort_by_key(|(fh, _)| *fh);
+        open.into_iter().map(|(_, f)| f).collect()
     }
 
     /// Whether a file handle of the mount has `spec` (an image or one of
@@ -554,8 +619,8 @@ impl ImageFs {
         Ok(out)
     }
 
-    /// Open a file; `flags` are open(2)'s. Returns the file handle.
-    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+    /// Open a file for `opener`; `flags` are open(2)'s. Returns the file handle.
+    pub async fn open(&self, ino: u64, flags: i32, opener: Opener) -> FsResult<u64> {
         let node = self.node(ino)?;
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         match &node {
@@ -567,7 +632,12 @@ impl ImageFs {
         }
         let image = self.open_node(&node).await?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, Handle { image, writable });
+        let handle = Handle {
+            image,
+            writable,
+            opener,
+        };
+        self.handles.lock().insert(fh, handle);
         Ok(fh)
     }
 
@@ -734,7 +804,13 @@ impl ImageFs {
     }
 
     /// Create an image file (size 0) and open it.
-    pub async fn create(&self, parent: u64, name: &OsStr, flags: i32) -> FsResult<(Attr, u64)> {
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        flags: i32,
+        opener: Opener,
+    ) -> FsResult<(Attr, u64)> {
         let pool = match self.node(parent)? {
             Node::Pool(p) => p,
             Node::Root => {
@@ -757,7 +833,7 @@ impl ImageFs {
             .await?;
         log::info!("created image {pool}/{image} through the mount");
         let ino = self.ino(node);
-        let fh = self.open(ino, flags).await?;
+        let fh = self.open(ino, flags, opener).await?;
         let attr = self.getattr(ino).await?;
         Ok((attr, fh))
     }

@@ -27,7 +27,7 @@ async fn pool_ino(fs: &ImageFs) -> u64 {
 async fn image(fs: &ImageFs, name: &str, size: u64) -> u64 {
     let pool = pool_ino(fs).await;
     let (attr, fh) = fs
-        .create(pool, OsStr::new(name), libc::O_RDWR)
+        .create(pool, OsStr::new(name), libc::O_RDWR, Opener::of_pid(0))
         .await
         .unwrap();
     fs.release(fh);
@@ -41,7 +41,7 @@ async fn lookup(fs: &ImageFs, name: &str) -> FsResult<Attr> {
 }
 
 async fn write(fs: &ImageFs, ino: u64, off: u64, data: &[u8]) {
-    let fh = fs.open(ino, libc::O_RDWR).await.unwrap();
+    let fh = fs.open(ino, libc::O_RDWR, Opener::of_pid(0)).await.unwrap();
     fs.write(fh, off, Bytes::copy_from_slice(data))
         .await
         .unwrap();
@@ -50,7 +50,10 @@ async fn write(fs: &ImageFs, ino: u64, off: u64, data: &[u8]) {
 }
 
 async fn read(fs: &ImageFs, ino: u64, off: u64, len: u32) -> Vec<u8> {
-    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let fh = fs
+        .open(ino, libc::O_RDONLY, Opener::of_pid(0))
+        .await
+        .unwrap();
     let d = fs.read(fh, off, len).await.unwrap();
     fs.release(fh);
     d.to_vec()
@@ -197,7 +200,10 @@ async fn test_snapshot_file_is_read_only_and_keeps_old_content() {
     assert_eq!(snap.perm, 0o444);
     assert_eq!(read(&fs, snap.ino, 0, 6).await, b"before");
     assert_eq!(read(&fs, ino, 0, 6).await, b"after!");
-    assert_eq!(errno(fs.open(snap.ino, libc::O_WRONLY).await), libc::EROFS);
+    assert_eq!(
+        errno(fs.open(snap.ino, libc::O_WRONLY, Opener::of_pid(0)).await),
+        libc::EROFS
+    );
     assert_eq!(
         errno(fs.setattr(snap.ino, Some(0), None, None).await),
         libc::EROFS
@@ -210,7 +216,7 @@ async fn test_fallocate_punch_hole_discards_and_zero_range_zeroes() {
     let fs = fs().await;
     let ino = image(&fs, "vm", 16 * MIB).await;
     write(&fs, ino, 0, &[9u8; 8 << 20]).await;
-    let fh = fs.open(ino, libc::O_RDWR).await.unwrap();
+    let fh = fs.open(ino, libc::O_RDWR, Opener::of_pid(0)).await.unwrap();
 
     // Act
     let punch = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
@@ -233,7 +239,10 @@ async fn test_lseek_finds_data_and_holes_at_object_granularity() {
     let fs = fs().await;
     let ino = image(&fs, "vm", 16 * MIB).await;
     write(&fs, ino, 5 * MIB, b"x").await;
-    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let fh = fs
+        .open(ino, libc::O_RDONLY, Opener::of_pid(0))
+        .await
+        .unwrap();
 
     // Act + Assert
     assert_eq!(fs.lseek(fh, 0, SEEK_DATA).await.unwrap(), 4 * MIB);
@@ -286,7 +295,10 @@ async fn test_unlink_of_an_open_snapshot_is_ebusy_until_it_is_closed() {
     write(&fs, ino, 0, b"kept").await;
     fs.setxattr(ino, "user.rbd.snap", b"s1").await.unwrap();
     let snap = lookup(&fs, "vm@s1").await.unwrap().ino;
-    let fh = fs.open(snap, libc::O_RDONLY).await.unwrap();
+    let fh = fs
+        .open(snap, libc::O_RDONLY, Opener::of_pid(0))
+        .await
+        .unwrap();
     let pool = pool_ino(&fs).await;
 
     // Act + Assert
@@ -322,11 +334,17 @@ async fn test_namespace_ops_without_meaning_are_refused() {
     let pool = pool_ino(&fs).await;
 
     assert_eq!(fs.refuse("mkdir").errno(), libc::EPERM);
-    let at = fs.create(pool, OsStr::new("a@b"), libc::O_RDWR).await;
+    let at = fs
+        .create(pool, OsStr::new("a@b"), libc::O_RDWR, Opener::of_pid(0))
+        .await;
     assert_eq!(errno(at), libc::EINVAL);
-    let dotdot = fs.create(pool, OsStr::new("a..b"), libc::O_RDWR).await;
+    let dotdot = fs
+        .create(pool, OsStr::new("a..b"), libc::O_RDWR, Opener::of_pid(0))
+        .await;
     assert_eq!(errno(dotdot), libc::EINVAL);
-    let in_root = fs.create(ROOT_INO, OsStr::new("x"), libc::O_RDWR).await;
+    let in_root = fs
+        .create(ROOT_INO, OsStr::new("x"), libc::O_RDWR, Opener::of_pid(0))
+        .await;
     assert_eq!(errno(in_root), libc::EPERM);
     let ino = image(&fs, "vm", MIB).await;
     assert_eq!(
@@ -363,7 +381,7 @@ async fn test_chmod_and_chown_that_change_nothing_are_accepted() {
 async fn test_growing_past_the_largest_image_is_efbig_and_changes_nothing() {
     let fs = fs().await;
     let ino = image(&fs, "vm", MIB).await;
-    let fh = fs.open(ino, libc::O_RDWR).await.unwrap();
+    let fh = fs.open(ino, libc::O_RDWR, Opener::of_pid(0)).await.unwrap();
     let far = 1u64 << 60;
 
     let written = fs.write(fh, far, Bytes::from_static(b"x")).await;
@@ -619,4 +637,51 @@ async fn test_protect_set_from_two_shells_at_once_succeeds_in_both() {
     // Assert
     assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
     assert_eq!(fs.getxattr(snap, "user.rbd.protected").await.unwrap(), b"1");
+}
+
+#[tokio::test]
+async fn test_open_files_are_an_images_handles_and_its_snapshots() {
+    // Arrange: two images; `a` open read-write by one process and its
+    // snapshot read-only by another, `b` open too.
+    let fs = fs().await;
+    let a = image(&fs, "a", MIB).await;
+    let b = image(&fs, "b", MIB).await;
+    fs.setxattr(a, "user.rbd.snap", b"s").await.unwrap();
+    let snap = lookup(&fs, "a@s").await.unwrap().ino;
+    let me = Opener::of_pid(std::process::id());
+    let other = Opener {
+        pid: 4242,
+        process: "losetup".into(),
+    };
+
+    // Act
+    let head = fs.open(a, libc::O_RDWR, other.clone()).await.unwrap();
+    let ro = fs.open(snap, libc::O_RDONLY, me.clone()).await.unwrap();
+    let not_a = fs.open(b, libc::O_RDWR, me.clone()).await.unwrap();
+    let open = fs.open_files("rbd", "a");
+    fs.release(head);
+    let after = fs.open_files("rbd", "a");
+
+    // Assert: in the order opened; `b`'s handle is not `a`'s.
+    assert!(!me.process.is_empty(), "no name read for our own pid");
+    assert_eq!(
+        open,
+        vec![
+            OpenFile {
+                file: "rbd/a".into(),
+                writable: true,
+                opener: other,
+            },
+            OpenFile {
+                file: "rbd/a@s".into(),
+                writable: false,
+                opener: me.clone(),
+            },
+        ]
+    );
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].file, "rbd/a@s");
+    fs.release(ro);
+    fs.release(not_a);
+    assert!(fs.open_files("rbd", "a").is_empty());
 }

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod errno;
 pub mod fs;
 pub mod jobs;
+pub mod loops;
 pub mod mountinfo;
 pub mod xattr;
 
