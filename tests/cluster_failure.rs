@@ -961,3 +961,52 @@ fn test_failure_an_osd_lost_that_comes_back_brings_back_nothing_given_up() {
     common::assert_replicas_identical(&c);
     c.shutdown().unwrap();
 }
+
+#[test]
+fn test_failure_scrub_repair_leaves_a_pg_that_does_not_serve_alone() {
+    // Arrange: one PG, size 3, min_size 1. O is written everywhere, again
+    // without x, then P on z only; then z goes down and x, y come back: the
+    // PG waits, incomplete, for z's newest copy, and x and y hold O at two
+    // different ages.
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let io = common::rbd_pool(&c, 3, 1, 1);
+    write_full(&io, "O", content("O", 0)).unwrap();
+    let (_, acting) = c.object_acting(io.pool_id(), "O").unwrap();
+    let (x, y, z) = (acting[0], acting[1], acting[2]);
+    c.set_osd_up(x, false).unwrap();
+    write_full(&io, "O", content("O", 1)).unwrap();
+    c.set_osd_up(y, false).unwrap();
+    write_full(&io, "P", content("P", 0)).unwrap();
+    block_on(io.flush()).unwrap();
+    c.set_osd_up(z, false).unwrap();
+    c.set_osd_up(x, true).unwrap();
+    c.set_osd_up(y, true).unwrap();
+    assert!(
+        c.pg_list().iter().all(|p| p.state == "incomplete"),
+        "{:?}",
+        c.pg_list()
+    );
+
+    // Act
+    let scrub = c.scrub(None, true, true).unwrap();
+    c.set_osd_up(z, true).unwrap();
+    c.set_osd_up(x, false).unwrap();
+
+    // Assert: nothing rolled back, and the PG was skipped.
+    assert!(
+        read_whole(&io, "O") == content("O", 1),
+        "O rolled back: {scrub:?}"
+    );
+    assert!(read_whole(&io, "P") == content("P", 0), "P lost");
+    assert_eq!(scrub.pgs_scrubbed, 0);
+    assert_eq!(scrub.pgs_skipped.len(), 1, "{scrub:?}");
+    assert_eq!(scrub.pgs_skipped[0].state, "incomplete");
+    assert!(scrub.inconsistencies.is_empty(), "{scrub:?}");
+    c.set_osd_up(x, true).unwrap();
+    let clean = c.scrub(None, true, false).unwrap();
+    assert_eq!((clean.pgs_scrubbed, clean.pgs_skipped.len()), (1, 0));
+    assert!(clean.is_clean(), "{:?}", clean.inconsistencies);
+    common::assert_replicas_identical(&c);
+    c.shutdown().unwrap();
+}

@@ -307,6 +307,12 @@ pub fn render(out: &Output, style: Style) -> String {
                 r.inconsistencies.len(),
                 r.inconsistencies.len() - r.unrepaired()
             ));
+            for p in &r.pgs_skipped {
+                t.push_str(&format!(
+                    "pg {} not scrubbed: {}; scrub again once it is active\n",
+                    p.pgid, p.state
+                ));
+            }
             t
         }
         Output::Status(s) => {

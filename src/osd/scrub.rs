@@ -54,9 +54,21 @@ pub struct ScrubReport {
     pub deep: bool,
     pub repair: bool,
     pub pgs_scrubbed: usize,
+    /// PGs not scrubbed, as Ceph scrubs only PGs that serve: their copies
+    /// are not yet made the same by peering and recovery.
+    #[serde(default)]
+    pub pgs_skipped: Vec<SkippedPg>,
     /// Distinct objects (heads and clones) compared.
     pub objects_scrubbed: u64,
     pub inconsistencies: Vec<Inconsistency>,
+}
+
+/// A PG scrub left alone, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedPg {
+    pub pgid: String,
+    /// `down`, `incomplete`, `peering` or `backfilling`.
+    pub state: String,
 }
 
 impl ScrubReport {
@@ -156,25 +168,59 @@ impl Cluster {
         for id in pgs {
             let inner = self.inner();
             // Per PG, so that client I/O runs between PGs.
-            inner.quiesced(|| self.scrub_pg(id, deep, repair, &mut report))?;
-            report.pgs_scrubbed += 1;
+            inner.quiesced(|| match self.serving_copies(id) {
+                Ok(acting) => {
+                    report.pgs_scrubbed += 1;
+                    self.scrub_pg(id, &acting, deep, repair, &mut report)
+                }
+                Err(state) => {
+                    let pgid = format!("{}.{:x}", id.pool, id.pg);
+                    log::info!("scrub: skipped pg {pgid}: {state}");
+                    report.pgs_skipped.push(SkippedPg { pgid, state });
+                    Ok(())
+                }
+            })?;
         }
         Ok(report)
+    }
+
+    /// The OSDs that serve `id`, whose copies peering made the same; or,
+    /// when it does not serve, its state. Copies of a PG that does not
+    /// serve may be of different ages, and "repairing" one from another
+    /// could put an older copy over the newest (Ceph, too, scrubs only
+    /// PGs that are active).
+    fn serving_copies(&self, id: PgId) -> Result<Vec<OsdId>, String> {
+        let inner = self.inner();
+        let map = self.osdmap();
+        let pool = map.pool(id.pool).ok_or_else(|| "down".to_string())?;
+        let acting = inner.shared.acting(&map, &pool.info, id.pg);
+        let pg = acting
+            .first()
+            .and_then(|&p| inner.osd(p))
+            .and_then(|o| o.pg(id))
+            .ok_or_else(|| "down".to_string())?;
+        let pg = pg.lock();
+        if pg.incomplete.is_some() {
+            return Err("incomplete".into());
+        }
+        if pg.pending || pg.acting.is_empty() {
+            return Err("peering".into());
+        }
+        if inner.shared.activity.lock().contains_key(&id) {
+            return Err("backfilling".into());
+        }
+        Ok(pg.acting.clone())
     }
 
     fn scrub_pg(
         &self,
         id: PgId,
+        acting: &[OsdId],
         deep: bool,
         repair: bool,
         report: &mut ScrubReport,
     ) -> OsdResult<()> {
         let inner = self.inner();
-        let map = self.osdmap();
-        let Some(pool) = map.pool(id.pool) else {
-            return Ok(());
-        };
-        let acting = map.pg_acting(&pool.info, id.pg);
         let stores: Vec<(OsdId, Arc<dyn ObjectStore>)> = acting
             .iter()
             .filter_map(|&o| inner.osd(o).map(|x| (o, x.store.clone())))
