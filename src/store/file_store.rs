@@ -498,7 +498,14 @@ impl FileStore {
         let mut meta = load_snapshot(path)?;
         recover(path, &mut meta)?;
         let next_seq = meta.seq + 1;
-        let writer = checkpoint_at_open(path, &root_dir, &meta)?;
+        // Files a lost journal tail made may still be there: no new id may
+        // name one, or a record that trusts a file it finds at its target's
+        // path (a Clone's replay) could take it for its own. The sweep below
+        // removes them, but its unlinks may be lost too. The snapshot the
+        // checkpoint writes carries the new ids on.
+        let (max_plain, max_placed) = max_file_ids(path, &meta)?;
+        meta.next_id = meta.next_id.max(max_plain + 1);
+        let (writer, snapshot_bytes) = checkpoint_at_open(path, &root_dir, &meta)?;
         if version < FORMAT_VERSION {
             // With the journal replayed and empty, any build could open the
             // store now: this is where it becomes version 2. (Version 1
@@ -512,7 +519,7 @@ impl FileStore {
         }
         // Only now, with the replayed state in the snapshot, may files that no
         // object owns go: a crash during replay must find them again.
-        let max_placed = sweep_objects(path, &meta)?;
+        sweep_objects(path, &meta)?;
         let colls = meta.colls.keys().copied().collect();
         let segment = writer.start();
         let undo = cfg.undo_unsynced.then(|| Mutex::new(UndoLog::default()));
@@ -552,7 +559,7 @@ impl FileStore {
             unsynced: Mutex::new(UnsyncedFiles::default()),
             undo,
             in_place_since_checkpoint: AtomicU64::new(0),
-            snapshot_bytes: AtomicU64::new(0),
+            snapshot_bytes: AtomicU64::new(snapshot_bytes),
             fds: FdCache::new(),
             free: Mutex::new(FreeSpace::default()),
             failed: AtomicBool::new(false),
@@ -920,17 +927,36 @@ fn recover(path: &Path, meta: &mut MetaTable) -> StoreResult<()> {
     Ok(())
 }
 
+/// The largest plain id and the largest placed-write counter among the
+/// data files in the store and the ids its objects own (0 where none).
+fn max_file_ids(path: &Path, meta: &MetaTable) -> StoreResult<(u64, u64)> {
+    let (mut plain, mut placed) = (0, 0);
+    let mut note = |id: u64| {
+        if id & PLACED_ID_BIT != 0 {
+            placed = placed.max(id & !PLACED_ID_BIT);
+        } else {
+            plain = plain.max(id);
+        }
+    };
+    for (id, _) in meta.ids() {
+        note(id);
+    }
+    for i in 0..data::FANOUT {
+        let dir = obj_dir(path, i);
+        let ctx = || format!("scanning {}", dir.display());
+        for ent in std::fs::read_dir(&dir).map_err(io_err(ctx()))? {
+            let ent = ent.map_err(io_err(ctx()))?;
+            if let Some(id) = ent.file_name().to_str().and_then(data::parse_name) {
+                note(id);
+            }
+        }
+    }
+    Ok((plain, placed))
+}
+
 /// Remove files no object owns and trim files longer than their object.
-/// Returns the largest placed-write counter among the files found (0 if
-/// none), so new placed ids never reuse the name of a file seen here.
-fn sweep_objects(path: &Path, meta: &MetaTable) -> StoreResult<u64> {
+fn sweep_objects(path: &Path, meta: &MetaTable) -> StoreResult<()> {
     let live: std::collections::HashMap<u64, u64> = meta.ids().collect();
-    let mut max_placed = live
-        .keys()
-        .filter(|id| *id & PLACED_ID_BIT != 0)
-        .map(|id| id & !PLACED_ID_BIT)
-        .max()
-        .unwrap_or(0);
     for i in 0..data::FANOUT {
         let dir = obj_dir(path, i);
         let ctx = || format!("scanning {}", dir.display());
@@ -938,11 +964,6 @@ fn sweep_objects(path: &Path, meta: &MetaTable) -> StoreResult<u64> {
             let ent = ent.map_err(io_err(ctx()))?;
             let p = ent.path();
             let id = ent.file_name().to_str().and_then(data::parse_name);
-            if let Some(id) = id
-                && id & PLACED_ID_BIT != 0
-            {
-                max_placed = max_placed.max(id & !PLACED_ID_BIT);
-            }
             match id.and_then(|id| live.get(&id)) {
                 Some(&size) => {
                     let len = ent.metadata().map_err(io_err(ctx()))?.len();
@@ -955,25 +976,28 @@ fn sweep_objects(path: &Path, meta: &MetaTable) -> StoreResult<u64> {
             }
         }
     }
-    Ok(max_placed)
+    Ok(())
 }
 
 /// After replay: make the replayed state durable, snapshot it, and start a
 /// fresh journal. Old segments (maybe with a torn tail) are deleted before the
 /// new one exists, so nothing is ever appended after a torn record.
+/// Returns the journal and the snapshot's size.
 fn checkpoint_at_open(
     path: &Path,
     root_dir: &File,
     meta: &MetaTable,
-) -> StoreResult<JournalWriter> {
+) -> StoreResult<(JournalWriter, u64)> {
     let ctx = format!("checkpointing {}", path.display());
     data::syncfs(root_dir).map_err(io_err(&ctx))?;
-    data::write_atomic(path, SNAPSHOT, &meta.encode()).map_err(io_err(&ctx))?;
+    let snapshot = meta.encode();
+    data::write_atomic(path, SNAPSHOT, &snapshot).map_err(io_err(&ctx))?;
     for (_, seg) in journal::list_segments(path).map_err(io_err(&ctx))? {
         data::remove_file(&seg).map_err(io_err(&ctx))?;
     }
     fsync_dir(path).map_err(io_err(&ctx))?;
-    JournalWriter::create(path, meta.seq + 1).map_err(io_err(&ctx))
+    let writer = JournalWriter::create(path, meta.seq + 1).map_err(io_err(&ctx))?;
+    Ok((writer, snapshot.len() as u64))
 }
 
 impl Inner {

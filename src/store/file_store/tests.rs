@@ -1772,3 +1772,82 @@ fn test_replay_ends_cleanly_where_records_end_near_a_page_end() {
     assert_eq!(seqs, (1..=303).collect::<Vec<u64>>());
     assert_eq!(end, journal::ReplayEnd::Clean);
 }
+
+#[test]
+fn test_an_id_whose_file_outlived_a_lost_journal_tail_is_never_handed_out_again() {
+    // Arrange: the next id's file exists, as when a record that created it
+    // was lost with the journal's tail but the file's entry reached disk.
+    let (d, s) = new_store();
+    run(&s, vec![write("a", 0, b"snapshot data")]).unwrap();
+    s.sync().unwrap();
+    let next = s.inner.meta.read().next_id;
+    s.crash();
+    let stray = obj_path(d.path(), next);
+    std::fs::write(&stray, b"stale bytes!!").unwrap();
+
+    // Act: reopen (the sweep removes the stray file), clone `a`, then lose
+    // power with the sweep's unlink undone: the stray file is back.
+    let s = FileStore::open(d.path(), StoreConfig::default()).unwrap();
+    run(
+        &s,
+        vec![TxOp::Clone {
+            from: key("a"),
+            to: key("b"),
+        }],
+    )
+    .unwrap();
+    let clone_file = s.object_path(&key("b")).unwrap();
+    s.crash();
+    std::fs::write(&stray, b"stale bytes!!").unwrap();
+    let s = FileStore::open(d.path(), StoreConfig::default()).unwrap();
+
+    // Assert
+    assert_ne!(clone_file, stray, "the stray file's id was handed out");
+    assert_eq!(read_all(&s, "b"), b"snapshot data");
+}
+
+#[test]
+fn test_a_reopened_store_keeps_room_for_two_snapshots_from_the_start() {
+    // Arrange: a table of about 2 MiB (collection metadata), closed.
+    let (d, s) = new_store();
+    let big = "x".repeat(1 << 10);
+    let entries: BTreeMap<String, Bytes> = (0..2048)
+        .map(|i| (format!("log.{i:05}"), Bytes::from(big.clone())))
+        .collect();
+    run(
+        &s,
+        vec![TxOp::CollMetaSet {
+            coll: COLL,
+            entries,
+        }],
+    )
+    .unwrap();
+    s.close().unwrap();
+
+    // Act: reopen with 3 MiB free against a 16 MiB reserve; a full-try
+    // transaction may go down to 2 MiB (an eighth), but not below room for
+    // two snapshots of this table.
+    let s = FileStore::open(
+        d.path(),
+        StoreConfig {
+            min_free_bytes: 16 << 20,
+            fake_available_bytes: Some(3 << 20),
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    let r = s.queue_transaction(
+        Transaction {
+            full_try: true,
+            ..Transaction::from(vec![write("o", 0, b"x")])
+        },
+        nop(),
+        nop(),
+    );
+
+    // Assert
+    assert!(
+        matches!(r, Err(StoreError::NoSpace { .. })),
+        "took the room of the next snapshot: {r:?}"
+    );
+}
