@@ -902,6 +902,21 @@ fn recover(path: &Path, meta: &mut MetaTable) -> StoreResult<()> {
         ),
         Err(ReplayError::Io(e)) => return Err(StoreError::io("reading the journal", e)),
         Err(ReplayError::Apply(e)) => return Err(e),
+        Err(ReplayError::Damaged {
+            segment,
+            offset,
+            why,
+        }) => {
+            return Err(corrupt(
+                path,
+                format!(
+                    "journal {} is damaged at offset {offset} ({why}), and newer records follow it \
+                     that replay cannot reach: the store is not opened rather than opened without \
+                     them (its PGs are served from other current copies, or wait for it: rbdfs status)",
+                    segment.display()
+                ),
+            ));
+        }
         Err(ReplayError::NewerVersion {
             segment,
             offset,

@@ -337,25 +337,69 @@ pub enum ReplayError {
     },
     /// The callback refused a record.
     Apply(super::StoreError),
+    /// A record that cannot be read in a segment that a later one follows.
+    /// Such a segment was synced whole before the next one was made, so this
+    /// is damage, not a crash's torn tail: the records after it (flushed,
+    /// maybe) would be lost.
+    Damaged {
+        segment: PathBuf,
+        offset: u64,
+        why: String,
+    },
 }
 
 /// Read every record of every segment in order, calling `f(seq, txn)`.
-/// Stops at the first torn or corrupt record, or at a break in the sequence.
+/// Stops at the first torn or corrupt record, or at a break in the
+/// sequence, in the last segment; anywhere else, that is an error
+/// ([`ReplayError::Damaged`]).
 pub fn replay(
     root: &Path,
     mut f: impl FnMut(u64, Vec<Step>) -> Result<(), super::StoreError>,
 ) -> Result<ReplayEnd, ReplayError> {
     let segments = list_segments(root).map_err(ReplayError::Io)?;
+    let last = segments.len().saturating_sub(1);
     let mut prev: Option<u64> = None;
-    for (seg_start, path) in segments {
-        let mut file = File::open(&path).map_err(ReplayError::Io)?;
+    for (i, (seg_start, path)) in segments.into_iter().enumerate() {
+        let end = replay_segment(&path, seg_start, &mut prev, &mut f)?;
+        if let ReplayEnd::Torn {
+            segment,
+            offset,
+            why,
+        } = end
+        {
+            if i < last {
+                return Err(ReplayError::Damaged {
+                    segment,
+                    offset,
+                    why,
+                });
+            }
+            return Ok(ReplayEnd::Torn {
+                segment,
+                offset,
+                why,
+            });
+        }
+    }
+    Ok(ReplayEnd::Clean)
+}
+
+/// The records of one segment, the first of them following `prev`.
+fn replay_segment(
+    path: &Path,
+    seg_start: u64,
+    prev: &mut Option<u64>,
+    f: &mut impl FnMut(u64, Vec<Step>) -> Result<(), super::StoreError>,
+) -> Result<ReplayEnd, ReplayError> {
+    {
+        let mut file = File::open(path).map_err(ReplayError::Io)?;
         let flen = file.metadata().map_err(ReplayError::Io)?.len();
         file.seek(SeekFrom::Start(0)).map_err(ReplayError::Io)?;
         let mut r = io::BufReader::with_capacity(1 << 20, file);
         let mut offset = 0u64;
         while offset < flen {
             let torn = |why: String| ReplayEnd::Torn {
-                segment: path.clone(),
+                segment: path.to_path_buf(),
                 offset,
                 why,
             };
@@ -389,19 +433,31 @@ pub fn replay(
                 Ok(t) => t,
                 Err(DecodeError::NewerVersion(version)) => {
                     return Err(ReplayError::NewerVersion {
-                        segment: path.clone(),
+                        segment: path.to_path_buf(),
                         offset,
                         version,
                     });
                 }
                 Err(e) => return Ok(torn(e.to_string())),
             };
-            if let Some(p) = prev
+            if let Some(p) = *prev
                 && h.seq != p + 1
             {
+                if offset == 0 {
+                    // The segment before was synced whole before this one
+                    // was made: its last records are gone.
+                    return Err(ReplayError::Damaged {
+                        segment: path.to_path_buf(),
+                        offset,
+                        why: format!(
+                            "the segment starts at seq {} but the one before ends at {p}",
+                            h.seq
+                        ),
+                    });
+                }
                 return Ok(torn(format!("sequence {} does not follow {p}", h.seq)));
             }
-            prev = Some(h.seq);
+            *prev = Some(h.seq);
             f(h.seq, txn).map_err(ReplayError::Apply)?;
             offset += (RECORD_HEADER_LEN + h.payload_len as usize) as u64;
         }

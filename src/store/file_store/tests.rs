@@ -1851,3 +1851,89 @@ fn test_a_reopened_store_keeps_room_for_two_snapshots_from_the_start() {
         "took the room of the next snapshot: {r:?}"
     );
 }
+
+/// Segments 1 (records 1..=10, closed by a rotation) and 11 (11..=20).
+fn two_segments() -> (tempfile::TempDir, std::path::PathBuf) {
+    let d = scratch_dir();
+    let mut j = JournalWriter::create(d.path(), 1).unwrap();
+    append_touches(&mut j, 1..=10);
+    assert_eq!(j.rotate().unwrap(), 11);
+    append_touches(&mut j, 11..=20);
+    j.file().sync_data().unwrap();
+    let first = journal::segment_path(d.path(), 1);
+    (d, first)
+}
+
+fn replay_error(dir: &Path) -> String {
+    match journal::replay(dir, |_, _| Ok(())) {
+        Err(ReplayError::Damaged { why, .. }) => why,
+        other => panic!("replay went on: {other:?}"),
+    }
+}
+
+#[test]
+fn test_damage_in_a_segment_a_later_one_follows_is_an_error_not_a_torn_tail() {
+    // Arrange: a flipped byte in record 3 of the closed segment; record 8
+    // on cut to zeros; and the same flip in the last segment.
+    let (flipped, first) = two_segments();
+    let raw = Bytes::from(std::fs::read(&first).unwrap());
+    let recs = segment_records(&raw);
+    let mut bytes = raw.to_vec();
+    bytes[recs[2].1.end - 1] ^= 0x40;
+    std::fs::write(&first, &bytes).unwrap();
+    let (cut, first) = two_segments();
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[recs[7].1.start..].fill(0);
+    std::fs::write(&first, &bytes).unwrap();
+    let (torn, _) = two_segments();
+    let last = journal::segment_path(torn.path(), 11);
+    let mut bytes = std::fs::read(&last).unwrap();
+    bytes[recs[2].1.end - 1] ^= 0x40;
+    std::fs::write(&last, &bytes).unwrap();
+
+    // Act
+    let flipped_why = replay_error(flipped.path());
+    let cut_why = replay_error(cut.path());
+    let (seqs, end) = replayed(torn.path());
+
+    // Assert: the closed segment's damage stops the replay with an error;
+    // the last segment's ends it, as a crash's torn tail would.
+    assert!(!flipped_why.is_empty());
+    assert!(
+        cut_why.contains("starts at seq 11") && cut_why.contains("ends at 7"),
+        "{cut_why}"
+    );
+    assert_eq!(seqs, (1..=12).collect::<Vec<u64>>());
+    assert!(matches!(end, journal::ReplayEnd::Torn { .. }), "{end:?}");
+}
+
+#[test]
+fn test_a_store_whose_closed_journal_segment_is_damaged_does_not_open() {
+    // Arrange: writes on both sides of a rotation, committed; then a byte
+    // of the closed segment's first record flipped.
+    let (d, s) = new_store();
+    s.sync().unwrap();
+    run(&s, vec![write("o", 0, b"one")]).unwrap();
+    s.inner.journal.lock().rotate().unwrap();
+    run(&s, vec![write("o", 0, b"two")]).unwrap();
+    s.commit_here().unwrap();
+    s.crash();
+    let (_, first) = journal::list_segments(d.path()).unwrap().remove(0);
+    let mut bytes = std::fs::read(&first).unwrap();
+    let recs = segment_records(&Bytes::from(bytes.clone()));
+    bytes[recs[0].1.end - 1] ^= 0x40;
+    std::fs::write(&first, &bytes).unwrap();
+
+    // Act
+    let r = FileStore::open(d.path(), StoreConfig::default());
+
+    // Assert: refused, and the journal kept for whoever mends it.
+    match r {
+        Err(StoreError::Corrupt { ref why, .. }) => {
+            assert!(why.contains("damaged"), "{why}")
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("opened without the records after the damage"),
+    }
+    assert_eq!(journal::list_segments(d.path()).unwrap().len(), 2);
+}
