@@ -1010,3 +1010,50 @@ fn test_failure_scrub_repair_leaves_a_pg_that_does_not_serve_alone() {
     common::assert_replicas_identical(&c);
     c.shutdown().unwrap();
 }
+
+#[test]
+fn test_failure_a_recovery_source_that_cannot_read_its_copy_is_the_one_marked_down() {
+    // Arrange: O rewritten while z was down, so z needs it from x, the
+    // primary; then (across a restart, so no open handle hides it) x's file
+    // of O is unreadable, as a bad sector would leave it.
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let io = pool(&c, 8);
+    write_full(&io, "O", content("O", 0)).unwrap();
+    let (pg, acting) = c.object_acting(io.pool_id(), "O").unwrap();
+    let (x, y, z) = (acting[0], acting[1], acting[2]);
+    c.set_osd_up(z, false).unwrap();
+    write_full(&io, "O", content("O", 1)).unwrap();
+    block_on(io.flush()).unwrap();
+    let key = ObjectKey {
+        coll: pg,
+        name: "O".into(),
+        snap: SNAP_HEAD,
+    };
+    let bad = c.osd_store(x).unwrap().object_path(&key).unwrap();
+    c.shutdown().unwrap();
+    drop((c, io));
+    // Opening it fails (EISDIR); the store opens, it only fails that read.
+    std::fs::remove_file(&bad).unwrap();
+    std::os::unix::fs::symlink(dir.path(), &bad).unwrap();
+
+    // Act: z comes back at the start and is recovered from x.
+    let c = Cluster::open(dir.path(), ClusterConfig::default()).unwrap();
+    common::wait_until(30, "an OSD to be marked down", || {
+        c.osdmap().osds.iter().any(|o| !o.up)
+    });
+
+    // Assert: x is down, not z; z took the newest copy from y.
+    let map = c.osdmap();
+    assert!(!map.osd(x).unwrap().up, "osd.{x}, the bad source, is up");
+    assert!(map.osd(z).unwrap().up && map.osd(y).unwrap().up);
+    let rados = Rados::new(c.clone());
+    let io = rados.ioctx_by_id(map.pools[0].info.id);
+    assert!(
+        read_whole(&io, "O") == content("O", 1),
+        "O is not the newest"
+    );
+    let on_z = c.osd_store(z).unwrap().read(&key, 0, 1 << 20).unwrap();
+    assert!(on_z == content("O", 1), "z's copy is not the newest");
+    c.shutdown().unwrap();
+}

@@ -128,10 +128,11 @@ fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -> OsdRe
                     // epoch, which peers this PG again without it.
                     log::error!("peering pg {}.{:x}: {e}", id.pool, id.pg);
                     let mut blamed = false;
-                    // A replica that cannot take the copy (full, failing) goes
-                    // down like one that fails a write.
-                    if let OsdError::Recovery { osd, .. } = &e {
-                        report_failure(osds, *osd, &e.to_string());
+                    // A replica that cannot take the copy (full, failing), or
+                    // an OSD whose store fails to give its copy or its PG,
+                    // goes down like one that fails a write.
+                    if let Some(osd) = to_blame(&e) {
+                        report_failure(osds, osd, &e.to_string());
                         blamed = true;
                     }
                     for &o in &acting {
@@ -180,8 +181,8 @@ fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -> OsdRe
     for (id, acting, targets) in backfills {
         if let Err(e) = backfill_live(osds, map, id, &acting, &targets) {
             log::error!("backfilling pg {}.{:x}: {e}", id.pool, id.pg);
-            if let OsdError::Recovery { osd, .. } = &e {
-                report_failure(osds, *osd, &e.to_string());
+            if let Some(osd) = to_blame(&e) {
+                report_failure(osds, osd, &e.to_string());
             } else {
                 first_err.get_or_insert(e);
             }
@@ -189,6 +190,15 @@ fn peer_all_pgs(osds: &[Arc<Osd>], map: &OsdMap, after_each: &dyn Fn()) -> OsdRe
         after_each();
     }
     first_err.map_or(Ok(()), Err)
+}
+
+/// The OSD a peering or backfill error is the failure of: the target a
+/// recovery could not write to, or the OSD whose store failed.
+fn to_blame(e: &OsdError) -> Option<OsdId> {
+    match e {
+        OsdError::Recovery { osd, .. } | OsdError::Store { osd, .. } => Some(*osd),
+        _ => None,
+    }
 }
 
 /// Mark every loaded PG of every OSD pending (see the module doc); called
@@ -722,12 +732,12 @@ fn recover_objects(
     err: impl Fn(String) -> OsdError,
 ) -> OsdResult<(u64, u64)> {
     let since = tpg.log.info.last_update;
-    let src = by_name(
-        source
-            .store
-            .list_objects(id)
-            .map_err(|e| err(e.to_string()))?,
-    );
+    // What the source's store fails to give is the source's failure.
+    let source_err = |e| OsdError::Store {
+        osd: source.id,
+        source: e,
+    };
+    let src = by_name(source.store.list_objects(id).map_err(source_err)?);
     let dst = by_name(
         target
             .store
@@ -770,8 +780,7 @@ fn recover_objects(
             t.push(TxOp::Remove(k.clone()));
         }
         for k in src.get(&name).into_iter().flatten() {
-            bytes +=
-                copy_object(source.store.as_ref(), k, &mut t).map_err(|e| err(e.to_string()))?;
+            bytes += copy_object(source.store.as_ref(), k, &mut t).map_err(source_err)?;
         }
         queue_and_wait(target.store.as_ref(), t).map_err(|e| err(e.to_string()))?;
         objects += 1;
