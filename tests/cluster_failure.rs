@@ -1057,3 +1057,40 @@ fn test_failure_a_recovery_source_that_cannot_read_its_copy_is_the_one_marked_do
     assert!(on_z == content("O", 1), "z's copy is not the newest");
     c.shutdown().unwrap();
 }
+
+#[test]
+fn test_failure_an_osd_lost_that_comes_back_over_an_empty_copy_brings_back_nothing() {
+    // Arrange: the only write to `name` went to osd.1 alone (osd.2 down);
+    // osd.1's store is away and it is marked lost, so the PG serves
+    // osd.2's empty copy; then osd.1's store opens again.
+    let dir = tempfile::tempdir().unwrap();
+    let c = common::create_cluster(dir.path(), 3, ClusterConfig::default());
+    let io = common::rbd_pool(&c, 2, 1, 8);
+    let name = object_on(&c, &io, 8, [1, 2]);
+    c.set_osd_up(2, false).unwrap();
+    write_full(&io, &name, Bytes::from_static(b"given up")).unwrap();
+    block_on(io.flush()).unwrap();
+    c.shutdown().unwrap();
+    let away = dir.path().join("osd.1.away");
+    std::fs::rename(dir.path().join("osd.1"), &away).unwrap();
+    let c = Cluster::open(dir.path(), ClusterConfig::default()).unwrap();
+    c.mark_osd_lost(1).unwrap();
+    let io = Rados::new(c.clone()).ioctx_by_id(io.pool_id());
+    let before = block_on(io.read(&name, SNAP_HEAD, 0, 8));
+    c.shutdown().unwrap();
+    std::fs::rename(&away, dir.path().join("osd.1")).unwrap();
+
+    // Act
+    let c = Cluster::open(dir.path(), ClusterConfig::default()).unwrap();
+
+    // Assert: the PG serves (it used to wait, incomplete, for osd.2, which
+    // was up), and the write given up stays given up on every copy.
+    assert_eq!(before, Err(rbdfs::rados::RadosError::NotFound));
+    let pgs = c.pg_list();
+    assert!(pgs.iter().all(|p| p.state.starts_with("active")), "{pgs:?}");
+    let io = Rados::new(c.clone()).ioctx_by_id(io.pool_id());
+    let after = block_on(io.read(&name, SNAP_HEAD, 0, 8));
+    assert_eq!(after, Err(rbdfs::rados::RadosError::NotFound));
+    common::assert_replicas_identical(&c);
+    c.shutdown().unwrap();
+}

@@ -46,6 +46,7 @@ use super::PgId;
 use super::daemon::{Osd, queue_and_wait};
 use super::error::{OsdError, OsdResult};
 use super::osdmap::{OsdId, OsdMap};
+use super::pg_holders::Holders;
 use super::pg_log::Eversion;
 use crate::store::{ObjectKey, ObjectStore, StoreResult, Transaction, TxOp};
 use crate::sync::Arc;
@@ -230,6 +231,8 @@ struct Peered {
     deferred: Vec<OsdId>,
     /// Incomplete: the down OSD it waits for.
     incomplete: Option<OsdId>,
+    /// The version of the copy it serves.
+    version: Eversion,
 }
 
 impl Peered {
@@ -240,6 +243,7 @@ impl Peered {
             acting: Vec::new(),
             deferred: Vec::new(),
             incomplete: None,
+            version: Eversion::default(),
         }
     }
 
@@ -293,12 +297,15 @@ fn peer_pg(
     let holders = osds
         .first()
         .and_then(|o| o.shared.holders.get(id))
-        .map(|h| {
-            h.into_iter()
+        .map(|h| Holders {
+            osds: h
+                .osds
+                .into_iter()
                 .filter(|o| map.osd(*o).is_some_and(|i| !i.lost))
-                .collect::<Vec<_>>()
+                .collect(),
+            since: h.since,
         })
-        .filter(|h| !h.is_empty());
+        .filter(|h| !h.osds.is_empty());
     let (auth, incomplete) = match holders {
         Some(h) => choose_by_holders(map, &copies, &h, primary),
         None => {
@@ -360,6 +367,7 @@ fn peer_pg(
         acting: acting.to_vec(),
         deferred,
         incomplete,
+        version: auth.map(|(_, v)| v).unwrap_or_default(),
     })
 }
 
@@ -370,19 +378,25 @@ fn peer_pg(
 /// authority (a holder, then the primary, first). A copy newer than it
 /// holds only writes never acknowledged, or given up with an `osd lost`:
 /// it is not the authority, and recovery backfills it. A holder whose copy
-/// is empty while another copy is not was made again empty (its store
-/// re-made): it holds nothing.
+/// is older than the PG was when they went active was made again (its
+/// store re-made): it holds nothing. (A record from before that version was
+/// kept: an empty holder copy, while another copy is not, is taken as one.)
 fn choose_by_holders(
     map: &OsdMap,
     copies: &BTreeMap<OsdId, (Eversion, bool)>,
-    holders: &[OsdId],
+    holders: &Holders,
     primary: OsdId,
 ) -> (Option<(OsdId, Eversion)>, Option<OsdId>) {
     let newest = copies.values().map(|c| c.0).max().unwrap_or_default();
+    let whole = |v: Eversion| match holders.since {
+        Some(since) => v >= since,
+        None => v != Eversion::default() || newest == Eversion::default(),
+    };
+    let holders = &holders.osds;
     let held = holders
         .iter()
         .filter_map(|o| copies.get(o).map(|c| (*o, c.0)))
-        .filter(|(_, v)| *v != Eversion::default() || newest == Eversion::default())
+        .filter(|(_, v)| whole(*v))
         .max_by_key(|(_, v)| *v);
     let Some((holder, hv)) = held else {
         let down = holders.iter().find(|o| !map.osd(**o).is_some_and(|i| i.up));
@@ -444,7 +458,7 @@ fn activate(osds: &[Arc<Osd>], map: &OsdMap, p: &Peered) -> OsdResult<()> {
 #[derive(Default)]
 struct HolderBatch {
     /// New holders to save.
-    record: Vec<(PgId, Vec<OsdId>)>,
+    record: Vec<(PgId, Holders)>,
     /// PGs that serve once they are saved.
     waiting: Vec<Peered>,
     since: Option<std::time::Instant>,
@@ -471,7 +485,7 @@ impl HolderBatch {
         };
         let serving = p.serving();
         let writable = p.incomplete.is_none() && serving.len() >= min_size;
-        let recorded = shared.holders.get(p.id);
+        let recorded = shared.holders.get(p.id).map(|h| h.osds);
         if writable && recorded.as_ref() != Some(&serving) {
             // Every recorded holder still serving: they get every write
             // the PG takes, so it may serve before the new holders are
@@ -479,7 +493,11 @@ impl HolderBatch {
             // nothing says who holds what: the PG waits.
             let keeps_all = recorded.is_some_and(|r| r.iter().all(|o| serving.contains(o)));
             self.since.get_or_insert_with(std::time::Instant::now);
-            self.record.push((p.id, serving));
+            let holders = Holders {
+                osds: serving,
+                since: Some(p.version),
+            };
+            self.record.push((p.id, holders));
             if !keeps_all {
                 self.waiting.push(p);
                 return;
@@ -576,6 +594,8 @@ fn backfill_live(
     } else {
         &serving[..]
     };
+    // Still taking no writes: every member holds this much.
+    let since = spg.lock().log.info.last_update;
     for &o in members {
         if let Some(pg) = osd(osds, o)?.pg(id) {
             let mut pg = pg.lock();
@@ -588,7 +608,11 @@ fn backfill_live(
         shared.pg_temp.lock().remove(&id);
         // More holders than recorded: the recorded ones hold every write
         // too, so this may come after the targets began to serve.
-        shared.holders.record(map, &[(id, acting.to_vec())])?;
+        let holders = Holders {
+            osds: acting.to_vec(),
+            since: Some(since),
+        };
+        shared.holders.record(map, &[(id, holders)])?;
     }
     caught_up
 }
@@ -847,4 +871,33 @@ pub(crate) fn copy_object(
         });
     }
     Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(version: u64) -> Eversion {
+        Eversion { epoch: 2, version }
+    }
+
+    #[test]
+    fn test_a_holder_copy_older_than_its_record_is_not_the_pgs_history() {
+        // osd.0 and osd.1 up: osd.1, the holder, shows an empty copy;
+        // osd.0's copy (not a holder) is at version 3.
+        let map = crate::osd::osdmap::test_map(&["osd.0", "osd.1"], 1);
+        let copies = BTreeMap::from([(0, (v(3), true)), (1, (Eversion::default(), true))]);
+        let held = |since| Holders {
+            osds: vec![1],
+            since,
+        };
+
+        // Recorded when the PG was at version 5: the empty copy lost it.
+        let remade = choose_by_holders(&map, &copies, &held(Some(v(5))), 0);
+        // Recorded when the PG was empty (after an `osd lost`): it is.
+        let empty = choose_by_holders(&map, &copies, &held(Some(Eversion::default())), 0);
+
+        assert_eq!(remade, (None, Some(1)));
+        assert_eq!(empty, (Some((1, Eversion::default())), None));
+    }
 }

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::PgId;
 use super::error::{OsdError, OsdResult};
 use super::osdmap::{OsdId, OsdMap, save_json};
+use super::pg_log::Eversion;
 use crate::sync::Mutex;
 
 /// File name inside the cluster directory.
@@ -45,12 +46,24 @@ struct Entry {
     pool: crate::rados::PoolId,
     pg: u32,
     osds: Vec<OsdId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    since: Option<Eversion>,
+}
+
+/// A PG's holders.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Holders {
+    pub osds: Vec<OsdId>,
+    /// The PG's version when they went active: each holds at least that
+    /// much of its history. A holder whose copy is older lost it (its store
+    /// was made again). `None` in a record from before this was kept.
+    pub since: Option<Eversion>,
 }
 
 /// The record, loaded once at open and saved on every change.
 pub(crate) struct PgHolders {
     dir: PathBuf,
-    pgs: Mutex<BTreeMap<PgId, Vec<OsdId>>>,
+    pgs: Mutex<BTreeMap<PgId, Holders>>,
 }
 
 impl PgHolders {
@@ -72,18 +85,18 @@ impl PgHolders {
     }
 
     /// The OSDs that served `id` when it last went active, if known.
-    pub fn get(&self, id: PgId) -> Option<Vec<OsdId>> {
+    pub fn get(&self, id: PgId) -> Option<Holders> {
         self.pgs.lock().get(&id).cloned()
     }
 
     /// Record new holders for some PGs (and forget the PGs of pools `map`
     /// no longer has); saved before this returns, unless nothing changed.
-    pub fn record(&self, map: &OsdMap, changes: &[(PgId, Vec<OsdId>)]) -> OsdResult<()> {
+    pub fn record(&self, map: &OsdMap, changes: &[(PgId, Holders)]) -> OsdResult<()> {
         let mut pgs = self.pgs.lock();
         let mut next = pgs.clone();
         next.retain(|id, _| map.pool(id.pool).is_some_and(|p| id.pg < p.info.pg_num));
-        for (id, osds) in changes {
-            next.insert(*id, osds.clone());
+        for (id, holders) in changes {
+            next.insert(*id, holders.clone());
         }
         if next == *pgs {
             return Ok(());
@@ -92,10 +105,11 @@ impl PgHolders {
             format: FORMAT,
             pgs: next
                 .iter()
-                .map(|(id, osds)| Entry {
+                .map(|(id, h)| Entry {
                     pool: id.pool,
                     pg: id.pg,
-                    osds: osds.clone(),
+                    osds: h.osds.clone(),
+                    since: h.since,
                 })
                 .collect(),
         };
@@ -105,7 +119,7 @@ impl PgHolders {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<BTreeMap<PgId, Vec<OsdId>>, String> {
+fn decode(bytes: &[u8]) -> Result<BTreeMap<PgId, Holders>, String> {
     let d: OnDisk = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if d.format != FORMAT {
         return Err(format!(
@@ -121,7 +135,10 @@ fn decode(bytes: &[u8]) -> Result<BTreeMap<PgId, Vec<OsdId>>, String> {
                     pool: e.pool,
                     pg: e.pg,
                 },
-                e.osds,
+                Holders {
+                    osds: e.osds,
+                    since: e.since,
+                },
             )
         })
         .collect())
@@ -140,17 +157,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let h = PgHolders::load(dir.path()).unwrap();
         let pg = |pg| PgId { pool: 1, pg };
-        h.record(&map_with_pool(8), &[(pg(0), vec![0, 1]), (pg(7), vec![1])])
-            .unwrap();
+        let at = Eversion {
+            epoch: 3,
+            version: 9,
+        };
+        let held = |osds: Vec<OsdId>, since| Holders { osds, since };
+        h.record(
+            &map_with_pool(8),
+            &[
+                (pg(0), held(vec![0, 1], Some(at))),
+                (pg(7), held(vec![1], None)),
+            ],
+        )
+        .unwrap();
         let again = PgHolders::load(dir.path()).unwrap();
-        assert_eq!(again.get(pg(0)), Some(vec![0, 1]));
-        assert_eq!(again.get(pg(7)), Some(vec![1]));
+        assert_eq!(again.get(pg(0)), Some(held(vec![0, 1], Some(at))));
+        assert_eq!(again.get(pg(7)), Some(held(vec![1], None)));
         assert_eq!(again.get(pg(1)), None);
         // Fewer PGs: pg 7 is gone from the record.
         again.record(&map_with_pool(4), &[]).unwrap();
         let third = PgHolders::load(dir.path()).unwrap();
         assert_eq!(third.get(pg(7)), None);
-        assert_eq!(third.get(pg(0)), Some(vec![0, 1]));
+        assert_eq!(third.get(pg(0)), Some(held(vec![0, 1], Some(at))));
+    }
+
+    #[test]
+    fn test_pg_holders_read_a_record_made_before_versions_were_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join(PG_HOLDERS_FILE),
+            br#"{"format": 1, "pgs": [{"pool": 1, "pg": 2, "osds": [2, 0]}]}"#,
+        )
+        .unwrap();
+
+        let h = PgHolders::load(dir.path()).unwrap();
+
+        let want = Holders {
+            osds: vec![2, 0],
+            since: None,
+        };
+        assert_eq!(h.get(PgId { pool: 1, pg: 2 }), Some(want));
     }
 
     #[test]

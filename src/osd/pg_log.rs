@@ -17,7 +17,19 @@ use super::codec::{DecodeError, Decoder, Encoder};
 use crate::rados::SnapId;
 
 /// An (epoch, version) pair ordering a PG's updates (Ceph's `eversion_t`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Eversion {
     pub epoch: u64,
     pub version: u64,
