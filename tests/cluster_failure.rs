@@ -1094,3 +1094,30 @@ fn test_failure_an_osd_lost_that_comes_back_over_an_empty_copy_brings_back_nothi
     common::assert_replicas_identical(&c);
     c.shutdown().unwrap();
 }
+
+#[test]
+fn test_failure_an_osd_that_cannot_make_a_pg_is_marked_down_and_the_pg_serves() {
+    // Arrange: osd.2's store refuses every transaction for space, so it
+    // cannot make the PGs of a new pool.
+    let dir = tempfile::tempdir().unwrap();
+    let config = ClusterConfig {
+        store: Arc::new(TightOpener { room: 0 }),
+        op_timeout: std::time::Duration::from_secs(20),
+        ..ClusterConfig::default()
+    };
+    let c = common::create_cluster(dir.path(), 3, config);
+
+    // Act: a pool of size 3, min_size 2, on all three OSDs.
+    let io = pool(&c, 4);
+    common::wait_until(30, "osd.2 is marked down", || {
+        !c.osdmap().osd(2).unwrap().up
+    });
+    let written = write_full(&io, "o", content("o", 0));
+
+    // Assert: the others serve (the PGs used to wait, peering, for good).
+    assert_eq!(written, Ok(()));
+    assert_eq!(read_whole(&io, "o"), content("o", 0));
+    let pgs = c.pg_list();
+    assert!(pgs.iter().all(|p| p.state.starts_with("active")), "{pgs:?}");
+    c.shutdown().unwrap();
+}
